@@ -1,0 +1,1 @@
+"""Dataset mappers: source / target training pipelines and the test pipeline."""

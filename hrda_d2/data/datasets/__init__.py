@@ -1,0 +1,1 @@
+"""Dataset registration (lazy: nothing touches the disk until a split is loaded)."""

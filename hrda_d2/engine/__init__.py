@@ -1,0 +1,1 @@
+"""Training engine: DACS trainer and its hooks."""
