@@ -100,7 +100,6 @@ def _add_input_config(cfg: CN) -> None:
 def _add_datasets_config(cfg: CN) -> None:
     cfg.DATASETS.SOURCE = ("gta_train",)
     cfg.DATASETS.TARGET = ("cityscapes_fine_sem_seg_train",)
-    cfg.DATASETS.TRAIN = ("gta_train",)
     cfg.DATASETS.TEST = ("cityscapes_fine_sem_seg_val",)
     cfg.DATASETS.RCS = CN()
     cfg.DATASETS.RCS.ENABLED = True

@@ -1,0 +1,90 @@
+"""Every config in configs/ loads, and the paper experiments carry the reference values (§11.4, §14)."""
+from pathlib import Path
+
+import pytest
+from detectron2.config import get_cfg
+
+from hrda_d2 import add_hrda_config
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def load(name: str):
+    cfg = add_hrda_config(get_cfg())
+    cfg.merge_from_file(str(CONFIG_DIR / name))
+    return cfg
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_loads(path):
+    cfg = load(path.name)
+    assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 19
+
+
+def test_gta_hrda_is_the_paper_setting():
+    cfg = load("gtaHR2csHR_hrda.yaml")
+    assert cfg.MODEL.MIT.VARIANT == "mit_b5" and cfg.MODEL.MIT.DROP_PATH_RATE == 0.1
+    assert sorted(cfg.MODEL.HRDA.SCALES) == [0.5, 1.0]
+    assert list(cfg.MODEL.HRDA.HR_CROP_SIZE) == [512, 512]
+    assert cfg.MODEL.HRDA.HR_LOSS_WEIGHT == 0.1 and cfg.MODEL.HRDA.LR_LOSS_WEIGHT == 0.0
+    assert cfg.MODEL.HRDA.FEATURE_SCALE == 0.5 and cfg.MODEL.HRDA.CROP_COORD_DIVISIBLE == 8
+    assert cfg.MODEL.SEM_SEG_HEAD.FUSION == "aspp" and list(cfg.MODEL.SEM_SEG_HEAD.ASPP_DILATIONS) == [1, 6, 12, 18]
+    assert cfg.MODEL.SEM_SEG_HEAD.DROPOUT == 0.1 and cfg.MODEL.SEM_SEG_HEAD.EMBED_DIM == 256
+    assert cfg.TEST.MODE == "slide" and cfg.TEST.SLIDE.BATCHED
+    assert list(cfg.TEST.SLIDE.CROP_SIZE) == [1024, 1024] and list(cfg.TEST.SLIDE.STRIDE) == [512, 512]
+    assert list(cfg.INPUT.SOURCE.SCALE) == [2560, 1440] and list(cfg.INPUT.SOURCE.CROP_SIZE) == [1024, 1024]
+    assert cfg.INPUT.SOURCE.CAT_MAX_RATIO == 0.75
+    assert list(cfg.INPUT.TARGET.SCALE) == [2048, 1024] and list(cfg.INPUT.TARGET.PSEUDO_MARGINS) == [30, 240, 30, 30]
+    assert cfg.DATASETS.SOURCE == ("gta_train",) and cfg.DATASETS.TARGET == ("cityscapes_fine_sem_seg_train",)
+    assert cfg.DATASETS.TEST == ("cityscapes_fine_sem_seg_val",)
+    assert cfg.DATASETS.RCS.ENABLED and cfg.DATASETS.RCS.CLASS_TEMP == 0.01
+    assert cfg.DATASETS.RCS.MIN_PIXELS == 3000 and cfg.DATASETS.RCS.MIN_CROP_RATIO == 2.0
+    assert cfg.UDA.ENABLED and cfg.UDA.ALPHA == 0.999 and cfg.UDA.PSEUDO_THRESHOLD == 0.968
+    assert cfg.UDA.FD.LAMBDA == 0.005 and list(cfg.UDA.FD.CLASSES) == [6, 7, 11, 12, 13, 14, 15, 16, 17, 18]
+    assert cfg.UDA.FD.SCALE_MIN_RATIO == 0.75
+    assert cfg.UDA.AUG.COLOR_JITTER_STRENGTH == 0.2 and cfg.UDA.AUG.COLOR_JITTER_SKIP_THRESHOLD == 0.2
+    assert cfg.SOLVER.BASE_LR == 6e-5 and cfg.SOLVER.WEIGHT_DECAY == 0.01 and list(cfg.SOLVER.BETAS) == [0.9, 0.999]
+    assert cfg.SOLVER.HEAD_LR_MULTIPLIER == 10.0 and cfg.SOLVER.WARMUP_ITERS == 1500
+    assert cfg.SOLVER.WARMUP_FACTOR == 1e-6 and cfg.SOLVER.POLY_LR_POWER == 1.0 and cfg.SOLVER.MAX_ITER == 40000
+    assert cfg.SOLVER.IMS_PER_BATCH == 2 and cfg.DATALOADER.NUM_WORKERS == 1
+    assert cfg.TEST.EVAL_PERIOD == 4000 and cfg.SEED == 1
+    assert not cfg.SOLVER.AMP.ENABLED and not cfg.SOLVER.CLIP_GRADIENTS.ENABLED
+
+
+def test_synthia_hrda():
+    cfg = load("synthiaHR2csHR_hrda.yaml")
+    assert cfg.DATASETS.SOURCE == ("synthia_train",)
+    assert list(cfg.INPUT.SOURCE.SCALE) == [2560, 1520] and cfg.TEST.REPORT_MIOU16
+
+
+@pytest.mark.parametrize("name,target,test", [
+    ("csHR2acdcHR_hrda.yaml", "acdc_train", "acdc_val"),
+    ("csHR2dzurHR_hrda.yaml", "darkzurich_train", "darkzurich_val"),
+])
+def test_cityscapes_source_configs(name, target, test):
+    cfg = load(name)
+    assert cfg.DATASETS.SOURCE == ("cityscapes_fine_sem_seg_train",)
+    assert cfg.DATASETS.TARGET == (target,) and cfg.DATASETS.TEST == (test,)
+    assert list(cfg.INPUT.SOURCE.SCALE) == [2048, 1024] and list(cfg.INPUT.TARGET.SCALE) == [1920, 1080]
+    assert list(cfg.INPUT.TARGET.PSEUDO_MARGINS) == []  # plcrop False
+    assert cfg.DATASETS.RCS.MIN_CROP_RATIO == 2.0
+
+
+@pytest.mark.parametrize("name,source,scale", [
+    ("gta2cs_daformer.yaml", "gta_train", [1280, 720]),
+    ("synthia2cs_daformer.yaml", "synthia_train", [1280, 760]),
+])
+def test_daformer_512_baselines(name, source, scale):
+    cfg = load(name)
+    assert list(cfg.MODEL.HRDA.SCALES) == [1.0]
+    assert cfg.DATASETS.SOURCE == (source,) and list(cfg.INPUT.SOURCE.SCALE) == scale
+    assert list(cfg.INPUT.SOURCE.CROP_SIZE) == [512, 512] and list(cfg.INPUT.TARGET.CROP_SIZE) == [512, 512]
+    assert list(cfg.INPUT.TARGET.SCALE) == [1024, 512]
+    assert list(cfg.TEST.SLIDE.CROP_SIZE) == [512, 512] and list(cfg.TEST.SLIDE.STRIDE) == [256, 256]
+    assert cfg.DATASETS.RCS.MIN_CROP_RATIO == 0.5
+    assert list(cfg.INPUT.TARGET.VALID_MASK_SIZE) == [1024, 2048]
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*source_only.yaml")), ids=lambda p: p.name)
+def test_source_only_variants_disable_uda(path):
+    assert not load(path.name).UDA.ENABLED
