@@ -1,1 +1,5 @@
-"""Evaluation helpers."""
+"""Evaluation: mIoU with the original's semantics (+ mIoU16), prediction PNG writer."""
+from .prediction_writer import SemSegPredictionWriter, train_ids_to_label_ids
+from .sem_seg_miou import SemSegMIoUEvaluator, miou_from_confusion
+
+__all__ = ["SemSegMIoUEvaluator", "SemSegPredictionWriter", "miou_from_confusion", "train_ids_to_label_ids"]
