@@ -1,0 +1,49 @@
+"""Segmentation loss and accuracy of the original decode heads (reference section 6)."""
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+__all__ = ["resize_to_labels", "pixel_weighted_cross_entropy", "pixel_accuracy"]
+
+
+def resize_to_labels(logits: Tensor, labels: Tensor) -> Tensor:
+    """Bilinearly resize ``N x C x h x w`` logits to the ``H x W`` of ``N x H x W`` labels (align_corners False).
+
+    The logits are resized to the labels, never the labels to the logits.
+    """
+    if logits.shape[-2:] == labels.shape[-2:]:
+        return logits
+    return F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def pixel_weighted_cross_entropy(
+    logits: Tensor, labels: Tensor, weight: Optional[Tensor] = None, ignore_index: int = 255
+) -> Tensor:
+    """Mean pixel-wise cross-entropy over ALL ``N*H*W`` pixels (the original's denominator).
+
+    Args:
+        logits: ``N x C x H x W`` at the label size (see ``resize_to_labels``).
+        labels: ``N x H x W`` int64; ``ignore_index`` pixels contribute 0 but still count in the mean.
+        weight: optional ``N x H x W`` per-pixel weights, multiplied in (not re-normalised).
+
+    Returns:
+        scalar ``sum(ce * weight) / (N * H * W)``.
+    """
+    if labels.dim() != 3 or logits.dim() != 4 or logits.shape[-2:] != labels.shape[-2:]:
+        raise ValueError(
+            f"cross-entropy expects logits N x C x H x W and labels N x H x W of the same size, got "
+            f"{tuple(logits.shape)} and {tuple(labels.shape)}"
+        )
+    loss = F.cross_entropy(logits.float(), labels.long(), reduction="none", ignore_index=ignore_index)
+    if weight is not None:
+        loss = loss * weight.float()
+    return loss.mean()
+
+
+@torch.no_grad()
+def pixel_accuracy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Top-1 accuracy in percent over ALL label pixels (ignored pixels count as wrong), for logging."""
+    pred = logits.argmax(dim=1)
+    return (pred == labels).float().sum() * (100.0 / labels.numel())

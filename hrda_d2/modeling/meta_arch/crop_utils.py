@@ -1,0 +1,119 @@
+"""Crop boxes: random divisible detail crops, slicing, box scaling, sliding windows and their merging.
+
+Every box is ``(y1, y2, x1, x2)``: half-open (``y1 <= y < y2``), integer pixels of the tensor it refers to.
+The sliding-window generator is shared by the HR tile inference of HRDA (reference 4.4) and the test-time
+slide inference (reference 4.5); ``merge_windows`` is the matching count-matrix average.
+"""
+from typing import Iterable, List, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "CropBox",
+    "random_crop_box",
+    "crop",
+    "scale_box",
+    "sliding_window_boxes",
+    "merge_windows",
+    "stack_windows",
+]
+
+CropBox = Tuple[int, int, int, int]
+
+
+def random_crop_box(image_hw: Sequence[int], crop_hw: Sequence[int], divisible: int = 1) -> CropBox:
+    """Random crop box whose offsets are multiples of ``divisible`` (reference 4.2).
+
+    Draws from NumPy's global RNG, first the row offset, then the column offset, each as
+    ``np.random.randint(0, (margin + 1) // divisible) * divisible`` with ``margin = max(size - crop, 0)``.
+    So the largest offset of a full margin (e.g. 512 for 1024 -> 512 with d = 8) is never drawn, exactly
+    as in the original. A crop equal to the image returns ``(0, h, 0, w)`` without drawing.
+    """
+    h, w = int(image_hw[0]), int(image_hw[1])
+    ch, cw = int(crop_hw[0]), int(crop_hw[1])
+    if ch <= 0 or cw <= 0 or divisible <= 0:
+        raise ValueError(f"crop size {tuple(crop_hw)} and divisible {divisible} must be positive")
+    if h == ch and w == cw:
+        return 0, h, 0, w
+    margin_h = max(h - ch, 0)
+    margin_w = max(w - cw, 0)
+    offset_h = int(np.random.randint(0, (margin_h + 1) // divisible)) * divisible
+    offset_w = int(np.random.randint(0, (margin_w + 1) // divisible)) * divisible
+    return offset_h, offset_h + ch, offset_w, offset_w + cw
+
+
+def crop(t: Tensor, box: Sequence[int]) -> Tensor:
+    """Slice the last two dims of a 2-D (H x W), 3-D (B x H x W) or 4-D (B x C x H x W) tensor to ``box``."""
+    if t.dim() not in (2, 3, 4):
+        raise ValueError(f"crop expects a 2-D, 3-D or 4-D tensor, got shape {tuple(t.shape)}")
+    y1, y2, x1, x2 = box
+    return t[..., y1:y2, x1:x2]
+
+
+def scale_box(box: Sequence[int], divisor: float) -> CropBox:
+    """Map a box to a map ``divisor`` times smaller: every coordinate ``int(c / divisor)`` (truncation)."""
+    return tuple(int(c / divisor) for c in box)  # type: ignore[return-value]
+
+
+def sliding_window_boxes(
+    image_hw: Sequence[int], window_hw: Sequence[int], stride_hw: Sequence[int]
+) -> List[CropBox]:
+    """Sliding windows over an image, rows outer and columns inner (reference 4.4 / 4.5).
+
+    ``grids = max(size - window + stride - 1, 0) // stride + 1`` per axis; window ``i`` starts at
+    ``i * stride``, ends at ``min(start + window, size)`` and is then shifted back to start at
+    ``max(end - window, 0)``. The last window therefore ends at the image border, and a window larger than
+    the image shrinks to the image (no padding). Together the windows cover every pixel.
+    """
+    h, w = int(image_hw[0]), int(image_hw[1])
+    wh, ww = int(window_hw[0]), int(window_hw[1])
+    sh, sw = int(stride_hw[0]), int(stride_hw[1])
+    if min(wh, ww, sh, sw) <= 0:
+        raise ValueError(f"window {tuple(window_hw)} and stride {tuple(stride_hw)} must be positive")
+    h_grids = max(h - wh + sh - 1, 0) // sh + 1
+    w_grids = max(w - ww + sw - 1, 0) // sw + 1
+    boxes = []
+    for h_idx in range(h_grids):
+        for w_idx in range(w_grids):
+            y2 = min(h_idx * sh + wh, h)
+            x2 = min(w_idx * sw + ww, w)
+            boxes.append((max(y2 - wh, 0), y2, max(x2 - ww, 0), x2))
+    return boxes
+
+
+def merge_windows(
+    window_logits: Iterable[Tensor], boxes: Sequence[Sequence[int]], canvas_hw: Sequence[int]
+) -> Tensor:
+    """Average window predictions on a canvas with a count matrix.
+
+    Args:
+        window_logits: one ``B x C x h x w`` tensor per box, in the order of ``boxes``, each of the size of
+            its box (a generator works: windows are consumed one at a time).
+        boxes: window boxes in canvas pixels.
+        canvas_hw: canvas size ``(H, W)``.
+
+    Returns:
+        ``B x C x H x W``: the sum of the windows covering each pixel divided by their number.
+    """
+    h, w = int(canvas_hw[0]), int(canvas_hw[1])
+    preds = count = None
+    n_windows = 0
+    for logits, (y1, y2, x1, x2) in zip(window_logits, boxes):
+        if preds is None:
+            preds = logits.new_zeros((logits.shape[0], logits.shape[1], h, w))
+            count = logits.new_zeros((logits.shape[0], 1, h, w))
+        preds[:, :, y1:y2, x1:x2] += logits
+        count[:, :, y1:y2, x1:x2] += 1
+        n_windows += 1
+    if preds is None or n_windows != len(boxes):
+        raise ValueError(f"got {n_windows} window predictions for {len(boxes)} boxes")
+    if bool((count == 0).any()):
+        raise RuntimeError(f"sliding windows {list(boxes)} leave pixels of the {h}x{w} canvas uncovered")
+    return preds / count
+
+
+def stack_windows(images: Tensor, boxes: Sequence[Sequence[int]]) -> Tensor:
+    """Cut every box out of ``images`` (N x C x H x W) and concatenate window-major along the batch dim."""
+    return torch.cat([crop(images, box) for box in boxes], dim=0)

@@ -1,0 +1,521 @@
+"""HRDA multi-resolution meta-architecture (reference sections 4 and 5); plain DAFormer with one scale.
+
+Two scales (sorted ascending, e.g. ``[0.5, 1.0]``): the *context* branch sees the whole image resized by the
+LR scale, the *detail* branch a random HR crop (training) or overlapping HR tiles (inference). One DAFormer
+head predicts both, a second DAFormer head (``scale_attention``, 1x1-conv fusion) predicts a sigmoid
+attention from the context features, and ``fuse_scales`` combines them (reference 5.3).
+
+One scale (``MODEL.HRDA.SCALES: [1.0]``): the original ``EncoderDecoder`` (plain DAFormer): head logits
+resized to the input/label size, loss ``MODEL.SEM_SEG_HEAD.LOSS_WEIGHT * CE``, no scale attention.
+
+Tensor conventions: ``images`` are normalised ``N x 3 x H x W`` float32; labels ``N x H x W`` int64 with
+``ignore_value`` (255); logits ``N x C x H x W``. Crop boxes are ``(y1, y2, x1, x2)`` half-open, in pixels of
+the tensor they refer to, and are always passed explicitly (never kept on the module).
+"""
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, build_sem_seg_head
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..heads.daformer_head import DAFormerHead
+from ..losses import pixel_accuracy, pixel_weighted_cross_entropy, resize_to_labels
+from .crop_utils import CropBox, crop, merge_windows, random_crop_box, scale_box, sliding_window_boxes, stack_windows
+from .scale_fusion import FusedScales, fuse_scales
+
+__all__ = ["HRDA", "HRDATrainOutputs", "TiledFeatures"]
+
+logger = logging.getLogger(__name__)
+
+TEST_MODES = ("slide", "whole")
+
+
+@dataclass
+class HRDATrainOutputs:
+    """Extra outputs of ``HRDA.forward_train(..., return_outputs=True)`` (never part of the loss dict).
+
+    features: backbone maps (``res2``..``res5``) at ``MODEL.HRDA.FEATURE_SCALE`` of this forward pass, with
+        their graph (for the ImageNet feature distance). Two scales: the LR context features of the whole
+        resized image for FEATURE_SCALE = LR scale (the paper's setting). One scale: the full-image features.
+    crop_box: the detail crop used, ``(y1, y2, x1, x2)`` in input pixels (None with one scale / no HR crop).
+    metrics: pixel accuracies in percent (``acc_sem_seg``, ``acc_sem_seg_hr``), detached, for logging.
+    """
+
+    features: Dict[str, Tensor]
+    crop_box: Optional[CropBox]
+    metrics: Dict[str, Tensor] = field(default_factory=dict)
+
+
+class TiledFeatures(NamedTuple):
+    """Backbone features of HR tiles, tile-major (tile ``t`` = batch rows ``[t*N, (t+1)*N)``), and the tile
+    boxes in HR-image pixels."""
+
+    features: Dict[str, Tensor]
+    boxes: List[CropBox]
+
+
+class _ScaleOutputs(NamedTuple):
+    lr_logits: Tensor  # head output on the context image, before attention scaling
+    hr_logits: Tensor  # detail crop logits (training) or slide-merged HR logits (inference)
+    fusion: FusedScales
+
+
+def _as_pair(values: Optional[Sequence[int]], key: str) -> Optional[Tuple[int, int]]:
+    if values is None or len(values) == 0:
+        return None
+    if len(values) != 2 or min(values) <= 0:
+        raise ValueError(f"{key} must be [height, width] with positive values, got {list(values)}")
+    return int(values[0]), int(values[1])
+
+
+@META_ARCH_REGISTRY.register()
+class HRDA(nn.Module):
+    """HRDA encoder-decoder (two scales) or plain DAFormer (one scale). See the module docstring.
+
+    Attributes: ``backbone`` (MiT), ``sem_seg_head`` (DAFormerHead), ``scale_attention`` (DAFormerHead with
+    1x1-conv fusion, or None with one scale / a fixed attention), ``pixel_mean``/``pixel_std`` (non-persistent
+    buffers, ``3 x 1 x 1``).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        sem_seg_head: nn.Module,
+        scale_attention: Optional[nn.Module],
+        scales: Sequence[float],
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        ignore_value: int = 255,
+        hr_crop_size: Optional[Sequence[int]] = (512, 512),
+        crop_coord_divisible: int = 8,
+        feature_scale: float = 0.5,
+        hr_slide_inference: bool = True,
+        hr_slide_overlapping: bool = True,
+        hr_loss_weight: float = 0.1,
+        lr_loss_weight: float = 0.0,
+        fixed_attention: Optional[float] = None,
+        blur_hr_crop: bool = False,
+        single_scale_loss_weight: float = 1.0,
+        test_mode: str = "slide",
+        test_crop_size: Sequence[int] = (1024, 1024),
+        test_stride: Sequence[int] = (512, 512),
+        test_batched: bool = True,
+    ):
+        """
+        Args:
+            backbone: returns the feature dict the heads read.
+            sem_seg_head: DAFormer head (logits at stride ``output_stride``).
+            scale_attention: attention head (two scales, learned attention) or None.
+            scales: image scales; sorted ascending; ``[1.0]`` or ``[lr, 1.0]`` with ``lr < 1``.
+            pixel_mean, pixel_std: RGB normalisation of 0..255 images.
+            ignore_value: label value without loss.
+            hr_crop_size: detail crop ``(h, w)`` in HR pixels (also the HR tile size); None = whole HR image.
+            crop_coord_divisible: detail-crop offsets are multiples of this.
+            feature_scale: scale whose features ``HRDATrainOutputs.features``/``extract_features`` return.
+            hr_slide_inference: HR branch on overlapping tiles at inference (else on the whole HR image).
+            hr_slide_overlapping: HR tile stride = crop // 2 (else = crop).
+            hr_loss_weight, lr_loss_weight: detail / context loss weights; the fused loss gets
+                ``1 - hr_loss_weight - lr_loss_weight``.
+            fixed_attention: constant attention instead of ``scale_attention`` (0 = LR only, 1 = HR only).
+            blur_hr_crop: HR branch sees the image downscaled x0.5 and upscaled x2.
+            single_scale_loss_weight: loss weight of the one-scale (plain DAFormer) model.
+            test_mode: "slide" or "whole".
+            test_crop_size, test_stride: test windows ``(h, w)``.
+            test_batched: all test windows in one batch (else one window at a time).
+        """
+        super().__init__()
+        scales = sorted(float(s) for s in scales)
+        if len(scales) not in (1, 2) or scales[-1] != 1.0 or scales[0] <= 0:
+            raise ValueError(
+                f"MODEL.HRDA.SCALES={list(scales)}: use [1.0] (plain DAFormer) or two scales [1.0, s] with "
+                f"0 < s < 1 (the detail scale must be 1.0; at most 2 scales are supported)"
+            )
+        if len(scales) == 2 and scales[0] == scales[1]:
+            raise ValueError(f"MODEL.HRDA.SCALES={list(scales)} needs two different scales")
+        if test_mode not in TEST_MODES:
+            raise ValueError(f"TEST.MODE={test_mode!r} is not one of {TEST_MODES}")
+        self.backbone = backbone
+        self.sem_seg_head = sem_seg_head
+        self.scale_attention = scale_attention
+        self.scales = scales
+        self.ignore_value = ignore_value
+        self.output_stride = backbone.output_shape()[sem_seg_head.in_features[0]].stride
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+
+        self.hr_crop_size = _as_pair(hr_crop_size, "MODEL.HRDA.HR_CROP_SIZE")
+        self.crop_coord_divisible = int(crop_coord_divisible)
+        self.feature_scale = float(feature_scale)
+        self.hr_slide_inference = bool(hr_slide_inference)
+        self.hr_slide_overlapping = bool(hr_slide_overlapping)
+        self.hr_loss_weight = float(hr_loss_weight)
+        self.lr_loss_weight = float(lr_loss_weight)
+        self.fixed_attention = None if fixed_attention is None else float(fixed_attention)
+        self.blur_hr_crop = bool(blur_hr_crop)
+        self.single_scale_loss_weight = float(single_scale_loss_weight)
+        self.test_mode = test_mode
+        self.test_crop_size = _as_pair(test_crop_size, "TEST.SLIDE.CROP_SIZE")
+        self.test_stride = _as_pair(test_stride, "TEST.SLIDE.STRIDE")
+        self.test_batched = bool(test_batched)
+
+        if self.is_multi_scale:
+            if self.feature_scale not in self.scales:
+                raise ValueError(
+                    f"MODEL.HRDA.FEATURE_SCALE={self.feature_scale} is not one of MODEL.HRDA.SCALES {self.scales}"
+                )
+            if (scale_attention is None) == (self.fixed_attention is None):
+                raise ValueError(
+                    "HRDA needs exactly one of a scale-attention head and MODEL.HRDA.FIXED_ATTENTION"
+                )
+            if self.hr_slide_inference and self.hr_crop_size is None:
+                raise ValueError("MODEL.HRDA.HR_SLIDE_INFERENCE needs MODEL.HRDA.HR_CROP_SIZE (the tile size)")
+        elif scale_attention is not None:
+            raise ValueError("a scale-attention head is only used with two scales (MODEL.HRDA.SCALES)")
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        shapes = backbone.output_shape()
+        sem_seg_head = build_sem_seg_head(cfg, shapes)
+        hrda = cfg.MODEL.HRDA
+        scale_attention = None
+        if len(hrda.SCALES) > 1 and hrda.FIXED_ATTENTION is None:
+            if cfg.MODEL.SEM_SEG_HEAD.NAME != "DAFormerHead":
+                raise ValueError(
+                    f"MODEL.SEM_SEG_HEAD.NAME={cfg.MODEL.SEM_SEG_HEAD.NAME!r}: the HRDA scale attention is "
+                    f"built for 'DAFormerHead' only"
+                )
+            attention_args = DAFormerHead.from_config(cfg, shapes)
+            attention_args.update(
+                embed_dim=hrda.ATTENTION_EMBED_DIM,
+                channels=hrda.ATTENTION_EMBED_DIM,
+                fusion="conv",
+                num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES if hrda.ATTENTION_CLASSWISE else 1,
+            )
+            scale_attention = DAFormerHead(**attention_args)
+        return {
+            "backbone": backbone,
+            "sem_seg_head": sem_seg_head,
+            "scale_attention": scale_attention,
+            "scales": list(hrda.SCALES),
+            "pixel_mean": list(cfg.MODEL.PIXEL_MEAN),
+            "pixel_std": list(cfg.MODEL.PIXEL_STD),
+            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "hr_crop_size": list(hrda.HR_CROP_SIZE) if hrda.HR_CROP_SIZE else None,
+            "crop_coord_divisible": hrda.CROP_COORD_DIVISIBLE,
+            "feature_scale": hrda.FEATURE_SCALE,
+            "hr_slide_inference": hrda.HR_SLIDE_INFERENCE,
+            "hr_slide_overlapping": hrda.HR_SLIDE_OVERLAPPING,
+            "hr_loss_weight": hrda.HR_LOSS_WEIGHT,
+            "lr_loss_weight": hrda.LR_LOSS_WEIGHT,
+            "fixed_attention": hrda.FIXED_ATTENTION,
+            "blur_hr_crop": hrda.BLUR_HR_CROP,
+            "single_scale_loss_weight": cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT,
+            "test_mode": cfg.TEST.MODE,
+            "test_crop_size": list(cfg.TEST.SLIDE.CROP_SIZE),
+            "test_stride": list(cfg.TEST.SLIDE.STRIDE),
+            "test_batched": cfg.TEST.SLIDE.BATCHED,
+        }
+
+    # ------------------------------------------------------------------------------------------------------
+    # basics
+    # ------------------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    @property
+    def is_multi_scale(self) -> bool:
+        return len(self.scales) == 2
+
+    @property
+    def lr_scale(self) -> float:
+        return self.scales[0]
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """``N x 3 x H x W`` RGB 0..255 (any dtype) -> ``(x - pixel_mean) / pixel_std`` in float32."""
+        return (images.to(self.device, torch.float32) - self.pixel_mean) / self.pixel_std
+
+    @staticmethod
+    def _rescale(images: Tensor, scale: float) -> Tensor:
+        """bilinear x ``scale`` (align_corners False; output ``floor(size * scale)``); identity for 1."""
+        if scale == 1.0:
+            return images
+        return F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+
+    def _detail_image(self, images: Tensor) -> Tensor:
+        """The HR-branch image: the input, or with BLUR_HR_CROP the input resized x0.5 then x2."""
+        if not self.blur_hr_crop:
+            return images
+        return F.interpolate(self._rescale(images, 0.5), scale_factor=2.0, mode="bilinear", align_corners=False)
+
+    def _attention(self, lr_features: Dict[str, Tensor]) -> Union[Tensor, float]:
+        if self.scale_attention is None:
+            return self.fixed_attention
+        return torch.sigmoid(self.scale_attention(lr_features))
+
+    def _decode_hr(self, hr_input: Union[Dict[str, Tensor], TiledFeatures], batch_size: int) -> Tensor:
+        """Detail logits: the head on one crop, or on all tiles at once, merged with a count matrix.
+
+        Tile boxes are mapped to logit pixels with ``int(c / output_stride)``; the canvas is
+        ``(max y2, max x2)`` of the mapped boxes (reference 5.2).
+        """
+        if not isinstance(hr_input, TiledFeatures):
+            return self.sem_seg_head(hr_input)
+        logits = self.sem_seg_head(hr_input.features)
+        boxes = [scale_box(box, self.output_stride) for box in hr_input.boxes]
+        canvas = (max(b[1] for b in boxes), max(b[3] for b in boxes))
+        tiles = logits.split(batch_size)
+        return merge_windows((self._fit_to_box(t, b) for t, b in zip(tiles, boxes)), boxes, canvas)
+
+    @staticmethod
+    def _fit_to_box(tile_logits: Tensor, box: CropBox) -> Tensor:
+        """Tile logits unchanged, or resized to the box when a size that is not a multiple of the output
+        stride made them one pixel larger than the truncated box (the original fails there)."""
+        size = (box[1] - box[0], box[3] - box[2])
+        if tuple(tile_logits.shape[-2:]) == size:
+            return tile_logits
+        return F.interpolate(tile_logits, size=size, mode="bilinear", align_corners=False)
+
+    def _decode_scales(
+        self,
+        lr_features: Dict[str, Tensor],
+        hr_input: Union[Dict[str, Tensor], TiledFeatures],
+        crop_box: Optional[CropBox],
+    ) -> _ScaleOutputs:
+        """Head calls in the original order (context, detail, attention), then ``fuse_scales``."""
+        lr_logits = self.sem_seg_head(lr_features)
+        hr_logits = self._decode_hr(hr_input, lr_logits.shape[0])
+        attention = self._attention(lr_features)
+        fusion = fuse_scales(
+            lr_logits,
+            hr_logits,
+            attention,
+            lr_scale=self.lr_scale,
+            hr_scale=1.0,
+            output_stride=self.output_stride,
+            crop_box=crop_box,
+        )
+        return _ScaleOutputs(lr_logits, hr_logits, fusion)
+
+    # ------------------------------------------------------------------------------------------------------
+    # training
+    # ------------------------------------------------------------------------------------------------------
+    def forward_train(
+        self,
+        images: Tensor,
+        sem_seg: Tensor,
+        weight: Optional[Tensor] = None,
+        crop_box: Optional[Sequence[int]] = None,
+        return_outputs: bool = False,
+    ) -> Union[Dict[str, Tensor], Tuple[Dict[str, Tensor], HRDATrainOutputs]]:
+        """Training losses (reference 4.3, 5.4, 6).
+
+        Args:
+            images: normalised ``N x 3 x H x W``.
+            sem_seg: ``N x H x W`` int64 labels (``ignore_value`` ignored).
+            weight: optional ``N x H x W`` per-pixel loss weights.
+            crop_box: detail crop ``(y1, y2, x1, x2)`` in input pixels; when None a random box with offsets
+                divisible by CROP_COORD_DIVISIBLE is drawn from NumPy's global RNG (one box per batch).
+            return_outputs: also return ``HRDATrainOutputs`` (features at FEATURE_SCALE, crop box, accuracies).
+
+        Returns:
+            loss dict (values sum to the total loss, each already weighted): ``loss_sem_seg`` (fused, or the
+            single-scale CE), ``loss_sem_seg_hr`` (detail crop, if HR_LOSS_WEIGHT > 0), ``loss_sem_seg_lr``
+            (attention-scaled context logits, if LR_LOSS_WEIGHT > 0); with ``return_outputs`` the tuple
+            ``(losses, outputs)``. Every CE is averaged over all ``N*H*W`` label pixels.
+        """
+        if sem_seg.dim() != 3 or images.dim() != 4 or sem_seg.shape != (images.shape[0], *images.shape[-2:]):
+            raise ValueError(
+                f"forward_train expects images N x 3 x H x W and sem_seg N x H x W of the same size, got "
+                f"{tuple(images.shape)} and {tuple(sem_seg.shape)}"
+            )
+        if weight is not None and weight.shape != sem_seg.shape:
+            raise ValueError(f"weight {tuple(weight.shape)} must have the shape of sem_seg {tuple(sem_seg.shape)}")
+        sem_seg = sem_seg.long()
+        if not self.is_multi_scale:
+            if crop_box is not None:
+                raise ValueError("crop_box is only used by the two-scale HRDA model (MODEL.HRDA.SCALES)")
+            features = self.backbone(images)
+            logits = resize_to_labels(self.sem_seg_head(features), sem_seg)
+            ce = pixel_weighted_cross_entropy(logits, sem_seg, weight, self.ignore_value)
+            losses = {"loss_sem_seg": self.single_scale_loss_weight * ce}
+            outputs = HRDATrainOutputs(features, None, {"acc_sem_seg": pixel_accuracy(logits, sem_seg)})
+            return (losses, outputs) if return_outputs else losses
+
+        lr_features, hr_features, box = self._train_features(images, crop_box)
+        scale_out = self._decode_scales(lr_features, hr_features, box)
+        losses, metrics = self._multi_scale_losses(scale_out, sem_seg, weight, box)
+        if not return_outputs:
+            return losses
+        features = lr_features if self.feature_scale == self.lr_scale else hr_features
+        return losses, HRDATrainOutputs(features, box, metrics)
+
+    def _train_features(
+        self, images: Tensor, crop_box: Optional[Sequence[int]]
+    ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor], Optional[CropBox]]:
+        """Context features of the resized image, then detail features of the (random) HR crop."""
+        lr_features = self.backbone(self._rescale(images, self.lr_scale))
+        hr_images = self._detail_image(images)
+        box: Optional[CropBox] = None
+        if self.hr_crop_size is not None:
+            if crop_box is None:
+                box = random_crop_box(hr_images.shape[-2:], self.hr_crop_size, self.crop_coord_divisible)
+            else:
+                box = tuple(int(c) for c in crop_box)  # type: ignore[assignment]
+                self._check_crop_box(box, hr_images.shape[-2:])
+            hr_images = crop(hr_images, box)
+        elif crop_box is not None:
+            raise ValueError("crop_box given but MODEL.HRDA.HR_CROP_SIZE is empty (no detail crop)")
+        return lr_features, self.backbone(hr_images), box
+
+    def _check_crop_box(self, box: CropBox, image_hw: Sequence[int]) -> None:
+        y1, y2, x1, x2 = box
+        if (y2 - y1, x2 - x1) != self.hr_crop_size or y1 < 0 or x1 < 0 or y2 > image_hw[0] or x2 > image_hw[1]:
+            raise ValueError(
+                f"crop_box {box} must be a {self.hr_crop_size} box (MODEL.HRDA.HR_CROP_SIZE) inside the "
+                f"{tuple(image_hw)} image"
+            )
+
+    def _multi_scale_losses(
+        self, scale_out: _ScaleOutputs, sem_seg: Tensor, weight: Optional[Tensor], box: Optional[CropBox]
+    ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
+        """(1 - w_hr - w_lr) * CE(fused) + w_hr * CE(detail crop) [+ w_lr * CE(scaled context)]."""
+        fused = resize_to_labels(scale_out.fusion.fused, sem_seg)
+        losses = {"loss_sem_seg": pixel_weighted_cross_entropy(fused, sem_seg, weight, self.ignore_value)}
+        metrics = {"acc_sem_seg": pixel_accuracy(fused, sem_seg)}
+        if self.lr_loss_weight > 0:
+            lr = resize_to_labels(scale_out.fusion.scaled_lr, sem_seg)
+            ce = pixel_weighted_cross_entropy(lr, sem_seg, weight, self.ignore_value)
+            losses["loss_sem_seg_lr"] = self.lr_loss_weight * ce
+            metrics["acc_sem_seg_lr"] = pixel_accuracy(lr, sem_seg)
+        if self.hr_loss_weight > 0:
+            hr_labels = sem_seg if box is None else crop(sem_seg, box)
+            hr_weight = weight if weight is None or box is None else crop(weight, box)
+            hr = resize_to_labels(scale_out.hr_logits, hr_labels)
+            ce = pixel_weighted_cross_entropy(hr, hr_labels, hr_weight, self.ignore_value)
+            losses["loss_sem_seg_hr"] = self.hr_loss_weight * ce
+            metrics["acc_sem_seg_hr"] = pixel_accuracy(hr, hr_labels)
+        losses["loss_sem_seg"] = losses["loss_sem_seg"] * (1.0 - self.lr_loss_weight - self.hr_loss_weight)
+        return losses, metrics
+
+    def extract_features(self, images: Tensor) -> Dict[str, Tensor]:
+        """Backbone features of normalised images at FEATURE_SCALE (one scale: at full resolution), e.g. for
+        the frozen ImageNet copy of the feature distance."""
+        if not self.is_multi_scale:
+            return self.backbone(images)
+        return self.backbone(self._rescale(images, self.feature_scale))
+
+    # ------------------------------------------------------------------------------------------------------
+    # inference
+    # ------------------------------------------------------------------------------------------------------
+    def _inference_scales(self, images: Tensor) -> _ScaleOutputs:
+        """Context branch on the resized image; detail branch on HR tiles (one backbone and one head call for
+        all tiles) or on the whole HR image; no crop box, so no attention masking (reference 4.4)."""
+        lr_features = self.backbone(self._rescale(images, self.lr_scale))
+        hr_images = self._detail_image(images)
+        hr_input: Union[Dict[str, Tensor], TiledFeatures]
+        if self.hr_slide_inference:
+            tile = self.hr_crop_size
+            stride = tuple(c // 2 for c in tile) if self.hr_slide_overlapping else tile
+            boxes = sliding_window_boxes(hr_images.shape[-2:], tile, stride)
+            hr_input = TiledFeatures(self.backbone(stack_windows(hr_images, boxes)), boxes)
+        else:
+            hr_input = self.backbone(hr_images)
+        return self._decode_scales(lr_features, hr_input, None)
+
+    def whole_inference(self, images: Tensor) -> Tensor:
+        """Logits ``N x C x H x W`` of the whole normalised image (mmseg ``encode_decode``): the fused HRDA
+        prediction (or the single-scale head output) bilinearly resized to the input size."""
+        if self.is_multi_scale:
+            logits = self._inference_scales(images).fusion.fused
+        else:
+            logits = self.sem_seg_head(self.backbone(images))
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    def generate_pseudo_label(self, images: Tensor) -> Tensor:
+        """Fused logits ``N x C x H x W`` at input size for pseudo-labels (whole image, HR tiles).
+
+        Runs in the module's current mode: a teacher kept in train mode (dropout/drop-path off) normalises
+        with the statistics of this batch, as in the original DACS.
+        """
+        return self.whole_inference(images)
+
+    def slide_inference(self, images: Tensor) -> Tensor:
+        """Sliding-window logits ``N x C x H x W``: TEST.SLIDE windows (shrunk to small images), each through
+        ``whole_inference`` (all at once when TEST.SLIDE.BATCHED), averaged with a count matrix."""
+        boxes = sliding_window_boxes(images.shape[-2:], self.test_crop_size, self.test_stride)
+        if self.test_batched:
+            window_logits: Iterator[Tensor] = iter(
+                self.whole_inference(stack_windows(images, boxes)).split(images.shape[0])
+            )
+        else:
+            window_logits = (self.whole_inference(crop(images, box)) for box in boxes)
+        return merge_windows(window_logits, boxes, images.shape[-2:])
+
+    def inference(self, images: Tensor, output_size: Optional[Sequence[int]] = None) -> Tensor:
+        """TEST.MODE inference of normalised images -> logits, bilinearly resized to ``output_size`` if given
+        (mmseg's rescale to the original shape)."""
+        logits = self.slide_inference(images) if self.test_mode == "slide" else self.whole_inference(images)
+        if output_size is not None and tuple(output_size) != tuple(logits.shape[-2:]):
+            logits = F.interpolate(logits, size=tuple(output_size), mode="bilinear", align_corners=False)
+        return logits
+
+    def forward_scales(self, images: Tensor) -> Dict[str, Tensor]:
+        """Visualisation of one whole-image pass (two scales), every map resized to the input size.
+
+        Returns ``fused`` (logits), ``lr`` (context head logits before attention scaling), ``hr`` (detail
+        logits, merged tiles) and ``attention`` = ``sum_c(att_c * softmax(fused)_c)`` (``N x 1 x H x W``).
+        With MODEL.HRDA.FIXED_ATTENTION 0.0 / 1.0 the fused output is the LR-only / HR-only prediction.
+        """
+        if not self.is_multi_scale:
+            raise ValueError("forward_scales needs two scales (MODEL.HRDA.SCALES)")
+        out = self._inference_scales(images)
+        fused = out.fusion.fused
+        attention_map = (out.fusion.attention * torch.softmax(fused, dim=1)).sum(dim=1, keepdim=True)
+        maps = {"fused": fused, "lr": out.lr_logits, "hr": out.hr_logits, "attention": attention_map}
+        size = images.shape[-2:]
+        return {k: F.interpolate(v, size=size, mode="bilinear", align_corners=False) for k, v in maps.items()}
+
+    # ------------------------------------------------------------------------------------------------------
+    # Detectron2 entry point
+    # ------------------------------------------------------------------------------------------------------
+    def forward(self, batched_inputs: List[Dict]) -> Union[Dict[str, Tensor], List[Dict[str, Tensor]]]:
+        """Detectron2 call.
+
+        Training: each input has ``image`` (``3 x H x W`` RGB 0..255), ``sem_seg`` (``H x W`` int64) and
+        optionally ``weight`` (``H x W`` float); all images the same size. Returns the loss dict of
+        ``forward_train`` (random detail crop).
+
+        Inference: each input has ``image`` and optionally ``height``/``width`` (output size, default the
+        image size). Returns ``[{"sem_seg": C x height x width logits}]``. Images of one size are processed
+        as one batch, otherwise one by one.
+        """
+        if self.training:
+            images = self.normalize(torch.stack([x["image"] for x in batched_inputs]))
+            sem_seg = torch.stack([x["sem_seg"] for x in batched_inputs]).to(self.device)
+            has_weight = ["weight" in x for x in batched_inputs]
+            if any(has_weight) and not all(has_weight):
+                raise ValueError("either every training input or none has a 'weight' map")
+            weight = torch.stack([x["weight"] for x in batched_inputs]).to(self.device) if all(has_weight) else None
+            return self.forward_train(images, sem_seg, weight)
+
+        same_size = len({tuple(x["image"].shape[-2:]) for x in batched_inputs}) == 1
+        groups = [batched_inputs] if same_size else [[x] for x in batched_inputs]
+        results = []
+        for group in groups:
+            logits = self.inference(self.normalize(torch.stack([x["image"] for x in group])))
+            for x, image_logits in zip(group, logits):
+                size = (x.get("height", image_logits.shape[-2]), x.get("width", image_logits.shape[-1]))
+                if tuple(size) != tuple(image_logits.shape[-2:]):
+                    image_logits = F.interpolate(
+                        image_logits[None], size=size, mode="bilinear", align_corners=False
+                    )[0]
+                results.append({"sem_seg": image_logits})
+        return results
