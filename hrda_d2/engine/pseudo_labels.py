@@ -1,0 +1,69 @@
+"""Pseudo-labels and their pixel weights from the teacher's logits (DACS step 6).
+
+Reference: ``docs/hrda_reference.md`` section 7.2 step 6 and quirk 4 of section 15.
+"""
+from typing import Optional, Tuple
+
+import torch
+
+__all__ = ["pseudo_labels_from_logits"]
+
+
+def pseudo_labels_from_logits(
+    logits: torch.Tensor,
+    threshold: float,
+    ignore_top: int = 0,
+    ignore_bottom: int = 0,
+    valid_pseudo_mask: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Hard pseudo-labels and the DACS pseudo weight.
+
+    Args:
+        logits: teacher logits, N x C x H x W (any float dtype; the softmax is taken in float32 on a
+            detached copy).
+        threshold: confidence threshold (``UDA.PSEUDO_THRESHOLD``, 0.968).
+        ignore_top, ignore_bottom: number of rows at the top / bottom of every weight map set to 0
+            (``UDA.PSEUDO_WEIGHT_IGNORE_TOP/BOTTOM``; the legacy DAFormer margins). Must be 0 when
+            ``valid_pseudo_mask`` is given (the two margin mechanisms are exclusive, as in the reference).
+        valid_pseudo_mask: optional 0/1 margin mask from the target mapper, N x H x W (N x 1 x H x W is
+            accepted too); multiplied into the weight.
+
+    Returns:
+        ``(pseudo_label, pseudo_weight)``:
+
+        * ``pseudo_label``: N x H x W int64, argmax over classes of ``softmax(logits)``;
+        * ``pseudo_weight``: N x H x W float32. Its value is ONE scalar for the whole batch (quirk 4),
+          ``#(pixels with max prob >= threshold) / (N * H * W)``, broadcast to every pixel, then the
+          ``ignore_top/bottom`` rows are zeroed and it is multiplied by ``valid_pseudo_mask``.
+    """
+    if logits.dim() != 4:
+        raise ValueError(f"pseudo_labels_from_logits: logits must be N x C x H x W, got {tuple(logits.shape)}")
+    if ignore_top < 0 or ignore_bottom < 0:
+        raise ValueError(
+            f"pseudo_labels_from_logits: UDA.PSEUDO_WEIGHT_IGNORE_TOP/BOTTOM must be >= 0, got "
+            f"{ignore_top}/{ignore_bottom}"
+        )
+    if valid_pseudo_mask is not None and (ignore_top > 0 or ignore_bottom > 0):
+        raise ValueError(
+            "pseudo_labels_from_logits: UDA.PSEUDO_WEIGHT_IGNORE_TOP/BOTTOM > 0 together with a pseudo-label "
+            "margin mask (INPUT.TARGET.PSEUDO_MARGINS); use one of the two (set the other to 0 / [])"
+        )
+    probs = torch.softmax(logits.detach().float(), dim=1)
+    max_prob, pseudo_label = torch.max(probs, dim=1)
+    num_confident = int(torch.sum(max_prob >= threshold).item())
+    confident_fraction = num_confident / max_prob.numel()
+    pseudo_weight = torch.full_like(max_prob, confident_fraction)
+    if ignore_top > 0:
+        pseudo_weight[:, :ignore_top, :] = 0
+    if ignore_bottom > 0:
+        pseudo_weight[:, -ignore_bottom:, :] = 0
+    if valid_pseudo_mask is not None:
+        if valid_pseudo_mask.dim() == 4 and valid_pseudo_mask.shape[1] == 1:
+            valid_pseudo_mask = valid_pseudo_mask.squeeze(1)
+        if valid_pseudo_mask.shape != pseudo_weight.shape:
+            raise ValueError(
+                f"pseudo_labels_from_logits: valid_pseudo_mask has shape {tuple(valid_pseudo_mask.shape)}, "
+                f"expected N x H x W = {tuple(pseudo_weight.shape)} (the target image size)"
+            )
+        pseudo_weight = pseudo_weight * valid_pseudo_mask.to(pseudo_weight)
+    return pseudo_label, pseudo_weight

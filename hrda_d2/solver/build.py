@@ -1,0 +1,92 @@
+"""AdamW with HRDA's parameter groups (reference ``docs/hrda_reference.md`` section 11.1, quirk 10).
+
+mmcv's ``paramwise_cfg.custom_keys = {head: lr_mult 10, pos_block: decay_mult 0, norm: decay_mult 0}`` on
+the original module names amounts to:
+
+* every parameter of the decode heads (here: names under ``sem_seg_head.`` and ``scale_attention.``),
+  BatchNorm weights and biases included: ``lr = BASE_LR * HEAD_LR_MULTIPLIER``, ``weight_decay = WEIGHT_DECAY``;
+* every other parameter whose name contains ``norm`` (the MiT LayerNorms ``patch_embed*.norm``,
+  ``block*.*.norm1/norm2``, ``block*.*.attn.norm``, ``norm1..4``): ``lr = BASE_LR``,
+  ``weight_decay = WEIGHT_DECAY * BACKBONE_NORM_DECAY_MULTIPLIER``;
+* everything else (biases and depthwise convs included): ``lr = BASE_LR``, ``weight_decay = WEIGHT_DECAY``.
+
+Parameters with equal ``(lr, weight_decay)`` share one param group (mmcv used one group per parameter; the
+update is the same). Frozen parameters (``requires_grad`` False) are left out.
+"""
+import logging
+from typing import Any, Dict, List
+
+import torch
+from detectron2.solver.build import maybe_add_gradient_clipping, reduce_param_groups
+from torch import nn
+
+__all__ = ["DECODE_HEAD_PREFIXES", "get_hrda_param_groups", "build_optimizer"]
+
+logger = logging.getLogger(__name__)
+
+# name prefixes (relative to the HRDA meta-architecture) of the decode heads' parameters
+DECODE_HEAD_PREFIXES = ("sem_seg_head.", "scale_attention.")
+
+
+def get_hrda_param_groups(
+    model: nn.Module,
+    base_lr: float,
+    weight_decay: float,
+    head_lr_multiplier: float,
+    norm_decay_multiplier: float,
+) -> List[Dict[str, Any]]:
+    """Param groups of the rules in the module docstring.
+
+    Args:
+        model: the student (an ``HRDA`` meta-architecture, possibly wrapped in DistributedDataParallel).
+
+    Returns:
+        A list of ``{"params", "param_names", "lr", "weight_decay"}`` dicts, one per distinct
+        ``(lr, weight_decay)``, every trainable parameter exactly once.
+    """
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    per_parameter = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.startswith(DECODE_HEAD_PREFIXES):
+            lr, decay = base_lr * head_lr_multiplier, weight_decay
+        elif "norm" in name:
+            lr, decay = base_lr, weight_decay * norm_decay_multiplier
+        else:
+            lr, decay = base_lr, weight_decay
+        per_parameter.append({"params": [param], "param_names": [name], "lr": lr, "weight_decay": decay})
+    if not per_parameter:
+        raise ValueError("build_optimizer: the model has no trainable parameter (requires_grad is False everywhere)")
+    groups = reduce_param_groups(per_parameter)
+    for group in groups:
+        logger.info(
+            "param group lr=%g weight_decay=%g: %d parameters", group["lr"], group["weight_decay"], len(group["params"])
+        )
+    return groups
+
+
+def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    """AdamW of the reference (``lr = SOLVER.BASE_LR``, ``betas = SOLVER.BETAS``, ``weight_decay =
+    SOLVER.WEIGHT_DECAY``, eps 1e-8, amsgrad off) over the trainable parameters of ``model`` (pass the
+    student only), with the param groups of :func:`get_hrda_param_groups`. Gradient clipping is added
+    with Detectron2's ``maybe_add_gradient_clipping`` when ``SOLVER.CLIP_GRADIENTS.ENABLED``.
+    Each group's starting lr is recorded as ``initial_lr`` by the scheduler (torch convention), which
+    Detectron2's ``LRMultiplier`` scales.
+    """
+    solver = cfg.SOLVER
+    if str(solver.OPTIMIZER).upper() != "ADAMW":
+        raise ValueError(f"SOLVER.OPTIMIZER={solver.OPTIMIZER!r} is not supported by hrda_d2; use 'ADAMW'")
+    betas = tuple(float(b) for b in solver.BETAS)
+    if len(betas) != 2:
+        raise ValueError(f"SOLVER.BETAS must hold two values, got {list(solver.BETAS)}")
+    groups = get_hrda_param_groups(
+        model,
+        base_lr=solver.BASE_LR,
+        weight_decay=solver.WEIGHT_DECAY,
+        head_lr_multiplier=solver.HEAD_LR_MULTIPLIER,
+        norm_decay_multiplier=solver.BACKBONE_NORM_DECAY_MULTIPLIER,
+    )
+    optimizer_class = maybe_add_gradient_clipping(cfg, torch.optim.AdamW)
+    return optimizer_class(groups, lr=solver.BASE_LR, betas=betas, weight_decay=solver.WEIGHT_DECAY, eps=1e-8)

@@ -1,0 +1,127 @@
+"""Learning-rate schedule of HRDA/DAFormer: mmcv's poly decay with linear warm-up, on Detectron2's LRMultiplier.
+
+Reference: ``docs/hrda_reference.md`` section 11.2. For 0-based iteration ``t`` and a param group with initial
+lr ``lr0``::
+
+    lr_reg(t) = (lr0 - min_lr) * (1 - t / max_iter) ** power + min_lr
+    lr(t)     = lr_reg(t) * (1 - k),  k = (1 - t / warmup_iters) * (1 - warmup_ratio)   for t < warmup_iters
+    lr(t)     = lr_reg(t)                                                              otherwise
+
+Detectron2's ``WarmupParamScheduler`` interpolates linearly between ``warmup_factor * f(0)`` and
+``f(warmup_length)`` instead (a different curve), so it is not used here.
+
+Stepping convention: the scheduler sets the lr of iteration 0 when it is built; Detectron2's
+``hooks.LRScheduler`` steps it after every iteration, so iteration ``t`` runs with ``lr(t)``.
+"""
+import logging
+from typing import List, Sequence
+
+import torch
+from detectron2.solver.lr_scheduler import LRMultiplier
+from fvcore.common.param_scheduler import ParamScheduler
+
+__all__ = ["WarmupPolyParamScheduler", "PerGroupLRMultiplier", "build_lr_scheduler"]
+
+logger = logging.getLogger(__name__)
+
+
+class WarmupPolyParamScheduler(ParamScheduler):
+    """``lr(t) / lr0`` of the schedule above as an fvcore ``ParamScheduler`` of ``where = t / max_iter``.
+
+    ``min_lr_ratio`` is ``min_lr / lr0`` of the group the multiplier is applied to (0 for the paper).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_iter: int,
+        warmup_iters: int,
+        warmup_ratio: float,
+        power: float,
+        min_lr_ratio: float = 0.0,
+    ):
+        if max_iter <= 0:
+            raise ValueError(f"SOLVER.MAX_ITER must be > 0, got {max_iter}")
+        if warmup_iters < 0:
+            raise ValueError(f"SOLVER.WARMUP_ITERS must be >= 0, got {warmup_iters}")
+        self.max_iter = int(max_iter)
+        self.warmup_iters = int(warmup_iters)
+        self.warmup_ratio = float(warmup_ratio)
+        self.power = float(power)
+        self.min_lr_ratio = float(min_lr_ratio)
+
+    def _iteration(self, where: float) -> float:
+        """``t = where * max_iter``, snapped to the integer it comes from (``where`` is ``t / max_iter``)."""
+        iteration = where * self.max_iter
+        nearest = round(iteration)
+        return float(nearest) if abs(iteration - nearest) < 1e-6 else iteration
+
+    def __call__(self, where: float) -> float:
+        coeff = (1 - where) ** self.power
+        multiplier = (1 - self.min_lr_ratio) * coeff + self.min_lr_ratio
+        iteration = self._iteration(where)
+        if iteration < self.warmup_iters:
+            k = (1 - iteration / self.warmup_iters) * (1 - self.warmup_ratio)
+            multiplier = multiplier * (1 - k)
+        return multiplier
+
+
+class PerGroupLRMultiplier(LRMultiplier):
+    """Detectron2 ``LRMultiplier`` with one ``ParamScheduler`` per optimizer param group.
+
+    Needed for an absolute ``min_lr > 0``: ``lr(t) / lr0`` then depends on the group's ``lr0``. With one
+    multiplier for all groups it is exactly Detectron2's ``LRMultiplier``. ``state_dict`` is the parent's
+    (``base_lrs``, ``last_epoch``); the schedulers are stateless.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        multipliers: Sequence[ParamScheduler],
+        max_iter: int,
+        last_iter: int = -1,
+    ):
+        if len(multipliers) != len(optimizer.param_groups):
+            raise ValueError(
+                f"PerGroupLRMultiplier: {len(multipliers)} schedulers for {len(optimizer.param_groups)} "
+                "param groups"
+            )
+        self._multipliers = list(multipliers)
+        super().__init__(optimizer, multiplier=self._multipliers[0], max_iter=max_iter, last_iter=last_iter)
+
+    def get_lr(self) -> List[float]:
+        where = self.last_epoch / self._max_iter
+        return [base_lr * multiplier(where) for base_lr, multiplier in zip(self.base_lrs, self._multipliers)]
+
+
+def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer) -> PerGroupLRMultiplier:
+    """Build the poly + linear warm-up schedule from ``cfg.SOLVER``.
+
+    Keys: ``LR_SCHEDULER_NAME`` ("WarmupPolyLR"), ``MAX_ITER`` (40000), ``WARMUP_ITERS`` (1500),
+    ``WARMUP_FACTOR`` (1e-6, mmcv's ``warmup_ratio``), ``WARMUP_METHOD`` ("linear"), ``POLY_LR_POWER`` (1.0),
+    ``POLY_LR_MIN_LR`` (0.0, absolute lr, as mmcv's ``min_lr``). Each group's ``lr0`` is its ``initial_lr``
+    (set from its ``lr`` when the scheduler is first built).
+    """
+    solver = cfg.SOLVER
+    if solver.LR_SCHEDULER_NAME != "WarmupPolyLR":
+        raise ValueError(
+            f"SOLVER.LR_SCHEDULER_NAME={solver.LR_SCHEDULER_NAME!r} is not supported by hrda_d2; use 'WarmupPolyLR'"
+        )
+    if solver.WARMUP_METHOD != "linear":
+        raise ValueError(f"SOLVER.WARMUP_METHOD={solver.WARMUP_METHOD!r} is not supported; use 'linear'")
+    min_lr = float(solver.POLY_LR_MIN_LR)
+    multipliers = []
+    for index, group in enumerate(optimizer.param_groups):
+        lr0 = float(group.get("initial_lr", group["lr"]))
+        if min_lr > 0 and lr0 <= 0:
+            raise ValueError(f"SOLVER.POLY_LR_MIN_LR={min_lr} needs a positive lr in param group {index}, got {lr0}")
+        multipliers.append(
+            WarmupPolyParamScheduler(
+                max_iter=solver.MAX_ITER,
+                warmup_iters=solver.WARMUP_ITERS,
+                warmup_ratio=solver.WARMUP_FACTOR,
+                power=solver.POLY_LR_POWER,
+                min_lr_ratio=min_lr / lr0 if min_lr > 0 else 0.0,
+            )
+        )
+    return PerGroupLRMultiplier(optimizer, multipliers, max_iter=solver.MAX_ITER)
