@@ -18,6 +18,7 @@ kept. Every function here is pure: it reads mappings and returns new ones; files
 :func:`load_checkpoint_file` and written by ``tools/convert_mmseg_checkpoint.py``.
 """
 import logging
+import pickle
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -127,8 +128,8 @@ def load_checkpoint_file(path: Union[str, Path], allow_pickle: bool = False) -> 
     try:
         return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except Exception as e:  # torch raises RuntimeError / UnpicklingError / EOFError / ... for bad files
-        hint = "" if allow_pickle else (
-            " If the file is a trusted checkpoint that stores arbitrary Python objects, retry with "
+        hint = "" if allow_pickle or not isinstance(e, pickle.UnpicklingError) else (
+            " It stores Python objects other than tensors and containers; if you trust the file, retry with "
             "allow_pickle=True (CLI: --allow-pickle)."
         )
         raise CheckpointConversionError(

@@ -1,0 +1,110 @@
+#!/usr/bin/env python
+"""Convert an original SegFormer / DAFormer / HRDA checkpoint to a Detectron2 checkpoint of this project.
+
+    python tools/convert_mmseg_checkpoint.py IN OUT [--teacher] [--config-out CFG.yaml] [--allow-pickle]
+
+IN may be an official SegFormer ImageNet file (``mit_b5.pth``: written as ``backbone.*``, the classifier is
+dropped), an HRDA/DAFormer DACS training checkpoint (student ``model.*`` by default, the EMA teacher
+``ema_model.*`` with --teacher) or a bare HRDAEncoderDecoder/EncoderDecoder state dict. OUT is
+``{"model": state_dict, "__author__": ..., "conversion": {...}}`` and loads with ``MODEL.WEIGHTS OUT``.
+--config-out translates the original config stored in the checkpoint (``meta["config"]``) into a YAML config
+of this project with ``MODEL.WEIGHTS OUT``.
+
+Files are written atomically (temporary file + rename). On any error the message goes to stderr, the exit
+status is 1 and no output file is written.
+"""
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple
+
+import torch
+
+from hrda_d2.checkpoint import CheckpointConversionError, ConvertedCheckpoint, convert_mmseg_checkpoint, \
+    load_checkpoint_file
+from hrda_d2.checkpoint.mmseg_config import MmsegConfigError, cfg_values_to_yaml, mmseg_config_to_cfg_values, \
+    parse_mmseg_config_text
+
+AUTHOR = "hrda_d2 tools/convert_mmseg_checkpoint.py"
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("input", type=Path, help="original checkpoint (.pth)")
+    parser.add_argument("output", type=Path, help="Detectron2 checkpoint to write (.pth)")
+    parser.add_argument("--teacher", action="store_true", help="take the EMA teacher (ema_model.*) of a DACS checkpoint")
+    parser.add_argument("--config-out", type=Path, default=None, metavar="CFG.yaml",
+                        help="also write this project's YAML config translated from the checkpoint's meta['config']")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="load IN with torch.load(weights_only=False); only for files you trust")
+    return parser.parse_args(argv)
+
+
+def translate_config(result: ConvertedCheckpoint, weights: Path, source: Path) -> Tuple[str, List[str]]:
+    """YAML text for the checkpoint's stored original config, checked against the converted weights."""
+    text = (result.meta or {}).get("config")
+    if not isinstance(text, str):
+        raise MmsegConfigError(f"{source}: --config-out needs the original config text in meta['config'], "
+                               f"but the file has {'no meta' if result.meta is None else 'no meta[config]'}")
+    values, notes = mmseg_config_to_cfg_values(parse_mmseg_config_text(text), weights=str(weights))
+    if values["MODEL.MIT.VARIANT"] != result.mit_variant:
+        raise MmsegConfigError(f"{source}: meta['config'] says {values['MODEL.MIT.VARIANT']}, "
+                               f"the weights are {result.mit_variant}")
+    head_classes = result.sem_seg_head.num_classes if result.sem_seg_head else None
+    if head_classes is not None and values.get("MODEL.SEM_SEG_HEAD.NUM_CLASSES") != head_classes:
+        raise MmsegConfigError(f"{source}: meta['config'] has num_classes={values.get('MODEL.SEM_SEG_HEAD.NUM_CLASSES')}, "
+                               f"the weights have {head_classes}")
+    header = f"Translated from meta['config'] of {source.name} ({result.layout}) by {AUTHOR}."
+    return cfg_values_to_yaml(values, header=header), notes
+
+
+def _temporary_twin(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write through ``write`` into a new temporary file next to ``path``; returns the temporary path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return Path(tmp)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    temporaries: List[Tuple[Path, Path]] = []
+    try:
+        obj = load_checkpoint_file(args.input, allow_pickle=args.allow_pickle)
+        result = convert_mmseg_checkpoint(obj, teacher=args.teacher, source=str(args.input))
+        yaml_text, notes = translate_config(result, args.output, args.input) if args.config_out else (None, [])
+        checkpoint = {
+            "model": result.state_dict,
+            "__author__": AUTHOR,
+            "conversion": {"source": str(args.input), "layout": result.layout, "mit_variant": result.mit_variant,
+                           "weights": result.source_prefix or "(no prefix)"},
+        }
+        temporaries.append((_temporary_twin(args.output, lambda p: torch.save(checkpoint, p)), args.output))
+        if yaml_text is not None:
+            temporaries.append((_temporary_twin(args.config_out, lambda p: p.write_text(yaml_text)), args.config_out))
+        for tmp, final in temporaries:
+            os.replace(tmp, final)
+        temporaries.clear()
+    except (CheckpointConversionError, MmsegConfigError, OSError) as e:
+        for tmp, _ in temporaries:
+            tmp.unlink(missing_ok=True)
+        print(f"convert_mmseg_checkpoint: error: {e}", file=sys.stderr)
+        return 1
+    for note in notes:
+        print(f"convert_mmseg_checkpoint: note: {note}", file=sys.stderr)
+    print(result.summary())
+    print(f"wrote {args.output}" + (f" and {args.config_out}" if args.config_out else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
