@@ -1,0 +1,151 @@
+"""Training and test data loaders.
+
+``build_uda_train_loader(cfg, start_iter)`` yields ``(source_batch, target_batch)`` pairs forever; each
+stream is its own Detectron2 loader (``build_batch_data_loader`` over a
+:class:`~hrda_d2.data.samplers.position_sampling.PositionSeededDataset` with an
+:class:`~hrda_d2.data.samplers.position_sampling.InfinitePositionSampler`), with
+``DATALOADER.NUM_WORKERS`` worker processes per stream and ``SOLVER.IMS_PER_BATCH`` images per
+iteration in total over all ranks (Detectron2 convention: each rank gets ``IMS_PER_BATCH /
+world_size``). Batches are lists of mapped dicts (see ``hrda_d2.data.dataset_mappers``).
+
+Exact resume: sample number p of a stream (``p = iteration * IMS_PER_BATCH + index``) is a pure
+function of ``(cfg.SEED, stream, p)``; a loader built with ``start_iter = k`` yields exactly what the
+loader built with 0 yields from iteration k on, for any number of workers (see
+``position_sampling``). The streams are the source (stream 0; rare class sampling when
+``DATASETS.RCS.ENABLED``, else one shuffled pass over the split per epoch) and the target (stream 1;
+shuffled passes). ``cfg.SEED < 0`` draws one seed shared by all ranks (logged; resume then is not exact).
+
+Keys read: ``DATASETS.SOURCE``, ``DATASETS.TARGET`` (split names; several are concatenated, RCS needs
+exactly one source split whose metadata has ``dataset_root``), ``DATASETS.RCS.{ENABLED, CLASS_TEMP,
+MIN_PIXELS, MIN_CROP_RATIO}``, ``DATALOADER.NUM_WORKERS``, ``SOLVER.IMS_PER_BATCH``, ``SEED``, and the
+mappers' ``INPUT.*`` / ``MODEL.SEM_SEG_HEAD.{NUM_CLASSES, IGNORE_VALUE}`` keys.
+"""
+import logging
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from detectron2.data import MetadataCatalog, build_batch_data_loader, build_detection_test_loader
+from detectron2.data import get_detection_dataset_dicts
+from detectron2.data.common import DatasetFromList, MapDataset
+from detectron2.utils import comm
+from torch.utils.data import DataLoader, Dataset
+
+from .dataset_mappers import SourceTrainMapper, TargetTrainMapper, TestMapper
+from .samplers.position_sampling import InfinitePositionSampler, PositionSeededDataset
+from .samplers.rare_class_sampling import RareClassSamplingDataset, load_rcs_statistics
+
+__all__ = [
+    "SOURCE_STREAM_ID",
+    "TARGET_STREAM_ID",
+    "UDAPairLoader",
+    "build_source_train_dataset",
+    "build_target_train_dataset",
+    "build_source_only_train_loader",
+    "build_uda_train_loader",
+    "build_test_loader",
+]
+
+logger = logging.getLogger(__name__)
+
+SOURCE_STREAM_ID, TARGET_STREAM_ID = 0, 1
+
+Batch = List[Dict[str, Any]]
+
+
+def _stream_seed(cfg) -> int:
+    """``cfg.SEED``, or (if negative) one random seed shared by all ranks."""
+    if cfg.SEED >= 0:
+        return int(cfg.SEED)
+    seed = int(comm.shared_random_seed())
+    logger.warning("SEED=%d < 0: the training streams use the random seed %d (resume is not exact)", cfg.SEED, seed)
+    return seed
+
+
+def build_source_train_dataset(cfg) -> Tuple[Dataset, bool]:
+    """The source dataset before position seeding, and whether its items are drawn (not indexed).
+
+    With ``DATASETS.RCS.ENABLED``: a :class:`RareClassSamplingDataset` over the (single) source split
+    with the statistics of its metadata's ``dataset_root``; otherwise
+    ``MapDataset(DatasetFromList(dicts), SourceTrainMapper(cfg))``.
+    """
+    names = tuple(cfg.DATASETS.SOURCE)
+    dicts = get_detection_dataset_dicts(names, filter_empty=False)
+    mapper = SourceTrainMapper(cfg)
+    if not cfg.DATASETS.RCS.ENABLED:
+        return MapDataset(DatasetFromList(dicts, copy=False), mapper), False
+    if len(names) != 1:
+        raise ValueError(f"rare class sampling needs exactly one source split in DATASETS.SOURCE, got {names}")
+    dataset_root = MetadataCatalog.get(names[0]).get("dataset_root")
+    if dataset_root is None:
+        raise ValueError(
+            f"metadata of split {names[0]!r} has no 'dataset_root' (the folder with the rare class sampling "
+            "statistics); register it with one or set DATASETS.RCS.ENABLED False"
+        )
+    class_stats, samples_with_class = load_rcs_statistics(dataset_root)
+    rcs = cfg.DATASETS.RCS
+    dataset = RareClassSamplingDataset(
+        dicts,
+        mapper,
+        class_stats,
+        samples_with_class,
+        temperature=rcs.CLASS_TEMP,
+        min_pixels=rcs.MIN_PIXELS,
+        min_crop_ratio=rcs.MIN_CROP_RATIO,
+    )
+    return dataset, True
+
+
+def build_target_train_dataset(cfg) -> Dataset:
+    """``MapDataset(DatasetFromList(target dicts), TargetTrainMapper(cfg))``."""
+    dicts = get_detection_dataset_dicts(tuple(cfg.DATASETS.TARGET), filter_empty=False)
+    return MapDataset(DatasetFromList(dicts, copy=False), TargetTrainMapper(cfg))
+
+
+def _build_stream_loader(cfg, dataset: Dataset, stream_id: int, draws_items: bool, start_iter: int) -> DataLoader:
+    """Infinite Detectron2 loader of one stream, starting after ``start_iter`` iterations."""
+    if start_iter < 0:
+        raise ValueError(f"start_iter must be >= 0, got {start_iter}")
+    total_batch = int(cfg.SOLVER.IMS_PER_BATCH)
+    seeded = PositionSeededDataset(dataset, _stream_seed(cfg), stream_id, shuffle=not draws_items)
+    sampler = InfinitePositionSampler(start_position=start_iter * total_batch)
+    return build_batch_data_loader(seeded, sampler, total_batch, num_workers=cfg.DATALOADER.NUM_WORKERS)
+
+
+def build_source_only_train_loader(cfg, start_iter: int = 0) -> DataLoader:
+    """Infinite loader of source batches (the source stream of :func:`build_uda_train_loader`)."""
+    dataset, draws_items = build_source_train_dataset(cfg)
+    return _build_stream_loader(cfg, dataset, SOURCE_STREAM_ID, draws_items, start_iter)
+
+
+class UDAPairLoader:
+    """Infinite iterator of ``(source_batch, target_batch)``; each batch a list of mapped dicts.
+
+    The two Detectron2 loaders are ``source_loader`` and ``target_loader``; their worker processes
+    start at the first ``next()``.
+    """
+
+    def __init__(self, source_loader: DataLoader, target_loader: DataLoader):
+        self.source_loader = source_loader
+        self.target_loader = target_loader
+        self._iterators: Optional[Tuple[Iterator[Batch], Iterator[Batch]]] = None
+
+    def __iter__(self) -> "UDAPairLoader":
+        return self
+
+    def __next__(self) -> Tuple[Batch, Batch]:
+        if self._iterators is None:
+            self._iterators = (iter(self.source_loader), iter(self.target_loader))
+        source_iter, target_iter = self._iterators
+        return next(source_iter), next(target_iter)
+
+
+def build_uda_train_loader(cfg, start_iter: int = 0) -> UDAPairLoader:
+    """Pairs of (source, target) batches for DACS, from iteration ``start_iter`` on (see module doc)."""
+    source_loader = build_source_only_train_loader(cfg, start_iter)
+    target_loader = _build_stream_loader(cfg, build_target_train_dataset(cfg), TARGET_STREAM_ID, False, start_iter)
+    return UDAPairLoader(source_loader, target_loader)
+
+
+def build_test_loader(cfg, dataset_name: str) -> DataLoader:
+    """Detectron2 inference loader (batch 1, sharded over ranks) of ``dataset_name`` with the
+    :class:`TestMapper` and ``DATALOADER.NUM_WORKERS`` workers."""
+    return build_detection_test_loader(cfg, dataset_name, mapper=TestMapper(cfg))

@@ -1,0 +1,224 @@
+"""Training dataset mappers: the source and target pipelines of reference section 10.1 / 10.3.
+
+Pipeline (order as in the reference): read image (+ label) -> [target: pseudo-label margin mask at
+``VALID_MASK_SIZE``] -> keep-ratio rescale (mmcv ``imrescale``) -> random crop with ``cat_max_ratio``
+-> horizontal flip -> pad bottom/right to the crop size. The label and the margin mask undergo every
+geometric op with the image (nearest-neighbour resize). Normalisation is left to the model.
+
+Randomness (crop boxes, flips) comes from NumPy's global RNG; the training loaders seed it per sample
+(``hrda_d2.data.samplers.position_sampling``).
+"""
+import copy
+import logging
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import transforms as T
+
+from ..transforms import KeepRatioRescale, PadBottomRight, RandomCropWithCategoryRatio, imrescale_size
+from .image_reading import image_to_chw_tensor, read_label, read_rgb_image
+
+__all__ = ["SemSegTrainMapper", "SourceTrainMapper", "TargetTrainMapper", "make_margin_mask", "transform_valid_mask"]
+
+logger = logging.getLogger(__name__)
+
+
+def make_margin_mask(size: Sequence[int], margins: Sequence[int]) -> np.ndarray:
+    """The pseudo-label validity mask of reference 10.3 ("plcrop v2").
+
+    Args:
+        size: (H, W) of the mask.
+        margins: [top, bottom, left, right] in pixels; each margin is applied only if > 0.
+    Returns:
+        ``H x W`` uint8 array, 1 = pseudo-label used, 0 = inside a margin (first ``top`` rows, last
+        ``bottom`` rows, first ``left`` columns, last ``right`` columns).
+    """
+    if len(margins) != 4 or min(margins) < 0:
+        raise ValueError(f"pseudo-label margins must be 4 non-negative ints [top, bottom, left, right], got {margins}")
+    top, bottom, left, right = (int(m) for m in margins)
+    mask = np.ones((int(size[0]), int(size[1])), dtype=np.uint8)
+    if top > 0:
+        mask[:top, :] = 0
+    if bottom > 0:
+        mask[-bottom:, :] = 0
+    if left > 0:
+        mask[:, :left] = 0
+    if right > 0:
+        mask[:, -right:] = 0
+    return mask
+
+
+def transform_valid_mask(transforms: T.TransformList, mask: np.ndarray) -> np.ndarray:
+    """Apply the geometric transforms of a sample to its margin mask.
+
+    Every transform acts as on a segmentation map (``apply_segmentation``: nearest resize, same crop
+    box, same flip), except padding, which fills the mask with 0 (no pseudo-label there). mmseg would
+    pad it with 255 like a label, which would multiply the pseudo-label weights of padded pixels by
+    255; padding never happens in the standard configs, so this only matters for small custom data.
+    """
+    for tfm in transforms.transforms:
+        if isinstance(tfm, T.PadTransform):
+            tfm = T.PadTransform(tfm.x0, tfm.y0, tfm.x1, tfm.y1, tfm.orig_w, tfm.orig_h, tfm.pad_value, 0)
+        mask = tfm.apply_segmentation(mask)
+    return mask
+
+
+class SemSegTrainMapper:
+    """Training pipeline for one domain; use :class:`SourceTrainMapper` / :class:`TargetTrainMapper`.
+
+    Input: a Detectron2 semantic-segmentation dataset dict (``file_name``, optional
+    ``sem_seg_file_name``; ``height``/``width`` are not used). Output: a copy of the dict with
+
+    * ``"image"``: ``3 x h x w`` uint8 RGB tensor (h, w = crop size, smaller only if the rescaled image
+      is smaller and no padding applies - padding makes it exactly the crop size),
+    * ``"sem_seg"``: ``h x w`` int64 tensor of train ids, 255 = ignore (when the sample has a label),
+    * ``"valid_pseudo_mask"``: ``h x w`` uint8 tensor of 0/1 (only when margins are configured),
+    * ``"height"``, ``"width"``: size of the ORIGINAL image file (Detectron2 convention).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        scale: Sequence[int],
+        crop_size: Sequence[int],
+        cat_max_ratio: float,
+        flip_prob: float,
+        num_classes: int,
+        ignore_value: int = 255,
+        require_label: bool = True,
+        pseudo_margins: Sequence[int] = (),
+        valid_mask_size: Sequence[int] = (),
+    ):
+        """
+        Args:
+            scale: (long side, short side) of the keep-ratio rescale.
+            crop_size: (h, w) of the random crop (and of the padding).
+            cat_max_ratio: max fraction of one class in a crop (< 1 needs labels; 1.0 = no check).
+            flip_prob: probability of a horizontal flip.
+            num_classes: labels must hold 0 .. num_classes - 1 or ``ignore_value``.
+            ignore_value: ignore label value (padding value of labels).
+            require_label: raise if a dataset dict has no ``sem_seg_file_name`` (source data).
+            pseudo_margins: [top, bottom, left, right] margins of the pseudo-label mask; () = no mask.
+            valid_mask_size: (H, W) at which the margin mask is built before any transform;
+                () = the image's own size.
+        """
+        self.num_classes = int(num_classes)
+        self.ignore_value = int(ignore_value)
+        self.require_label = bool(require_label)
+        self.pseudo_margins = tuple(int(m) for m in pseudo_margins)
+        if self.pseudo_margins:
+            make_margin_mask((1, 1), self.pseudo_margins)  # validates
+        if len(valid_mask_size) not in (0, 2):
+            raise ValueError(f"valid_mask_size must be [] or [H, W], got {list(valid_mask_size)}")
+        self.valid_mask_size = tuple(int(s) for s in valid_mask_size)
+        self.scale = tuple(int(s) for s in scale)
+        self.augmentations = T.AugmentationList(
+            [
+                KeepRatioRescale(self.scale),
+                RandomCropWithCategoryRatio(crop_size, cat_max_ratio, ignore_value),
+                T.RandomFlip(prob=flip_prob, horizontal=True, vertical=False),
+                PadBottomRight(crop_size, pad_value=0, seg_pad_value=ignore_value),
+            ]
+        )
+        logger.info("%s augmentations: %s", type(self).__name__, self.augmentations)
+
+    @classmethod
+    def from_config(cls, cfg, is_source: bool) -> Dict[str, Any]:
+        """Arguments from the config keys (``is_source`` picks ``INPUT.SOURCE`` or ``INPUT.TARGET``).
+
+        Keys read:
+
+        * ``INPUT.FORMAT``: must be ``"RGB"`` (the model normalises RGB with ``MODEL.PIXEL_MEAN/STD``).
+        * ``INPUT.{SOURCE,TARGET}.SCALE``: (long, short) side of the keep-ratio rescale, e.g. [2560, 1440].
+        * ``INPUT.{SOURCE,TARGET}.CROP_SIZE``: (h, w) of the random crop, e.g. [1024, 1024].
+        * ``INPUT.{SOURCE,TARGET}.CAT_MAX_RATIO``: source 0.75, target 1.0 (no check).
+        * ``INPUT.{SOURCE,TARGET}.FLIP_PROB``: 0.5.
+        * ``INPUT.TARGET.PSEUDO_MARGINS``: [top, bottom, left, right], [30, 240, 30, 30]; [] = no mask.
+        * ``INPUT.TARGET.VALID_MASK_SIZE``: (H, W) of the margin mask before the rescale, [1024, 2048]
+          for Cityscapes, [1080, 1920] for ACDC/Dark Zurich; [] = each image's own size.
+        * ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` / ``IGNORE_VALUE``: label value check / ignore value.
+        """
+        if cfg.INPUT.FORMAT != "RGB":
+            raise ValueError(f"INPUT.FORMAT={cfg.INPUT.FORMAT!r} is not supported; the mappers produce RGB images")
+        node = cfg.INPUT.SOURCE if is_source else cfg.INPUT.TARGET
+        args = {
+            "scale": node.SCALE,
+            "crop_size": node.CROP_SIZE,
+            "cat_max_ratio": node.CAT_MAX_RATIO,
+            "flip_prob": node.FLIP_PROB,
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "require_label": is_source,
+        }
+        if not is_source:
+            args["pseudo_margins"] = node.PSEUDO_MARGINS
+            args["valid_mask_size"] = node.VALID_MASK_SIZE
+        return args
+
+    def _read_label(self, dataset_dict: Dict[str, Any], image_size: Tuple[int, int]) -> Optional[np.ndarray]:
+        file_name = dataset_dict.get("sem_seg_file_name")
+        if file_name is None:
+            if self.require_label:
+                raise KeyError(
+                    f"dataset dict of image {dataset_dict.get('file_name')} has no 'sem_seg_file_name'; a source "
+                    "dataset needs a label for every image (check the dataset's label folder)"
+                )
+            return None
+        label = read_label(file_name, self.num_classes, self.ignore_value)
+        if label.shape != image_size:
+            raise ValueError(
+                f"label {file_name} has size {label.shape} but image {dataset_dict['file_name']} has size "
+                f"{image_size}; image and label must have the same size"
+            )
+        return label
+
+    def _margin_mask(self, image_size: Tuple[int, int], file_name: str) -> np.ndarray:
+        """Margin mask at ``valid_mask_size`` (or the image size); it must rescale to the image's size."""
+        mask_size = self.valid_mask_size or image_size
+        if imrescale_size(*mask_size, self.scale) != imrescale_size(*image_size, self.scale):
+            raise ValueError(
+                f"image {file_name} has size {image_size}, which does not rescale to the same size as the "
+                f"pseudo-label mask of INPUT.TARGET.VALID_MASK_SIZE={list(mask_size)}; set VALID_MASK_SIZE to the "
+                "dataset's image size, or to [] to use each image's own size"
+            )
+        return make_margin_mask(mask_size, self.pseudo_margins)
+
+    def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = read_rgb_image(dataset_dict["file_name"])
+        image_size = image.shape[:2]
+        label = self._read_label(dataset_dict, image_size)
+        mask = self._margin_mask(image_size, dataset_dict["file_name"]) if self.pseudo_margins else None
+
+        aug_input = T.AugInput(image, sem_seg=label)
+        transforms = self.augmentations(aug_input)
+
+        dataset_dict["height"], dataset_dict["width"] = image_size
+        dataset_dict["image"] = image_to_chw_tensor(aug_input.image)
+        if aug_input.sem_seg is not None:
+            dataset_dict["sem_seg"] = torch.as_tensor(aug_input.sem_seg.astype(np.int64))
+        if mask is not None:
+            dataset_dict["valid_pseudo_mask"] = torch.as_tensor(np.ascontiguousarray(transform_valid_mask(transforms, mask)))
+        return dataset_dict
+
+
+class SourceTrainMapper(SemSegTrainMapper):
+    """Source-domain training pipeline (labels required; ``INPUT.SOURCE.*`` keys, no margin mask)."""
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict[str, Any]:
+        return super().from_config(cfg, is_source=True)
+
+
+class TargetTrainMapper(SemSegTrainMapper):
+    """Target-domain training pipeline (``INPUT.TARGET.*`` keys): labels loaded when the dataset dict
+    has them (DACS does not use them), plus the ``valid_pseudo_mask`` of reference 10.3 when
+    ``INPUT.TARGET.PSEUDO_MARGINS`` is set."""
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict[str, Any]:
+        return super().from_config(cfg, is_source=False)
+
