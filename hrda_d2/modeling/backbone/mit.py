@@ -182,7 +182,7 @@ class MiTBlock(nn.Module):
 
 def drop_path_schedule(drop_path_rate: float, total_blocks: int) -> List[float]:
     """``torch.linspace(0, rate, total)`` as Python floats: block k (global, 0-based) gets ``rate*k/(total-1)``."""
-    return [v.item() for v in torch.linspace(0, drop_path_rate, total_blocks)]
+    return torch.linspace(0, drop_path_rate, total_blocks, device="cpu").tolist()
 
 
 class MixVisionTransformer(Backbone):
