@@ -152,7 +152,9 @@ def test_pseudo_label_mode_keeps_bn_training_and_disables_dropout(student_teache
 def test_pseudo_weight_is_confident_fraction_times_margin_mask():
     # probability of the max class: 5 vs 0,0 -> e^5/(e^5+2) = 0.98670 >= 0.968; 2 vs 0,0 -> 0.7869 < 0.968
     confident = {(0, 0, 0): 2, (0, 1, 2): 0, (1, 0, 1): 1, (1, 1, 1): 2, (1, 1, 2): 0}
-    argmax_of_unconfident = {(0, 0, 1): 1, (0, 0, 2): 2, (0, 1, 0): 0, (0, 1, 1): 1, (1, 0, 0): 2, (1, 0, 2): 0, (1, 1, 0): 1}
+    argmax_of_unconfident = {
+        (0, 0, 1): 1, (0, 0, 2): 2, (0, 1, 0): 0, (0, 1, 1): 1, (1, 0, 0): 2, (1, 0, 2): 0, (1, 1, 0): 1,
+    }
     logits = torch.zeros(2, 3, 2, 3)
     expected_label = torch.zeros(2, 2, 3, dtype=torch.long)
     for (n, y, x), c in confident.items():
