@@ -105,9 +105,14 @@ def _build_stream_loader(cfg, dataset: Dataset, stream_id: int, draws_items: boo
     if start_iter < 0:
         raise ValueError(f"start_iter must be >= 0, got {start_iter}")
     total_batch = int(cfg.SOLVER.IMS_PER_BATCH)
-    seeded = PositionSeededDataset(dataset, _stream_seed(cfg), stream_id, shuffle=not draws_items)
+    seed = _stream_seed(cfg)
+    seeded = PositionSeededDataset(dataset, seed, stream_id, shuffle=not draws_items)
     sampler = InfinitePositionSampler(start_position=start_iter * total_batch)
-    return build_batch_data_loader(seeded, sampler, total_batch, num_workers=cfg.DATALOADER.NUM_WORKERS)
+    # ``seed`` gives the DataLoader its own torch.Generator (for the workers' base seed), so creating
+    # the loader's iterator does not consume the trainer's global torch RNG
+    return build_batch_data_loader(
+        seeded, sampler, total_batch, num_workers=cfg.DATALOADER.NUM_WORKERS, seed=seed + stream_id
+    )
 
 
 def build_source_only_train_loader(cfg, start_iter: int = 0) -> DataLoader:

@@ -3,7 +3,8 @@
 Pipeline (order as in the reference): read image (+ label) -> [target: pseudo-label margin mask at
 ``VALID_MASK_SIZE``] -> keep-ratio rescale (mmcv ``imrescale``) -> random crop with ``cat_max_ratio``
 -> horizontal flip -> pad bottom/right to the crop size. The label and the margin mask undergo every
-geometric op with the image (nearest-neighbour resize). Normalisation is left to the model.
+geometric op with the image (nearest-neighbour resize; like mmseg, each field is rescaled from its own
+size with the same scale tuple). Normalisation is left to the model.
 
 Randomness (crop boxes, flips) comes from NumPy's global RNG; the training loaders seed it per sample
 (``hrda_d2.data.samplers.position_sampling``).
@@ -17,7 +18,7 @@ import torch
 from detectron2.config import configurable
 from detectron2.data import transforms as T
 
-from ..transforms import KeepRatioRescale, PadBottomRight, RandomCropWithCategoryRatio, imrescale_size
+from ..transforms import KeepRatioRescale, PadBottomRight, RandomCropWithCategoryRatio, RescaleTransform, imrescale_size
 from .image_reading import image_to_chw_tensor, read_label, read_rgb_image
 
 __all__ = ["SemSegTrainMapper", "SourceTrainMapper", "TargetTrainMapper", "make_margin_mask", "transform_valid_mask"]
@@ -51,14 +52,18 @@ def make_margin_mask(size: Sequence[int], margins: Sequence[int]) -> np.ndarray:
 
 
 def transform_valid_mask(transforms: T.TransformList, mask: np.ndarray) -> np.ndarray:
-    """Apply the geometric transforms of a sample to its margin mask.
+    """Apply the crop/flip/pad transforms of a sample to its (already rescaled) margin mask.
 
-    Every transform acts as on a segmentation map (``apply_segmentation``: nearest resize, same crop
-    box, same flip), except padding, which fills the mask with 0 (no pseudo-label there). mmseg would
-    pad it with 255 like a label, which would multiply the pseudo-label weights of padded pixels by
-    255; padding never happens in the standard configs, so this only matters for small custom data.
+    ``mask`` must have been rescaled by its own keep-ratio rescale (as mmseg rescales every
+    segmentation field from its own size); the image's ``RescaleTransform`` is therefore skipped.
+    Every other transform acts as on a segmentation map (``apply_segmentation``: same crop box, same
+    flip), except padding, which fills the mask with 0 (no pseudo-label there). mmseg would pad it
+    with 255 like a label, which would multiply the pseudo-label weights of padded pixels by 255;
+    padding never happens in the standard configs, so this only matters for small custom data.
     """
     for tfm in transforms.transforms:
+        if isinstance(tfm, RescaleTransform):
+            continue
         if isinstance(tfm, T.PadTransform):
             tfm = T.PadTransform(tfm.x0, tfm.y0, tfm.x1, tfm.y1, tfm.orig_w, tfm.orig_h, tfm.pad_value, 0)
         mask = tfm.apply_segmentation(mask)
@@ -114,10 +119,11 @@ class SemSegTrainMapper:
         if len(valid_mask_size) not in (0, 2):
             raise ValueError(f"valid_mask_size must be [] or [H, W], got {list(valid_mask_size)}")
         self.valid_mask_size = tuple(int(s) for s in valid_mask_size)
-        self.scale = tuple(int(s) for s in scale)
+        self.rescale = KeepRatioRescale(scale)
+        self.scale = self.rescale.scale
         self.augmentations = T.AugmentationList(
             [
-                KeepRatioRescale(self.scale),
+                self.rescale,
                 RandomCropWithCategoryRatio(crop_size, cat_max_ratio, ignore_value),
                 T.RandomFlip(prob=flip_prob, horizontal=True, vertical=False),
                 PadBottomRight(crop_size, pad_value=0, seg_pad_value=ignore_value),
@@ -175,8 +181,9 @@ class SemSegTrainMapper:
             )
         return label
 
-    def _margin_mask(self, image_size: Tuple[int, int], file_name: str) -> np.ndarray:
-        """Margin mask at ``valid_mask_size`` (or the image size); it must rescale to the image's size."""
+    def _rescaled_margin_mask(self, image_size: Tuple[int, int], file_name: str) -> np.ndarray:
+        """Margin mask built at ``valid_mask_size`` (or the image size), then keep-ratio rescaled from
+        that size (nearest); it must come out at the image's rescaled size."""
         mask_size = self.valid_mask_size or image_size
         if imrescale_size(*mask_size, self.scale) != imrescale_size(*image_size, self.scale):
             raise ValueError(
@@ -184,14 +191,15 @@ class SemSegTrainMapper:
                 f"pseudo-label mask of INPUT.TARGET.VALID_MASK_SIZE={list(mask_size)}; set VALID_MASK_SIZE to the "
                 "dataset's image size, or to [] to use each image's own size"
             )
-        return make_margin_mask(mask_size, self.pseudo_margins)
+        mask = make_margin_mask(mask_size, self.pseudo_margins)
+        return self.rescale.get_transform(mask).apply_segmentation(mask)
 
     def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
         dataset_dict = copy.deepcopy(dataset_dict)
         image = read_rgb_image(dataset_dict["file_name"])
         image_size = image.shape[:2]
         label = self._read_label(dataset_dict, image_size)
-        mask = self._margin_mask(image_size, dataset_dict["file_name"]) if self.pseudo_margins else None
+        mask = self._rescaled_margin_mask(image_size, dataset_dict["file_name"]) if self.pseudo_margins else None
 
         aug_input = T.AugInput(image, sem_seg=label)
         transforms = self.augmentations(aug_input)
