@@ -78,13 +78,14 @@ class LabelIdMapping:
 
     Attributes:
         dataset: name used in messages ("GTA", "Synthia").
-        id_to_train_id: raw id -> train id for the ids that have one; every other valid id maps to 255.
+        id_to_train_id: (raw id, train id) pairs for the ids that have one; every other valid id maps to 255
+            (a tuple, so that the mapping pickles into worker processes).
         valid_ids: every value a raw label of this dataset may hold; anything else is refused.
         valid_ids_text: human-readable description of ``valid_ids`` for error messages.
     """
 
     dataset: str
-    id_to_train_id: Mapping[int, int]
+    id_to_train_id: Tuple[Tuple[int, int], ...]
     valid_ids: Tuple[int, ...]
     valid_ids_text: str
 
@@ -93,9 +94,7 @@ class LabelIdMapping:
 # (unlabeled 0, ego vehicle 1, ..., caravan 29, trailer 30) become 255.
 GTA_LABEL_MAPPING = LabelIdMapping(
     dataset="GTA",
-    id_to_train_id=MappingProxyType(
-        {i: t for i, t in CITYSCAPES_LABEL_ID_TO_TRAIN_ID.items() if t != IGNORE_LABEL}
-    ),
+    id_to_train_id=tuple((i, t) for i, t in CITYSCAPES_LABEL_ID_TO_TRAIN_ID.items() if t != IGNORE_LABEL),
     valid_ids=tuple(sorted(CITYSCAPES_LABEL_ID_TO_TRAIN_ID)),
     valid_ids_text="Cityscapes label ids 0..33 (cityscapesscripts.helpers.labels)",
 )
@@ -103,7 +102,7 @@ GTA_LABEL_MAPPING = LabelIdMapping(
 # lanemarking 22 become 255.
 SYNTHIA_LABEL_MAPPING = LabelIdMapping(
     dataset="Synthia",
-    id_to_train_id=SYNTHIA_ID_TO_TRAIN_ID,
+    id_to_train_id=tuple(SYNTHIA_ID_TO_TRAIN_ID.items()),
     valid_ids=tuple(sorted(SYNTHIA_CLASS_NAMES)),
     valid_ids_text="SYNTHIA-RAND-CITYSCAPES class ids 0..22",
 )
