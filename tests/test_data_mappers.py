@@ -141,7 +141,8 @@ def test_margin_mask_built_before_rescale(tmp_path):
 
 def test_margin_mask_size_mismatch_is_an_error(tmp_path):
     path = _write_rgb(tmp_path / "t.png", _coordinate_image(30, 64))
-    mapper = TargetTrainMapper(_cfg(TARGET__SCALE=[64, 30], TARGET__CROP_SIZE=[16, 16], TARGET__VALID_MASK_SIZE=[32, 64]))
+    cfg = _cfg(TARGET__SCALE=[64, 30], TARGET__CROP_SIZE=[16, 16], TARGET__VALID_MASK_SIZE=[32, 64])
+    mapper = TargetTrainMapper(cfg)
     with pytest.raises(ValueError, match="VALID_MASK_SIZE"):
         mapper({"file_name": path})
 

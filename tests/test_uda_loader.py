@@ -1,5 +1,6 @@
 """The (source, target) pair loader on a tiny generated dataset: batch layout, worker processes,
 rank sharding, exact resume (bit-identical streams from start_iter = k), and the test loader."""
+import copy
 import json
 import uuid
 
@@ -147,7 +148,8 @@ def test_shuffled_epochs_visit_every_image_once(splits):
     assert not draws
     seeded = PositionSeededDataset(dataset, seed=5, stream_id=0, shuffle=True)
     for epoch in range(2):
-        names = [seeded.dataset[seeded.dataset_index(p)]["file_name"] for p in range(epoch * N_SOURCE, (epoch + 1) * N_SOURCE)]
+        positions = range(epoch * N_SOURCE, (epoch + 1) * N_SOURCE)
+        names = [seeded.dataset[seeded.dataset_index(p)]["file_name"] for p in positions]
         assert len(set(names)) == N_SOURCE
     first, second = ([seeded.dataset_index(p) for p in range(e * N_SOURCE, (e + 1) * N_SOURCE)] for e in range(2))
     assert first != second  # a new permutation per epoch
@@ -185,3 +187,24 @@ def test_test_loader(splits):
     assert len(batches) == N_TARGET and all(len(b) == 1 for b in batches)
     d = batches[0][0]
     assert tuple(d["image"].shape) == (3, 80, 160) and (d["height"], d["width"]) == (40, 80)
+
+
+def test_rcs_recrops_reusing_the_loaded_file_equal_reloading(splits):
+    cfg = _cfg(splits)
+    cfg.DATASETS.RCS.MIN_CROP_RATIO = 3.0  # > 192 pixels of the class in a 32x32 crop: some crops fail
+    dataset, _ = build_source_train_dataset(cfg)
+    calls = []
+
+    def reloading_mapper(d):  # not a SemSegTrainMapper: the dataset maps the file again each time
+        calls.append(d["file_name"])
+        return dataset.mapper(d)
+
+    reloading = copy.copy(dataset)
+    reloading.mapper = reloading_mapper
+    for seed in range(12):
+        np.random.seed(seed)
+        a = dataset[0]
+        np.random.seed(seed)
+        b = reloading[0]
+        _assert_batches_equal([a], [b])
+    assert len(calls) > 12  # re-crops happened

@@ -10,6 +10,7 @@ Randomness (crop boxes, flips) comes from NumPy's global RNG; the training loade
 (``hrda_d2.data.samplers.position_sampling``).
 """
 import copy
+import dataclasses
 import logging
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -18,10 +19,17 @@ import torch
 from detectron2.config import configurable
 from detectron2.data import transforms as T
 
-from ..transforms import KeepRatioRescale, PadBottomRight, RandomCropWithCategoryRatio, RescaleTransform, imrescale_size
+from ..transforms import KeepRatioRescale, PadBottomRight, RandomCropWithCategoryRatio, imrescale_size
 from .image_reading import image_to_chw_tensor, read_label, read_rgb_image
 
-__all__ = ["SemSegTrainMapper", "SourceTrainMapper", "TargetTrainMapper", "make_margin_mask", "transform_valid_mask"]
+__all__ = [
+    "LoadedSample",
+    "SemSegTrainMapper",
+    "SourceTrainMapper",
+    "TargetTrainMapper",
+    "make_margin_mask",
+    "transform_valid_mask",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -54,20 +62,31 @@ def make_margin_mask(size: Sequence[int], margins: Sequence[int]) -> np.ndarray:
 def transform_valid_mask(transforms: T.TransformList, mask: np.ndarray) -> np.ndarray:
     """Apply the crop/flip/pad transforms of a sample to its (already rescaled) margin mask.
 
-    ``mask`` must have been rescaled by its own keep-ratio rescale (as mmseg rescales every
-    segmentation field from its own size); the image's ``RescaleTransform`` is therefore skipped.
-    Every other transform acts as on a segmentation map (``apply_segmentation``: same crop box, same
+    Every transform acts as on a segmentation map (``apply_segmentation``: same crop box, same
     flip), except padding, which fills the mask with 0 (no pseudo-label there). mmseg would pad it
     with 255 like a label, which would multiply the pseudo-label weights of padded pixels by 255;
     padding never happens in the standard configs, so this only matters for small custom data.
     """
     for tfm in transforms.transforms:
-        if isinstance(tfm, RescaleTransform):
-            continue
         if isinstance(tfm, T.PadTransform):
             tfm = T.PadTransform(tfm.x0, tfm.y0, tfm.x1, tfm.y1, tfm.orig_w, tfm.orig_h, tfm.pad_value, 0)
         mask = tfm.apply_segmentation(mask)
     return mask
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedSample:
+    """A training sample after the deterministic steps (read, margin mask, keep-ratio rescale).
+
+    ``dataset_dict``: copy of the input dict with ``height``/``width`` of the original image;
+    ``image``: ``h x w x 3`` uint8 RGB (rescaled); ``label``: ``h x w`` uint8 or None;
+    ``valid_mask``: ``h x w`` uint8 rescaled margin mask or None.
+    """
+
+    dataset_dict: Dict[str, Any]
+    image: np.ndarray
+    label: Optional[np.ndarray]
+    valid_mask: Optional[np.ndarray]
 
 
 class SemSegTrainMapper:
@@ -121,9 +140,8 @@ class SemSegTrainMapper:
         self.valid_mask_size = tuple(int(s) for s in valid_mask_size)
         self.rescale = KeepRatioRescale(scale)
         self.scale = self.rescale.scale
-        self.augmentations = T.AugmentationList(
+        self.augmentations = T.AugmentationList(  # the random part, after the rescale in ``load``
             [
-                self.rescale,
                 RandomCropWithCategoryRatio(crop_size, cat_max_ratio, ignore_value),
                 T.RandomFlip(prob=flip_prob, horizontal=True, vertical=False),
                 PadBottomRight(crop_size, pad_value=0, seg_pad_value=ignore_value),
@@ -194,23 +212,36 @@ class SemSegTrainMapper:
         mask = make_margin_mask(mask_size, self.pseudo_margins)
         return self.rescale.get_transform(mask).apply_segmentation(mask)
 
-    def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
+    def load(self, dataset_dict: Dict[str, Any]) -> LoadedSample:
+        """The deterministic part: read image (+ label), build the margin mask, keep-ratio rescale."""
         dataset_dict = copy.deepcopy(dataset_dict)
         image = read_rgb_image(dataset_dict["file_name"])
         image_size = image.shape[:2]
+        dataset_dict["height"], dataset_dict["width"] = image_size
         label = self._read_label(dataset_dict, image_size)
         mask = self._rescaled_margin_mask(image_size, dataset_dict["file_name"]) if self.pseudo_margins else None
+        rescale = self.rescale.get_transform(image)
+        image = rescale.apply_image(image)
+        if label is not None:
+            label = rescale.apply_segmentation(label)
+        return LoadedSample(dataset_dict, image, label, mask)
 
-        aug_input = T.AugInput(image, sem_seg=label)
+    def augment(self, loaded: LoadedSample) -> Dict[str, Any]:
+        """The random part (crop, flip, pad; NumPy global RNG) -> the output dict. ``loaded`` is not
+        modified, so a sample can be augmented again (rare class sampling re-crops)."""
+        aug_input = T.AugInput(loaded.image, sem_seg=loaded.label)
         transforms = self.augmentations(aug_input)
-
-        dataset_dict["height"], dataset_dict["width"] = image_size
+        dataset_dict = copy.deepcopy(loaded.dataset_dict)
         dataset_dict["image"] = image_to_chw_tensor(aug_input.image)
         if aug_input.sem_seg is not None:
-            dataset_dict["sem_seg"] = torch.as_tensor(aug_input.sem_seg.astype(np.int64))
-        if mask is not None:
-            dataset_dict["valid_pseudo_mask"] = torch.as_tensor(np.ascontiguousarray(transform_valid_mask(transforms, mask)))
+            dataset_dict["sem_seg"] = torch.from_numpy(aug_input.sem_seg.astype(np.int64))
+        if loaded.valid_mask is not None:
+            mask = transform_valid_mask(transforms, loaded.valid_mask)
+            dataset_dict["valid_pseudo_mask"] = torch.from_numpy(np.array(mask, dtype=np.uint8, copy=True))
         return dataset_dict
+
+    def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
+        return self.augment(self.load(dataset_dict))
 
 
 class SourceTrainMapper(SemSegTrainMapper):

@@ -25,6 +25,8 @@ import torch
 from detectron2.data.common import DatasetFromList
 from torch.utils.data import Dataset
 
+from ..dataset_mappers.train_mappers import SemSegTrainMapper
+
 __all__ = [
     "RCS_CLASS_STATS_FILE",
     "RCS_SAMPLES_WITH_CLASS_FILE",
@@ -132,7 +134,9 @@ class RareClassSamplingDataset(Dataset):
 
     Args:
         dataset_dicts: the source split's dataset dicts (``sem_seg_file_name`` required).
-        mapper: callable dataset dict -> mapped dict with ``"sem_seg"`` (``h x w`` tensor).
+        mapper: callable dataset dict -> mapped dict with ``"sem_seg"`` (``h x w`` tensor). A
+            :class:`SemSegTrainMapper` reads and rescales the file once per item and re-runs only its
+            random steps for the re-crops (same result as mapping the file again).
         sample_class_stats, samples_with_class: the statistics (see :func:`load_rcs_statistics`).
         temperature: ``DATASETS.RCS.CLASS_TEMP``.
         min_pixels: ``DATASETS.RCS.MIN_PIXELS`` (file-list threshold, original-resolution counts).
@@ -183,10 +187,22 @@ class RareClassSamplingDataset(Dataset):
         """One rare-class sample drawn from NumPy's global RNG; ``index`` is ignored."""
         c = np.random.choice(self.classes, p=self.probs)
         i = int(np.random.choice(self.class_indices[c]))
-        sample = self.mapper(self.dataset_dicts[i])
+        if isinstance(self.mapper, SemSegTrainMapper):
+            # re-crops redo only the random steps; the original reloads the file, with the same result
+            loaded = self.mapper.load(self.dataset_dicts[i])
+
+            def remap() -> Dict[str, Any]:
+                return self.mapper.augment(loaded)
+
+        else:
+
+            def remap() -> Dict[str, Any]:
+                return self.mapper(self.dataset_dicts[i])
+
+        sample = remap()
         if self.min_crop_ratio > 0:
             for _ in range(_RECROP_CHECKS):
                 if int((sample["sem_seg"] == c).sum()) > self.min_pixels * self.min_crop_ratio:
                     break
-                sample = self.mapper(self.dataset_dicts[i])
+                sample = remap()
         return sample
