@@ -417,6 +417,15 @@ def test_tiny_hrda_training_forward_returns_finite_losses_and_gradients():
     total.backward()
     for part in (model.backbone, model.sem_seg_head, model.scale_attention):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+    # tensor-level call through __call__ (used by the trainer so that DDP sees the forward)
+    images = model.normalize(torch.stack([x["image"] for x in inputs]))
+    labels = torch.stack([x["sem_seg"] for x in inputs])
+    losses, out = model(images=images, sem_seg=labels, crop_box=(0, 64, 64, 128), return_outputs=True)
+    assert set(losses) == {"loss_sem_seg", "loss_sem_seg_hr"} and out.crop_box == (0, 64, 64, 128)
+    assert out.features["res5"].shape == (2, 256, 2, 2)  # LR features (FEATURE_SCALE 0.5) of the 128 image
+    assert {k: v.shape for k, v in model.extract_features(images).items()} == {
+        k: v.shape for k, v in out.features.items()}
+    assert set(out.metrics) == {"acc_sem_seg", "acc_sem_seg_hr"}
 
 
 def test_single_scale_is_plain_daformer():

@@ -9,10 +9,12 @@ __all__ = ["resize_to_labels", "pixel_weighted_cross_entropy", "pixel_accuracy"]
 
 
 def resize_to_labels(logits: Tensor, labels: Tensor) -> Tensor:
-    """Bilinearly resize ``N x C x h x w`` logits to the ``H x W`` of ``N x H x W`` labels (align_corners False).
+    """Bilinearly resize ``N x C x h x w`` logits to the ``H x W`` of ``N x H x W`` labels (align_corners False),
+    in float32 (the original computes losses in fp32, also under mixed precision).
 
     The logits are resized to the labels, never the labels to the logits.
     """
+    logits = logits.float()
     if logits.shape[-2:] == labels.shape[-2:]:
         return logits
     return F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)

@@ -95,15 +95,16 @@ def merge_windows(
         canvas_hw: canvas size ``(H, W)``.
 
     Returns:
-        ``B x C x H x W``: the sum of the windows covering each pixel divided by their number.
+        ``B x C x H x W`` (float32 or wider): the sum of the windows covering each pixel divided by their number.
     """
     h, w = int(canvas_hw[0]), int(canvas_hw[1])
     preds = count = None
     n_windows = 0
     for logits, (y1, y2, x1, x2) in zip(window_logits, boxes):
-        if preds is None:
-            preds = logits.new_zeros((logits.shape[0], logits.shape[1], h, w))
-            count = logits.new_zeros((logits.shape[0], 1, h, w))
+        if preds is None:  # accumulate in at least float32 (windows may be half precision under autocast)
+            dtype = torch.promote_types(logits.dtype, torch.float32)
+            preds = logits.new_zeros((logits.shape[0], logits.shape[1], h, w), dtype=dtype)
+            count = logits.new_zeros((logits.shape[0], 1, h, w), dtype=dtype)
         preds[:, :, y1:y2, x1:x2] += logits
         count[:, :, y1:y2, x1:x2] += 1
         n_windows += 1

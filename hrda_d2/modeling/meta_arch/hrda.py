@@ -486,17 +486,35 @@ class HRDA(nn.Module):
     # ------------------------------------------------------------------------------------------------------
     # Detectron2 entry point
     # ------------------------------------------------------------------------------------------------------
-    def forward(self, batched_inputs: List[Dict]) -> Union[Dict[str, Tensor], List[Dict[str, Tensor]]]:
-        """Detectron2 call.
+    def forward(
+        self,
+        batched_inputs: Optional[List[Dict]] = None,
+        *,
+        images: Optional[Tensor] = None,
+        sem_seg: Optional[Tensor] = None,
+        weight: Optional[Tensor] = None,
+        crop_box: Optional[Sequence[int]] = None,
+        return_outputs: bool = False,
+    ):
+        """Detectron2 call, or a tensor-level training call.
 
-        Training: each input has ``image`` (``3 x H x W`` RGB 0..255), ``sem_seg`` (``H x W`` int64) and
-        optionally ``weight`` (``H x W`` float); all images the same size. Returns the loss dict of
-        ``forward_train`` (random detail crop).
+        ``model(batched_inputs)`` in training: each input has ``image`` (``3 x H x W`` RGB 0..255),
+        ``sem_seg`` (``H x W`` int64) and optionally ``weight`` (``H x W`` float); all images the same size.
+        Returns the loss dict of ``forward_train`` (random detail crop).
 
-        Inference: each input has ``image`` and optionally ``height``/``width`` (output size, default the
-        image size). Returns ``[{"sem_seg": C x height x width logits}]``. Images of one size are processed
-        as one batch, otherwise one by one.
+        ``model(batched_inputs)`` in inference: each input has ``image`` and optionally ``height``/``width``
+        (output size, default the image size). Returns ``[{"sem_seg": C x height x width logits}]``. Images of
+        one size are processed as one batch, otherwise one by one.
+
+        ``model(images=..., sem_seg=..., weight=..., crop_box=..., return_outputs=...)``: ``forward_train`` on
+        normalised tensors through ``__call__`` (so that wrappers such as DDP see the forward pass).
         """
+        if images is not None:
+            if batched_inputs is not None or sem_seg is None:
+                raise ValueError("call the model either with batched_inputs or with images= and sem_seg=")
+            return self.forward_train(images, sem_seg, weight, crop_box, return_outputs)
+        if batched_inputs is None:
+            raise ValueError("HRDA.forward needs batched_inputs (list of dicts) or images= and sem_seg=")
         if self.training:
             images = self.normalize(torch.stack([x["image"] for x in batched_inputs]))
             sem_seg = torch.stack([x["sem_seg"] for x in batched_inputs]).to(self.device)
