@@ -1,7 +1,7 @@
 """HRDA meta-architecture: crop boxes, sliding windows, scale fusion and losses checked against independent
 NumPy implementations of the reference text (sections 4, 5, 6), and a tiny MiT-b0 HRDA through the
 Detectron2 API."""
-from typing import List, Sequence, Tuple
+from typing import Sequence
 
 import numpy as np
 import pytest
