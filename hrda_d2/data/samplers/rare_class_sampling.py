@@ -15,6 +15,7 @@ crop's label holds more than ``min_pixels * min_crop_ratio`` (strict) pixels of 
 the same file again (new crop/flip); after 10 failed checks the 11th sample is kept unchecked.
 All draws use NumPy's global RNG (seeded per sample by ``position_sampling.PositionSeededDataset``).
 """
+import functools
 import json
 import logging
 import os
@@ -189,16 +190,9 @@ class RareClassSamplingDataset(Dataset):
         i = int(np.random.choice(self.class_indices[c]))
         if isinstance(self.mapper, SemSegTrainMapper):
             # re-crops redo only the random steps; the original reloads the file, with the same result
-            loaded = self.mapper.load(self.dataset_dicts[i])
-
-            def remap() -> Dict[str, Any]:
-                return self.mapper.augment(loaded)
-
+            remap = functools.partial(self.mapper.augment, self.mapper.load(self.dataset_dicts[i]))
         else:
-
-            def remap() -> Dict[str, Any]:
-                return self.mapper(self.dataset_dicts[i])
-
+            remap = functools.partial(self.mapper, self.dataset_dicts[i])
         sample = remap()
         if self.min_crop_ratio > 0:
             for _ in range(_RECROP_CHECKS):
