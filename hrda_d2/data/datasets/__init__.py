@@ -11,7 +11,7 @@ Importing this package registers the builtin splits of :mod:`.builtin` (``gta_tr
 * :mod:`.synthetic`: small generated replicas of the real layouts (``datasets/prepare_synthetic.py``).
 """
 from . import builtin  # noqa: F401  (registers the builtin splits)
-from .builtin import BUILTIN_SPLITS, CITYSCAPES_BUILTIN_SPLITS, register_all_hrda_datasets
+from .builtin import BUILTIN_SPLITS, CITYSCAPES_BUILTIN_SPLITS, register_all_hrda_datasets, register_builtin_split
 from .cityscapes_classes import (
     CITYSCAPES_CLASSES,
     CITYSCAPES_LABEL_ID_TO_TRAIN_ID,
@@ -36,6 +36,7 @@ __all__ = [
     "BUILTIN_SPLITS",
     "CITYSCAPES_BUILTIN_SPLITS",
     "register_all_hrda_datasets",
+    "register_builtin_split",
     "CITYSCAPES_CLASSES",
     "CITYSCAPES_LABEL_ID_TO_TRAIN_ID",
     "CITYSCAPES_PALETTE",

@@ -29,7 +29,13 @@ from detectron2.data import MetadataCatalog
 from .cityscapes_classes import SYNTHIA_MIOU16_CLASSES, stuff_colors
 from .sem_seg_splits import register_sem_seg_split
 
-__all__ = ["BuiltinSplit", "BUILTIN_SPLITS", "CITYSCAPES_BUILTIN_SPLITS", "register_all_hrda_datasets"]
+__all__ = [
+    "BuiltinSplit",
+    "BUILTIN_SPLITS",
+    "CITYSCAPES_BUILTIN_SPLITS",
+    "register_builtin_split",
+    "register_all_hrda_datasets",
+]
 
 _DOWNLOAD_PAGES = {
     "gta": "https://download.visinf.tu-darmstadt.de/data/from_games/",
@@ -107,26 +113,31 @@ BUILTIN_SPLITS: Tuple[BuiltinSplit, ...] = (
 CITYSCAPES_BUILTIN_SPLITS: Tuple[str, ...] = ("cityscapes_fine_sem_seg_train", "cityscapes_fine_sem_seg_val")
 
 
+def register_builtin_split(split: BuiltinSplit, root: str, name: Optional[str] = None) -> None:
+    """Register ``split`` below ``root`` (no disk access), under ``name`` (default: ``split.name``)."""
+    dataset_root = os.path.join(root, split.dataset_dir)
+    metadata: Dict[str, Any] = {key: list(value) for key, value in split.extra_metadata}
+    register_sem_seg_split(
+        name or split.name,
+        os.path.join(dataset_root, split.image_dir),
+        os.path.join(dataset_root, split.label_dir) if split.label_dir else None,
+        split.image_suffix,
+        split.label_suffix,
+        with_image_size=split.with_image_size,
+        hint=split.hint(dataset_root),
+        dataset_root=dataset_root,
+        **metadata,
+    )
+
+
 def register_all_hrda_datasets(root: str) -> None:
     """Register :data:`BUILTIN_SPLITS` below ``root`` and complete the builtin Cityscapes metadata.
 
-    No disk access. Called once at import with ``$DETECTRON2_DATASETS``; call it yourself only with another
-    root in a fresh process (names can be registered once).
+    No disk access. Called once at import with ``$DETECTRON2_DATASETS``; names can be registered only once,
+    so for another root use :func:`register_builtin_split` with new names.
     """
     for split in BUILTIN_SPLITS:
-        dataset_root = os.path.join(root, split.dataset_dir)
-        metadata: Dict[str, Any] = {key: list(value) for key, value in split.extra_metadata}
-        register_sem_seg_split(
-            split.name,
-            os.path.join(dataset_root, split.image_dir),
-            os.path.join(dataset_root, split.label_dir) if split.label_dir else None,
-            split.image_suffix,
-            split.label_suffix,
-            with_image_size=split.with_image_size,
-            hint=split.hint(dataset_root),
-            dataset_root=dataset_root,
-            **metadata,
-        )
+        register_builtin_split(split, root)
     for name in CITYSCAPES_BUILTIN_SPLITS:
         meta = MetadataCatalog.get(name)
         # Detectron2 roots them at its own reading of $DETECTRON2_DATASETS: derive the root from gt_dir
