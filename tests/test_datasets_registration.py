@@ -141,19 +141,23 @@ def test_builtin_cityscapes_and_own_splits_load_under_detectron2_datasets(prepar
         "from hrda_d2.data.datasets import load_split\n"
         "names = ['cityscapes_fine_sem_seg_train', 'cityscapes_fine_sem_seg_val', 'gta_train', 'synthia_train',\n"
         "         'acdc_val', 'darkzurich_train']\n"
-        "out = {n: len(load_split(n)) for n in names}\n"
+        "splits = {n: load_split(n) for n in names}\n"
+        "out = {n: len(d) for n, d in splits.items()}\n"
+        "out['absolute'] = all(x['file_name'].startswith('/') for d in splits.values() for x in d)\n"
         "out['d2_val'] = len(DatasetCatalog.get('cityscapes_fine_sem_seg_val'))\n"
         "out['root'] = MetadataCatalog.get('cityscapes_fine_sem_seg_train').dataset_root\n"
         "print('RESULT' + json.dumps(out))\n"
     )
-    env = dict(os.environ, DETECTRON2_DATASETS=prepared.root, PYTHONPATH=str(repo_root))
+    # a relative root, as the default "datasets" is: paths must still come back absolute
+    relative_root = os.path.basename(prepared.root)
+    env = dict(os.environ, DETECTRON2_DATASETS=relative_root, PYTHONPATH=str(repo_root))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
-                          cwd=str(repo_root))
+                          cwd=os.path.dirname(prepared.root))
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.split("RESULT", 1)[1])
     assert result == {"cityscapes_fine_sem_seg_train": 3, "cityscapes_fine_sem_seg_val": 2, "gta_train": 3,
-                      "synthia_train": 3, "acdc_val": 2, "darkzurich_train": 3, "d2_val": 2,
-                      "root": os.path.join(prepared.root, "cityscapes")}
+                      "synthia_train": 3, "acdc_val": 2, "darkzurich_train": 3, "d2_val": 2, "absolute": True,
+                      "root": os.path.join(relative_root, "cityscapes")}
 
 
 def test_image_without_label_is_an_error_naming_the_file(prepared, tmp_path):

@@ -264,7 +264,8 @@ def test_generated_replicas_cover_all_classes_and_are_deterministic(generated, t
     for rel in ("gta/images/00002.png", "gta/labels/00002.png", "synthia/GT/LABELS/0000001.png",
                 "cityscapes/leftImg8bit/val/lindau/lindau_000000_000019_leftImg8bit.png"):
         assert open(os.path.join(again.root, rel), "rb").read() == open(os.path.join(generated.root, rel), "rb").read()
-    assert generated.sizes["cityscapes"] == (64, 128) and _read(os.path.join(again.root, "gta/images/00001.png")).shape == (66, 120, 3)
+    assert generated.sizes["cityscapes"] == (64, 128)
+    assert _read(os.path.join(again.root, "gta/images/00001.png")).shape == (66, 120, 3)
 
 
 def test_generated_target_appearance_is_shifted(generated, tmp_path):

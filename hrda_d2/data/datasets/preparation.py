@@ -490,9 +490,10 @@ def prepare_cityscapes(root: str, nproc: int = 4, verify_images: bool = False) -
         else:
             no_label.append(rel)
     if no_label:
+        expected = replace_suffix(no_label[0], "_leftImg8bit.png", "_gtFine_polygons.json")
         raise MissingLabelError(
             f"{len(no_label)} Cityscapes image(s) without polygons, e.g. {os.path.join(image_root, no_label[0])} "
-            f"(expected {os.path.join(gt_root, replace_suffix(no_label[0], '_leftImg8bit.png', '_gtFine_polygons.json'))})"
+            f"(expected {os.path.join(gt_root, expected)})"
         )
     tasks = []
     for rel in polygons:

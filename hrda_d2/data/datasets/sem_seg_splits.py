@@ -283,7 +283,7 @@ def check_cityscapes_split(image_dir: str, gt_dir: str, split_name: str = "") ->
 def load_cityscapes_split(image_dir: str, gt_dir: str, split_name: str = "") -> List[Dict[str, Any]]:
     """:func:`check_cityscapes_split`, then Detectron2's ``load_cityscapes_semantic``, sorted by image path."""
     check_cityscapes_split(image_dir, gt_dir, split_name)
-    dicts = load_cityscapes_semantic(image_dir, gt_dir)
+    dicts = load_cityscapes_semantic(os.path.abspath(image_dir), os.path.abspath(gt_dir))
     return sorted(dicts, key=lambda d: d["file_name"])
 
 
@@ -323,11 +323,17 @@ def load_split(name: str) -> List[Dict[str, Any]]:
     ``evaluator_type == "cityscapes_sem_seg"`` with ``image_dir``/``gt_dir``, e.g. Detectron2's builtin
     ``cityscapes_fine_sem_seg_train``) are checked first with :func:`check_cityscapes_split` (Detectron2's
     own loader would fail with a bare assertion), and that the result is sorted by image path
-    (Detectron2's Cityscapes loader lists files in file-system order).
+    (Detectron2's Cityscapes loader lists files in file-system order), with absolute file paths (Detectron2's
+    builtin Cityscapes splits give paths relative to the working directory when ``$DETECTRON2_DATASETS`` is).
     """
     if name not in DatasetCatalog.list():
         raise KeyError(f"Dataset split '{name}' is not registered; registered: {', '.join(DatasetCatalog.list())}")
     meta = MetadataCatalog.get(name)
     if meta.get("evaluator_type") == "cityscapes_sem_seg" and meta.get("image_dir") and meta.get("gt_dir"):
         check_cityscapes_split(meta.image_dir, meta.gt_dir, name)
-    return sorted(DatasetCatalog.get(name), key=lambda d: d["file_name"])
+    dicts = [dict(d) for d in DatasetCatalog.get(name)]
+    for d in dicts:
+        for key in ("file_name", "sem_seg_file_name"):
+            if key in d:
+                d[key] = os.path.abspath(d[key])
+    return sorted(dicts, key=lambda d: d["file_name"])

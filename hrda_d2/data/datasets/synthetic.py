@@ -26,7 +26,7 @@ map, so image and label always agree): sky on top, buildings and vegetation alon
 and a perspective road (vanishing point) below, and objects scaled with their distance to the horizon: cars,
 persons, poles with traffic signs (always), and walls, fences, traffic lights, terrain, riders, trucks, buses,
 trains, motorcycles, bicycles (each image gets 3 of these 10 rare classes in turn, plus each other with
-probability 0.25, so any 4 consecutive images hold all 19 classes). Poles, signs and persons stay small and
+probability 0.25, so any 4 consecutive images hold all 19 classes unless a nearer object hides one). Poles, signs and persons stay small and
 thin, which gives rare class sampling something to do. Void labels (unlabeled, ego vehicle, static, dynamic,
 ground, parking, rail track, guard rail, bridge, tunnel, polegroup, caravan, trailer) appear too, so the
 preparation's 255-mapping is exercised; Cityscapes cars carry a license plate polygon (id -1, not drawn by
@@ -162,7 +162,8 @@ def make_scene(
                                                    rng, jitter=0.25)))
     if "wall" in wanted:
         x0 = rng.uniform(0, 0.6) * W
-        background.append(("wall", _rect(x0, horizon - 0.1 * H, x0 + rng.uniform(0.15, 0.35) * W, ground_top + 0.03 * H)))
+        x1 = x0 + rng.uniform(0.15, 0.35) * W
+        background.append(("wall", _rect(x0, horizon - 0.1 * H, x1, ground_top + 0.03 * H)))
     background.append(("sidewalk", _rect(0, ground_top, W, H)))
     if "terrain" in wanted:
         background.append(("terrain", [(0, ground_top), (0.2 * W, ground_top), (0, 0.8 * H)]))
@@ -180,7 +181,8 @@ def make_scene(
                                           (vanishing_x + 0.1 * W, 0.75 * H), (vanishing_x - 0.1 * W, 0.75 * H)]))
     if "fence" in wanted:
         x0 = rng.uniform(0.4, 0.8) * W
-        background.append(("fence", _rect(x0, ground_top - 0.08 * H, x0 + rng.uniform(0.15, 0.3) * W, ground_top + 0.05 * H)))
+        x1 = x0 + rng.uniform(0.15, 0.3) * W
+        background.append(("fence", _rect(x0, ground_top - 0.08 * H, x1, ground_top + 0.05 * H)))
     if rng.random() < 0.3:
         x0 = rng.uniform(0, 0.7) * W
         background.append(("guard rail", _rect(x0, ground_top + 0.02 * H, x0 + 0.25 * W, ground_top + 0.05 * H)))
