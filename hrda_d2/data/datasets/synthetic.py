@@ -30,8 +30,8 @@ probability 0.25, so any 4 consecutive images hold all 19 classes unless a neare
 signs and persons stay small and thin, which gives rare class sampling something to do. Void labels
 (unlabeled, ego vehicle, static, dynamic, ground, parking, rail track, guard rail, bridge, polegroup, caravan,
 trailer) and crowd polygons ('persongroup') appear too, so the preparation's 255-mapping is exercised;
-Cityscapes cars carry a license plate polygon (id -1, not drawn by cityscapesscripts). Synthia-like scenes leave out terrain, truck and train (not present in Synthia), and add
-lane markings on the road (Synthia id 22) and road-work (id 14) where Cityscapes has 'static'.
+Cityscapes cars carry a license plate polygon (id -1, not drawn by cityscapesscripts). Synthia-like scenes
+leave out terrain, truck and train (not present in Synthia), and add lane markings on the road (Synthia id 22) and road-work (id 14) where Cityscapes has 'static'.
 
 Domain shift. The class layout statistics are the same in every domain; the APPEARANCE differs:
 
