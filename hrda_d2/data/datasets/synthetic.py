@@ -31,7 +31,8 @@ signs and persons stay small and thin, which gives rare class sampling something
 (unlabeled, ego vehicle, static, dynamic, ground, parking, rail track, guard rail, bridge, polegroup, caravan,
 trailer) and crowd polygons ('persongroup') appear too, so the preparation's 255-mapping is exercised;
 Cityscapes cars carry a license plate polygon (id -1, not drawn by cityscapesscripts). Synthia-like scenes
-leave out terrain, truck and train (not present in Synthia), and add lane markings on the road (Synthia id 22) and road-work (id 14) where Cityscapes has 'static'.
+leave out terrain, truck and train (not present in Synthia), and add lane markings on the road (Synthia
+id 22) and road-work (id 14) where Cityscapes has 'static'.
 
 Domain shift. The class layout statistics are the same in every domain; the APPEARANCE differs:
 
