@@ -376,21 +376,17 @@ def _require_dir(path: str, dataset: str, layout: str) -> None:
         raise DatasetNotFoundError(f"{dataset}: folder not found: {os.path.abspath(path)}\nExpected layout:\n{layout}")
 
 
-def _pair_or_raise(
-    image_root: str, images: Sequence[str], label_root: str, labels: Sequence[str], label_of_image: Callable
-) -> None:
-    """Every image has its label and every label its image, else an error naming the files."""
-    label_set = set(labels)
-    labels_expected = {label_of_image(rel) for rel in images}
-    no_label = [rel for rel in images if label_of_image(rel) not in label_set]
+def _pair_or_raise(image_root: str, images: Sequence[str], label_root: str, labels: Sequence[str]) -> None:
+    """Every image has its label (same relative path) and every label its image, else an error naming them."""
+    image_set, label_set = set(images), set(labels)
+    no_label = [rel for rel in images if rel not in label_set]
     if no_label:
         shown = ", ".join(os.path.join(image_root, r) for r in no_label[:_MAX_LISTED])
         raise MissingLabelError(
             f"{len(no_label)} image(s) without label, e.g. {shown} (expected "
-            f"{os.path.join(label_root, label_of_image(no_label[0]))}); restore the missing labels or remove "
-            "the images"
+            f"{os.path.join(label_root, no_label[0])}); restore the missing labels or remove the images"
         )
-    no_image = [rel for rel in labels if rel not in labels_expected]
+    no_image = [rel for rel in labels if rel not in image_set]
     if no_image:
         shown = ", ".join(os.path.join(label_root, r) for r in no_image[:_MAX_LISTED])
         raise MissingImageError(
@@ -420,7 +416,7 @@ def _prepare_id_labels(
     if not labels:
         raise DatasetNotFoundError(f"{mapping.dataset}: no label PNGs below {os.path.abspath(label_root)}\n"
                                    f"Expected layout:\n{layout}")
-    _pair_or_raise(image_root, images, label_root, labels, lambda rel: rel)
+    _pair_or_raise(image_root, images, label_root, labels)
     tasks = [
         LabelTask(
             source=os.path.join(label_root, rel),
