@@ -295,62 +295,21 @@ def random_official_state_dict(variant: str, generator: torch.Generator) -> "Ord
     return sd
 
 
-def official_to_hf_legacy_key(key: str) -> str:
-    """Key renaming of transformers' models/segformer/convert_segformer_original_to_pytorch.py (rename_keys with
-    encoder_only=True): MiT key -> legacy HF key; transformers' own checkpoint-conversion mapping turns the legacy
-    keys into the current SegformerModel layout when loading with from_pretrained."""
-    key = "segformer.encoder." + key
-    key = re.sub(r"patch_embed(\d)", lambda m: f"patch_embeddings.{int(m.group(1)) - 1}", key)
-    key = key.replace("norm", "layer_norm")
-    key = re.sub(r"encoder\.layer_norm(\d)", lambda m: f"encoder.layer_norm.{int(m.group(1)) - 1}", key)
-    key = key.replace("layer_norm1", "layer_norm_1").replace("layer_norm2", "layer_norm_2")
-    key = re.sub(r"block(\d)", lambda m: f"block.{int(m.group(1)) - 1}", key)
-    key = key.replace("attn.q", "attention.self.query").replace("attn.proj", "attention.output.dense")
-    key = key.replace("attn", "attention.self")
-    return key.replace("fc1", "dense1").replace("fc2", "dense2")
-
-
-def official_to_hf_legacy(sd, embed_dims) -> "OrderedDict[str, torch.Tensor]":
-    """rename_keys + read_in_k_v of the transformers conversion script (kv rows: first C = key, last C = value)."""
-    out = OrderedDict()
-    for key, value in sd.items():
-        if key.startswith("head."):
-            continue
-        new = official_to_hf_legacy_key(key)
-        match = re.search(r"block\.(\d)\.\d+\.attention\.self\.kv\.(weight|bias)$", new)
-        if match:
-            c = embed_dims[int(match.group(1))]
-            stem, kind = new[: -len(".kv." + match.group(2))], match.group(2)
-            out[f"{stem}.key.{kind}"] = value[:c].clone()
-            out[f"{stem}.value.{kind}"] = value[c:].clone()
-        else:
-            out[new] = value.clone()
-    return out
-
-
 @pytest.mark.parametrize("variant", ["mit_b0", "mit_b2"])
 def test_matches_transformers_segformer(variant, tmp_path):
-    transformers = pytest.importorskip("transformers")
-    safetensors_torch = pytest.importorskip("safetensors.torch")
-    dims, heads, depths = PUBLISHED[variant]
+    """Same random official-layout weights: ours through the converter, transformers' SegformerModel through the
+    key mapping of transformers' SegFormer conversion script (hrda_d2.checkpoint.transformers_segformer)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("safetensors")
+    from hrda_d2.checkpoint.transformers_segformer import load_transformers_segformer
+
     official = random_official_state_dict(variant, torch.Generator().manual_seed(3))
     path = tmp_path / "official.pth"
     torch.save(official, path)
     ours = load_backbone_through_converter(path, variant)
-
-    hf_dir = tmp_path / "hf"
-    config = transformers.SegformerConfig(hidden_sizes=dims, num_attention_heads=heads, depths=depths)
-    config.save_pretrained(hf_dir)
-    safetensors_torch.save_file(official_to_hf_legacy(official, dims), str(hf_dir / "model.safetensors"),
-                                metadata={"format": "pt"})
-    hf, info = transformers.SegformerModel.from_pretrained(hf_dir, output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
-    # transformers builds every LayerNorm with eps 1e-5 (config.layer_norm_eps is not used by the layers); the
-    # original MiT uses 1e-6 in the block and stage norms (docs 2.2), so set those on the HF modules.
-    for name, m in hf.named_modules():
-        if isinstance(m, nn.LayerNorm) and re.search(r"layernorm_(before|after)$|stages\.\d\.layer_norm$", name):
-            m.eps = 1e-6
-    hf.eval()
+    # raises unless from_pretrained reports no missing / unexpected / mis-shaped keys; sets the original's 1e-6
+    # eps on the block and stage norms (transformers uses 1e-5 for every LayerNorm)
+    hf = load_transformers_segformer(official, variant, tmp_path / "hf")
 
     x = torch.randn(1, 3, 100, 164)
     with torch.no_grad():
