@@ -70,6 +70,8 @@ def _add_test_config(cfg: CN) -> None:
     cfg.TEST.WEIGHTS_SOURCE = "student"
     # also report mIoU16 (Synthia's 16 classes) in evaluations (Synthia-source configs)
     cfg.TEST.REPORT_MIOU16 = False
+    # also run the official Cityscapes evaluation (cityscapesscripts) on Detectron2's Cityscapes splits
+    cfg.TEST.CITYSCAPES_OFFICIAL_EVAL = True
     cfg.TEST.SAVE_PREDICTIONS = False  # colour PNGs + Cityscapes label-id PNGs under OUTPUT_DIR/inference
 
 

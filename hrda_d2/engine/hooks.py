@@ -1,0 +1,110 @@
+"""Training hooks: the DACS debug-image panel."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from detectron2.engine import HookBase
+from detectron2.evaluation.evaluator import inference_context
+from PIL import Image, ImageDraw
+
+from .rng import preserve_rng_states
+
+__all__ = ["DebugImageHook", "colorize_labels", "denormalize_image"]
+
+logger = logging.getLogger(__name__)
+
+
+def denormalize_image(image: torch.Tensor, pixel_mean: torch.Tensor, pixel_std: torch.Tensor) -> np.ndarray:
+    """Normalised ``3 x H x W`` image -> ``H x W x 3`` uint8 RGB."""
+    x = image.float().cpu() * pixel_std.view(3, 1, 1).cpu() + pixel_mean.view(3, 1, 1).cpu()
+    return x.clamp(0, 255).round().byte().permute(1, 2, 0).numpy()
+
+
+def colorize_labels(labels: torch.Tensor, colors: Sequence[Sequence[int]]) -> np.ndarray:
+    """``H x W`` train ids -> ``H x W x 3`` uint8 with ``colors[id]``; 255 (ignore) and other ids -> black."""
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[: len(colors)] = np.asarray(colors, dtype=np.uint8)
+    return lut[labels.cpu().numpy().astype(np.uint8)]
+
+
+def gray(values: torch.Tensor, vmax: float = 1.0) -> np.ndarray:
+    """``H x W`` floats in [0, vmax] -> ``H x W x 3`` uint8 grey image."""
+    v = (values.float().cpu().clamp(0, vmax) / vmax * 255).round().byte().numpy()
+    return np.repeat(v[..., None], 3, axis=2)
+
+
+def _grid(rows: List[List[tuple]]) -> Image.Image:
+    """Tiles ``(title, H x W x 3 uint8)`` in a grid with a title strip above each tile."""
+    tile_h = max(t[1].shape[0] for row in rows for t in row)
+    tile_w = max(t[1].shape[1] for row in rows for t in row)
+    title_h = 14
+    ncols = max(len(r) for r in rows)
+    canvas = Image.new("RGB", (ncols * tile_w, len(rows) * (tile_h + title_h)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for r, row in enumerate(rows):
+        for c, (title, tile) in enumerate(row):
+            x0, y0 = c * tile_w, r * (tile_h + title_h)
+            draw.text((x0 + 2, y0 + 1), title, fill=(0, 0, 0))
+            canvas.paste(Image.fromarray(tile), (x0, y0 + title_h))
+    return canvas
+
+
+class DebugImageHook(HookBase):
+    """Every ``interval`` iterations, writes ``<output_dir>/debug/<iter+1:06d>_<sample>.png``: source image and
+    label, target image, pseudo-label, pseudo weight, ClassMix mask, mixed image and label, and the student's
+    LR / HR / fused prediction and scale attention on the target image (eval mode, no gradient).
+
+    Reads the tensors the DACS step kept in ``trainer._trainer.last_visuals`` (only on the iterations this
+    hook writes). The training RNG streams and the model mode are left as they were.
+    """
+
+    def __init__(self, interval: int, output_dir: str, stuff_colors: Sequence[Sequence[int]], max_samples: int = 2):
+        self._interval = interval
+        self._dir = os.path.join(output_dir, "debug")
+        self._colors = [list(c) for c in stuff_colors]
+        self._max_samples = max_samples
+
+    def after_step(self) -> None:
+        if self._interval <= 0 or self.trainer.iter % self._interval != 0:
+            return
+        step = self.trainer._trainer
+        visuals: Optional[Dict[str, torch.Tensor]] = step.last_visuals
+        step.last_visuals = None
+        if visuals is None:
+            return
+        with preserve_rng_states():
+            self._write(step.student, visuals)
+
+    @torch.no_grad()
+    def _write(self, student, visuals: Dict[str, torch.Tensor]) -> None:
+        os.makedirs(self._dir, exist_ok=True)
+        mean, std = student.pixel_mean, student.pixel_std
+        scales = None
+        if student.is_multi_scale:
+            with inference_context(student):
+                scales = student.forward_scales(visuals["target_image"][: self._max_samples])
+        for i in range(min(self._max_samples, visuals["source_image"].shape[0])):
+            rows = [
+                [("source", denormalize_image(visuals["source_image"][i], mean, std)),
+                 ("source label", colorize_labels(visuals["source_label"][i], self._colors)),
+                 ("target", denormalize_image(visuals["target_image"][i], mean, std)),
+                 ("pseudo-label", colorize_labels(visuals["pseudo_label"][i], self._colors)),
+                 ("pseudo weight", gray(visuals["pseudo_weight"][i]))],
+                [("mix mask", gray(visuals["mix_mask"][i, 0].float())),
+                 ("mixed (aug)", denormalize_image(visuals["mixed_image"][i], mean, std)),
+                 ("mixed label", colorize_labels(visuals["mixed_label"][i], self._colors))],
+            ]
+            if scales is not None:
+                rows.append([
+                    ("LR", colorize_labels(scales["lr"][i].argmax(0), self._colors)),
+                    ("HR", colorize_labels(scales["hr"][i].argmax(0), self._colors)),
+                    ("fused", colorize_labels(scales["fused"][i].argmax(0), self._colors)),
+                    ("attention", gray(scales["attention"][i, 0])),
+                ])
+            path = os.path.join(self._dir, f"{self.trainer.iter + 1:06d}_{i}.png")
+            _grid(rows).save(path)
+        logger.info(f"Wrote DACS debug panels to {self._dir}")
