@@ -112,8 +112,7 @@ def _unsupported(what: str) -> MmsegConfigError:
 class _Translation:
     """Collects ``key -> value`` and notes while walking the original config."""
 
-    def __init__(self, mm: Mapping[str, Any]):
-        self.mm = mm
+    def __init__(self) -> None:
         self.values: "OrderedDict[str, Any]" = OrderedDict()
         self.notes: List[str] = []
 
@@ -314,7 +313,7 @@ def mmseg_config_to_cfg_values(
     model = mm.get("model") or _get(mm, "uda.model", None)
     if not isinstance(model, Mapping):
         raise MmsegConfigError("the original config has no 'model' dict")
-    t = _Translation(mm)
+    t = _Translation()
     _translate_model(t, model)
     _translate_data(t, mm)
     _translate_uda(t, mm)
