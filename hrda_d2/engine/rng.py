@@ -19,10 +19,15 @@ __all__ = ["get_rng_states", "set_rng_states", "preserve_rng_states"]
 
 
 def get_rng_states() -> Dict[str, Any]:
-    """The current Python, NumPy, torch CPU (and CUDA, if initialised) RNG states."""
+    """The current Python, NumPy, torch CPU (and CUDA, if initialised) RNG states.
+
+    Only tensors, numbers, strings and tuples, so that checkpoints holding them load with
+    ``torch.load(weights_only=True)`` (the default of torch >= 2.6, used by Detectron2's checkpointer).
+    """
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     states: Dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached_gaussian)),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -33,7 +38,8 @@ def get_rng_states() -> Dict[str, Any]:
 def set_rng_states(states: Dict[str, Any]) -> None:
     """Restore states captured by :func:`get_rng_states`."""
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    name, keys, pos, has_gauss, cached_gaussian = states["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached_gaussian))
     torch.set_rng_state(states["torch"])
     if "torch_cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["torch_cuda"])
