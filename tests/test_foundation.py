@@ -39,3 +39,28 @@ def test_import_in_fresh_interpreter_prints_versions(repo_root):
 def test_tools_folder_is_not_an_importable_package(repo_root):
     # the detectron2 wheel ships a top-level `tools` package; ours are scripts run by path
     assert not (repo_root / "tools" / "__init__.py").exists()
+
+
+def test_import_registers_every_component():
+    from detectron2.data import DatasetCatalog
+    from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY
+
+    assert "build_mit_backbone" in BACKBONE_REGISTRY
+    assert "HRDA" in META_ARCH_REGISTRY
+    assert "DAFormerHead" in SEM_SEG_HEADS_REGISTRY
+    registered = set(DatasetCatalog.list())
+    for split in ["gta_train", "synthia_train", "acdc_train", "acdc_val", "darkzurich_train", "darkzurich_val",
+                  "cityscapes_fine_sem_seg_train", "cityscapes_fine_sem_seg_val"]:
+        assert split in registered, split
+
+
+def test_model_builds_from_the_config_registry():
+    from detectron2.modeling import build_model
+
+    cfg = add_hrda_config(get_cfg())
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.MIT.VARIANT", "mit_b0", "MODEL.SEM_SEG_HEAD.EMBED_DIM", "32",
+                         "MODEL.HRDA.ATTENTION_EMBED_DIM", "32"])
+    model = build_model(cfg)
+    assert type(model).__name__ == "HRDA"
+    assert type(model.backbone).__name__ == "MixVisionTransformer"
+    assert type(model.sem_seg_head).__name__ == "DAFormerHead"
