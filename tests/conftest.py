@@ -1,4 +1,7 @@
-"""Test set-up: CPU only, deterministic, few threads (CI machines have 2 cores).
+"""Test set-up: CPU only, deterministic, one OpenMP thread per process.
+
+CI machines have 2 cores, and tests start subprocesses (training runs, data-loader workers): with more than one
+OpenMP thread per process the cores are oversubscribed and OpenMP's spinning makes small models 10x slower.
 
 Shared fixtures live here; test data generated on the fly goes to pytest's tmp_path.
 """
@@ -8,7 +11,7 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # tests run on CPU, also on a GPU machine
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by subprocesses
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -18,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
