@@ -1,0 +1,214 @@
+#!/usr/bin/env python
+"""Predict images or a video with an HRDA / DAFormer model and write the pictures (Detectron2 demo style).
+
+    python demo/demo.py --config-file CFG.yaml --input IMG [IMG|GLOB|FOLDER ...] --output OUT_DIR \
+        [--hrda-out {fused,lr,hr,attention}] [--opacity 0.5] [--metadata-name DATASET] [--opts KEY VALUE ...]
+    python demo/demo.py --config-file CFG.yaml --video-input VIDEO.mp4 --output OUT_DIR_OR_FILE [...]
+
+--input takes image files, glob patterns (quote them) and folders (every image below them); one picture per
+image is written to --output (a folder; a file name is allowed for a single image), always as PNG, named
+after the image (relative to its folder for folder inputs). An input that cannot be read is logged with its
+name and skipped; the exit status is 1 if any failed. --opacity 1 writes the plain palette image (every pixel
+a class colour, as the original's --show-dir --opacity 1); --hrda-out lr/hr/attention render the context
+prediction, the detail prediction or the scale attention (grey, white = detail), like the original's
+tools/test.py --hrda-out LR/HR/ATT. Videos are read and written frame by frame with OpenCV (.mp4: mp4v,
+.avi: MJPG). --opts sets config keys, e.g. MODEL.WEIGHTS model.pth MODEL.DEVICE cpu.
+"""
+import argparse
+import glob
+import logging
+import os
+import sys
+from typing import Dict, List, Optional, Tuple
+
+import cv2
+import torch
+import tqdm
+from detectron2.config import get_cfg
+from detectron2.utils.logger import setup_logger
+
+from hrda_d2 import add_hrda_config
+from hrda_d2.data.dataset_mappers.image_reading import read_rgb_image
+from hrda_d2.utils.predictor import HRDA_OUTPUTS
+from hrda_d2.utils.visualization import VisualizationDemo
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG"}  # what OpenCV's own (FFmpeg) writer can encode everywhere
+
+logger = logging.getLogger("demo")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="path to the config file")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", help="image files, glob patterns or folders")
+    source.add_argument("--video-input", help="a video file")
+    parser.add_argument("--output", required=True,
+                        help="output folder (or a file name for a single image / the video)")
+    parser.add_argument("--hrda-out", choices=HRDA_OUTPUTS, default="fused",
+                        help="what to draw: the fused HRDA prediction, the LR (context) or HR (detail) prediction "
+                             "alone, or the scale attention")
+    parser.add_argument("--opacity", type=float, default=0.5,
+                        help="opacity of the prediction over the image, 0..1 (1 = palette image)")
+    parser.add_argument("--metadata-name", default=None,
+                        help="dataset whose metadata gives class names and colours (default: DATASETS.TEST[0])")
+    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
+                        help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model.pth")
+    return parser
+
+
+def setup_cfg(args: argparse.Namespace):
+    cfg = get_cfg()
+    add_hrda_config(cfg)
+    if not os.path.isfile(args.config_file):
+        raise SystemExit(f"demo: config file '{args.config_file}' does not exist")
+    try:
+        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(args.opts)
+    except (KeyError, AssertionError, ValueError) as e:
+        raise SystemExit(f"demo: invalid config ({args.config_file} or --opts): {e}\n"
+                         f"Every valid key is defined in hrda_d2/config.py (add_hrda_config).") from e
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu)")
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    return cfg
+
+
+def expand_inputs(arguments: List[str]) -> Tuple[List[Tuple[str, str]], List[str]]:
+    """Image files, globs and folders -> ``([(path, output name relative to --output)], [arguments without
+    any image])``. A plain path that does not exist is kept (its reading then fails with a clear error)."""
+    found: List[Tuple[str, str]] = []
+    empty: List[str] = []
+    for arg in arguments:
+        if os.path.isdir(arg):
+            paths = sorted(p for p in glob.glob(os.path.join(arg, "**", "*"), recursive=True)
+                           if p.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(p))
+            found += [(p, os.path.relpath(p, arg)) for p in paths]
+        elif glob.has_magic(arg):
+            paths = sorted(p for p in glob.glob(os.path.expanduser(arg), recursive=True) if os.path.isfile(p))
+            found += [(p, os.path.basename(p)) for p in paths]
+        else:
+            paths = [arg]
+            found.append((arg, os.path.basename(arg)))
+        if not paths:
+            empty.append(arg)
+    return found, empty
+
+
+def image_outputs(inputs: List[Tuple[str, str]], output: str) -> Dict[str, str]:
+    """Input path -> PNG file to write. ``output`` is a file name only for a single input with an image
+    extension that is not an existing folder."""
+    if len(inputs) == 1 and output.lower().endswith(IMAGE_EXTENSIONS) and not os.path.isdir(output):
+        return {inputs[0][0]: output}
+    targets: Dict[str, str] = {}
+    written_by: Dict[str, str] = {}
+    for path, name in inputs:
+        target = os.path.join(output, os.path.splitext(name)[0] + ".png")
+        if target in written_by and written_by[target] != path:
+            raise SystemExit(f"demo: inputs '{written_by[target]}' and '{path}' would both be written to "
+                             f"'{target}'; give their folder instead, or run them separately")
+        written_by[target] = path
+        targets[path] = target
+    return targets
+
+
+def run_images(demo: VisualizationDemo, inputs: List[Tuple[str, str]], output: str) -> Tuple[int, List[str]]:
+    """Write one picture per input; returns (number written, failed input paths)."""
+    targets = image_outputs(inputs, output)
+    written, failed = 0, []
+    for path, _ in tqdm.tqdm(inputs, desc="demo", unit="image", disable=len(inputs) < 2):
+        try:
+            image = read_rgb_image(path)
+            _, picture = demo.run_on_image(image)
+        except (OSError, ValueError, RuntimeError, cv2.error) as e:
+            logger.error("cannot predict input '%s': %s", path, e)
+            failed.append(path)
+            continue
+        target = targets[path]
+        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+        if not cv2.imwrite(target, cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
+            logger.error("cannot write '%s' (for input '%s')", target, path)
+            failed.append(path)
+            continue
+        logger.info("%s -> %s", path, target)
+        written += 1
+    return written, failed
+
+
+def video_output(video_input: str, output: str) -> str:
+    """The video file to write: ``output`` itself if it has a video extension, else ``output/<name>``."""
+    if os.path.splitext(output)[1].lower() in VIDEO_CODECS and not os.path.isdir(output):
+        return output
+    stem, ext = os.path.splitext(os.path.basename(video_input))
+    return os.path.join(output, stem + (ext.lower() if ext.lower() in VIDEO_CODECS else ".mp4"))
+
+
+def run_video(demo: VisualizationDemo, video_input: str, output: str) -> Tuple[str, int]:
+    """Predict every frame; returns (output file, frames written). Raises ``OSError`` for unreadable or
+    unwritable videos."""
+    video = cv2.VideoCapture(video_input)
+    if not os.path.isfile(video_input) or not video.isOpened():
+        raise OSError(f"cannot open video '{video_input}' (missing, or a format OpenCV cannot decode)")
+    width, height = int(video.get(cv2.CAP_PROP_FRAME_WIDTH)), int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    fps = video.get(cv2.CAP_PROP_FPS) or 25.0
+    num_frames = int(video.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    target = video_output(video_input, output)
+    os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+    codec = VIDEO_CODECS[os.path.splitext(target)[1].lower()]
+    writer = cv2.VideoWriter(target, cv2.VideoWriter_fourcc(*codec), fps, (width, height), True)
+    if not writer.isOpened():
+        video.release()
+        raise OSError(f"cannot write video '{target}' with codec {codec}")
+    written = 0
+    try:
+        for frame in tqdm.tqdm(demo.run_on_video(video), total=num_frames, desc="demo", unit="frame"):
+            writer.write(frame)
+            written += 1
+    finally:
+        video.release()
+        writer.release()
+    return target, written
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = get_parser().parse_args(argv)
+    setup_logger(name="fvcore")
+    setup_logger()
+    setup_logger(name="hrda_d2")
+    setup_logger(name="demo")
+    logger.info("Arguments: %s", args)
+    cfg = setup_cfg(args)
+    try:
+        demo = VisualizationDemo(cfg, args.hrda_out, args.metadata_name, args.opacity)
+    except ValueError as e:
+        raise SystemExit(f"demo: {e}") from e
+
+    if args.video_input:
+        try:
+            target, frames = run_video(demo, args.video_input, args.output)
+        except (OSError, RuntimeError, cv2.error) as e:
+            logger.error("%s", e)
+            print(f"demo: failed on video '{args.video_input}'")
+            return 1
+        print(f"demo: wrote {frames} frame(s) ({args.hrda_out}) to {target}")
+        return 0
+
+    inputs, empty = expand_inputs(args.input)
+    for arg in empty:
+        logger.error("input '%s' matches no image file", arg)
+    if not inputs:
+        print(f"demo: no input image found in {args.input}")
+        return 1
+    written, failed = run_images(demo, inputs, args.output)
+    print(f"demo: wrote {written} of {len(inputs)} picture(s) ({args.hrda_out}) to {args.output}")
+    if failed or empty:
+        print("demo: failed: " + ", ".join(failed + empty))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Pictures of predictions: Detectron2 ``Visualizer`` overlays, palette images, attention maps, videos.
+
+Colours come from the dataset metadata (``stuff_classes``, ``stuff_colors``; the Cityscapes palette for every
+split of this project). ``Visualizer.draw_sem_seg(pred, alpha)`` fills each class with ``stuff_colors[class]``
+blended with the photo (``(1 - alpha) * photo + alpha * colour``), outlines the regions and writes the class
+names. At opacity 1 the outlines and names would cover the palette, so opacity 1 gives the plain palette image
+instead: exactly what the original's ``tools/test.py --show-dir --opacity 1`` writes (every pixel a palette
+colour).
+
+Images are ``H x W x 3`` uint8 RGB unless a name says BGR (OpenCV frames).
+"""
+import logging
+from typing import Iterator, Optional, Tuple
+
+import cv2
+import numpy as np
+from detectron2.config import CfgNode
+from detectron2.data import Metadata, MetadataCatalog
+from detectron2.utils.visualizer import Visualizer
+from torch import Tensor
+
+from .predictor import SemSegPredictor
+
+__all__ = ["VisualizationDemo", "attention_image", "check_sem_seg_metadata", "palette_image", "sem_seg_overlay"]
+
+logger = logging.getLogger(__name__)
+
+
+def check_sem_seg_metadata(metadata: Metadata, num_classes: int) -> None:
+    """Raise ``ValueError`` naming the dataset unless ``metadata`` has ``stuff_classes`` and ``stuff_colors``
+    for ``num_classes`` classes (without colours Detectron2's Visualizer would pick random ones)."""
+    name = metadata.get("name", "?")
+    for key in ("stuff_classes", "stuff_colors"):
+        values = metadata.get(key)
+        if values is None or len(values) < num_classes:
+            have = "none" if values is None else f"{len(values)}"
+            raise ValueError(
+                f"metadata of dataset '{name}' has {have} {key}, the model predicts {num_classes} classes; "
+                f"choose a dataset with the model's classes (--metadata-name, e.g. cityscapes_fine_sem_seg_val)"
+            )
+
+
+def palette_image(sem_seg: np.ndarray, metadata: Metadata) -> np.ndarray:
+    """``H x W`` class ids -> ``H x W x 3`` uint8 RGB with ``metadata.stuff_colors[id]`` (ids beyond the palette,
+    e.g. 255, are black)."""
+    colors = np.zeros((256, 3), dtype=np.uint8)
+    colors[: len(metadata.stuff_colors)] = np.asarray(metadata.stuff_colors, dtype=np.uint8)
+    return colors[np.asarray(sem_seg, dtype=np.uint8)]
+
+
+def sem_seg_overlay(image: np.ndarray, sem_seg: np.ndarray, metadata: Metadata, opacity: float) -> np.ndarray:
+    """The prediction over the photo: Detectron2's ``Visualizer.draw_sem_seg`` with ``alpha=opacity`` for
+    ``0 < opacity < 1``, the photo itself for 0 and the exact palette image for 1 (module docstring).
+
+    Args:
+        image: ``H x W x 3`` uint8 RGB photo.
+        sem_seg: ``H x W`` integer class ids.
+        metadata: dataset metadata with ``stuff_classes`` / ``stuff_colors``.
+        opacity: in ``[0, 1]``.
+    Returns: ``H x W x 3`` uint8 RGB.
+    """
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    if image.shape[:2] != sem_seg.shape:
+        raise ValueError(f"image {image.shape[:2]} and prediction {sem_seg.shape} differ in size")
+    if opacity == 1.0:
+        return palette_image(sem_seg, metadata)
+    if opacity == 0.0:
+        return image.copy()
+    return Visualizer(image, metadata).draw_sem_seg(sem_seg, alpha=opacity).get_image()
+
+
+def attention_image(attention: Tensor) -> np.ndarray:
+    """``1 x H x W`` attention in ``[0, 1]`` -> ``H x W x 3`` uint8 grey image ``round(255 * att)`` (the
+    original's ``--hrda-out ATT`` writes ``255 * att`` as a grey image)."""
+    grey = np.clip(np.rint(attention[0].float().cpu().numpy() * 255.0), 0, 255).astype(np.uint8)
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
+class VisualizationDemo:
+    """Predict and draw (Detectron2 ``demo/predictor.py`` style).
+
+    ``run_on_image(image)`` -> ``(prediction, picture)``; ``run_on_video(capture)`` yields BGR frames.
+    """
+
+    def __init__(self, cfg: CfgNode, hrda_out: str = "fused", metadata_name: Optional[str] = None,
+                 opacity: float = 0.5):
+        """
+        Args:
+            cfg: config with the hrda_d2 keys.
+            hrda_out: ``fused`` | ``lr`` | ``hr`` | ``attention`` (``SemSegPredictor``).
+            metadata_name: dataset whose metadata names and colours the classes; default ``DATASETS.TEST[0]``.
+            opacity: overlay opacity in ``[0, 1]`` (1 = palette image).
+        """
+        if not 0.0 <= opacity <= 1.0:
+            raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+        name = metadata_name or (cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None)
+        if not name:
+            raise ValueError("no dataset for the class names and colours: set --metadata-name or DATASETS.TEST")
+        self.metadata = MetadataCatalog.get(name)
+        check_sem_seg_metadata(self.metadata, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+        self.opacity = float(opacity)
+        self.predictor = SemSegPredictor(cfg, hrda_out)
+
+    def draw(self, image: np.ndarray, prediction: dict) -> np.ndarray:
+        """Picture (RGB) of a ``SemSegPredictor`` output for the RGB ``image`` it was computed from."""
+        if "attention" in prediction:
+            return attention_image(prediction["attention"])
+        sem_seg = prediction["sem_seg"].argmax(dim=0).cpu().numpy()
+        return sem_seg_overlay(image, sem_seg, self.metadata, self.opacity)
+
+    def run_on_image(self, image: np.ndarray) -> Tuple[dict, np.ndarray]:
+        """``H x W x 3`` uint8 RGB image -> (``SemSegPredictor`` output, ``H x W x 3`` uint8 RGB picture)."""
+        prediction = self.predictor(image, input_format="RGB")
+        return prediction, self.draw(image, prediction)
+
+    def run_on_video(self, video: cv2.VideoCapture) -> Iterator[np.ndarray]:
+        """Frame by frame: yields one ``H x W x 3`` uint8 BGR picture per frame read from ``video``."""
+        while True:
+            ok, frame = video.read()
+            if not ok:
+                return
+            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            _, picture = self.run_on_image(rgb)
+            yield cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)
