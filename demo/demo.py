@@ -101,8 +101,11 @@ def expand_inputs(arguments: List[str]) -> Tuple[List[Tuple[str, str]], List[str
 def image_outputs(inputs: List[Tuple[str, str]], output: str) -> Dict[str, str]:
     """Input path -> PNG file to write. ``output`` is a file name only for a single input with an image
     extension that is not an existing folder."""
-    if len(inputs) == 1 and output.lower().endswith(IMAGE_EXTENSIONS) and not os.path.isdir(output):
-        return {inputs[0][0]: output}
+    if output.lower().endswith(IMAGE_EXTENSIONS) and not os.path.isdir(output):
+        if len(inputs) == 1:
+            return {inputs[0][0]: output}
+        raise SystemExit(f"demo: --output '{output}' is a file name, but {len(inputs)} images were given; "
+                         f"give a folder")
     targets: Dict[str, str] = {}
     written_by: Dict[str, str] = {}
     for path, name in inputs:
