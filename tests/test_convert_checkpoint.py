@@ -302,3 +302,15 @@ def test_config_settings_without_a_key_here_are_rejected(original_checkpoint):
     del mm["uda"]
     values, _ = mmseg_config_to_cfg_values(mm)
     assert values["UDA.ENABLED"] is False
+
+
+def test_legacy_type_names_are_renamed_like_the_original_test_script(original_checkpoint):
+    """Early checkpoints store UniHead / MultiResEncoderDecoder / MultiResAttentionWrapper (reference 12.2)."""
+    current, _ = mmseg_config_to_cfg_values(parse_mmseg_config_text(original_checkpoint["meta"]["config"]))
+    mm = parse_mmseg_config_text(original_checkpoint["meta"]["config"])
+    model = mm["model"] if "model" in mm else mm["uda"]["model"]
+    model["type"] = "MultiResEncoderDecoder"
+    model["decode_head"]["type"] = "MultiResAttentionWrapper"
+    model["decode_head"]["single_scale_head"] = "UniHead"
+    legacy, _ = mmseg_config_to_cfg_values(mm)
+    assert legacy == current

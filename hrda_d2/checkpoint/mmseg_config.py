@@ -303,6 +303,24 @@ def _translate_schedule(t: _Translation, mm: Mapping[str, Any]) -> None:
     t.put("SEED", mm, "seed")
 
 
+# type names of early HRDA/DAFormer checkpoints, renamed as the original tools/test.py does (update_legacy_cfg)
+_LEGACY_TYPE_NAMES = {
+    "UniHead": "DAFormerHead",
+    "MultiResEncoderDecoder": "HRDAEncoderDecoder",
+    "MultiResAttentionWrapper": "HRDAHead",
+}
+
+
+def _rename_legacy_types(tree: Any) -> Any:
+    """A copy of ``tree`` with every ``type`` / ``single_scale_head`` value of ``_LEGACY_TYPE_NAMES`` renamed."""
+    if isinstance(tree, Mapping):
+        return {k: (_LEGACY_TYPE_NAMES.get(v, v) if k in ("type", "single_scale_head") and isinstance(v, str)
+                    else _rename_legacy_types(v)) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_rename_legacy_types(v) for v in tree)
+    return tree
+
+
 def mmseg_config_to_cfg_values(
     mm: Mapping[str, Any], weights: Optional[str] = None
 ) -> Tuple["OrderedDict[str, Any]", List[str]]:
@@ -310,6 +328,7 @@ def mmseg_config_to_cfg_values(
 
     ``weights`` (the converted checkpoint's path) becomes ``MODEL.WEIGHTS``.
     """
+    mm = _rename_legacy_types(mm)
     model = mm.get("model") or _get(mm, "uda.model", None)
     if not isinstance(model, Mapping):
         raise MmsegConfigError("the original config has no 'model' dict")
