@@ -22,12 +22,10 @@ import sys
 from typing import Dict, List, Optional, Tuple
 
 import cv2
-import torch
 import tqdm
-from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
-from hrda_d2 import add_hrda_config
+from hrda_d2 import load_config
 from hrda_d2.data.dataset_mappers.image_reading import read_rgb_image
 from hrda_d2.utils.predictor import HRDA_OUTPUTS
 from hrda_d2.utils.visualization import VisualizationDemo
@@ -60,21 +58,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args: argparse.Namespace):
-    cfg = get_cfg()
-    add_hrda_config(cfg)
-    if not os.path.isfile(args.config_file):
-        raise SystemExit(f"demo: config file '{args.config_file}' does not exist")
-    try:
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
-    except (KeyError, AssertionError, ValueError) as e:
-        raise SystemExit(f"demo: invalid config ({args.config_file} or --opts): {e}\n"
-                         f"Every valid key is defined in hrda_d2/config.py (add_hrda_config).") from e
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu)")
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
-    return cfg
+    return load_config(args.config_file, args.opts)
 
 
 def expand_inputs(arguments: List[str]) -> Tuple[List[Tuple[str, str]], List[str]]:

@@ -7,9 +7,9 @@ Importing this package registers every component with Detectron2:
 * ``META_ARCH_REGISTRY``:     ``HRDA``
 * ``DatasetCatalog``:         GTA, Synthia, ACDC, Dark Zurich splits (Cityscapes uses Detectron2's own)
 """
-from .config import add_hrda_config
+from .config import add_hrda_config, load_config
 from . import modeling  # noqa: F401  (registers backbone, head, meta-architecture)
 from . import data  # noqa: F401  (registers datasets)
 
-__all__ = ["add_hrda_config"]
+__all__ = ["add_hrda_config", "load_config"]
 __version__ = "0.1.0"

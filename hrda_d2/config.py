@@ -16,9 +16,16 @@ Keys are grouped by the part of the system that reads them:
 * ``UDA``                DACS self-training (``engine/``)
 * ``SOLVER``             AdamW, warm-up + poly schedule, AMP, clipping
 """
-from detectron2.config import CfgNode as CN
+import logging
+import os
+from typing import Sequence
 
-__all__ = ["add_hrda_config"]
+from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+__all__ = ["add_hrda_config", "load_config"]
+
+logger = logging.getLogger(__name__)
 
 
 def _add_model_config(cfg: CN) -> None:
@@ -167,4 +174,29 @@ def add_hrda_config(cfg: CN) -> CN:
     _add_datasets_config(cfg)
     _add_uda_config(cfg)
     _add_solver_config(cfg)
+    return cfg
+
+
+def load_config(config_file: str, opts: Sequence[str] = (), freeze: bool = True) -> CN:
+    """Detectron2 config with every hrda_d2 key, merged from ``config_file`` and ``KEY VALUE`` overrides.
+
+    A missing file or an unknown / ill-typed key raises ``SystemExit`` with a message naming it (for the
+    command-line tools). ``MODEL.DEVICE`` falls back to "cpu" (with a warning) when CUDA is not available.
+    """
+    cfg = add_hrda_config(get_cfg())
+    if not os.path.isfile(config_file):
+        raise SystemExit(f"Config file '{config_file}' does not exist (configs/ lists the experiments).")
+    try:
+        cfg.merge_from_file(config_file)
+        cfg.merge_from_list(list(opts))
+    except (KeyError, AssertionError, ValueError) as e:
+        raise SystemExit(f"Invalid config ({config_file} or command-line overrides): {e}\n"
+                         f"Every valid key is defined in hrda_d2/config.py (add_hrda_config).") from e
+    import torch  # deferred: keeps `import hrda_d2.config` light
+
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu).")
+        cfg.MODEL.DEVICE = "cpu"
+    if freeze:
+        cfg.freeze()
     return cfg

@@ -8,39 +8,21 @@
 Multi-GPU / multi-machine through Detectron2's ``launch`` (``--num-gpus``, ``--num-machines``,
 ``--machine-rank``, ``--dist-url``). Without CUDA the model runs on the CPU (``MODEL.DEVICE cpu``).
 """
-import logging
 import os
 
-import torch
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from hrda_d2 import add_hrda_config
+from hrda_d2 import load_config
 from hrda_d2.engine.trainer import HRDATrainer, load_model_weights
 
-logger = logging.getLogger("hrda_d2")
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_hrda_config(cfg)
-    if not os.path.isfile(args.config_file):
-        raise SystemExit(f"Config file '{args.config_file}' does not exist (configs/ lists the experiments).")
-    try:
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
-    except (KeyError, AssertionError, ValueError) as e:
-        raise SystemExit(f"Invalid config ({args.config_file} or command-line overrides): {e}\n"
-                         f"Every valid key is defined in hrda_d2/config.py (add_hrda_config).") from e
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
+    cfg = load_config(args.config_file, args.opts)
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="hrda_d2")
-    if cfg.MODEL.DEVICE == "cpu":
-        logger.warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu).")
     return cfg
 
 
