@@ -44,7 +44,7 @@ from .class_mix import class_mix_batch, class_mix_masks
 from .ema import ema_update_, set_pseudo_label_mode
 from .feature_distance import imnet_feature_distance_loss
 from .pseudo_labels import pseudo_labels_from_logits
-from .rng import get_rng_states, set_rng_states
+from .rng import gather_rng_states, rank_rng_states, set_rng_states
 from .strong_augmentation import StrongAugmentation
 
 __all__ = ["DACSTrainer", "DACSStepVisuals"]
@@ -281,12 +281,13 @@ class DACSTrainer(SimpleTrainer):
 
     # ------------------------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        """Optimizer (from ``SimpleTrainer``), the RNG streams at the end of the step, the AMP grad scaler.
+        """Optimizer (from ``SimpleTrainer``), the RNG streams of every rank at the end of the step (a list
+        indexed by rank; a collective under DDP, so every rank calls it), the AMP grad scaler.
 
         The teacher and the ImageNet model are saved as their own checkpointables (``"teacher"``,
         ``"imnet_model"``) by the checkpointer, next to ``"model"`` (the student)."""
         ret = super().state_dict()
-        ret["rng_states"] = get_rng_states()
+        ret["rng_states"] = gather_rng_states()
         if self.grad_scaler is not None:
             ret["grad_scaler"] = self.grad_scaler.state_dict()
         return ret
@@ -295,7 +296,7 @@ class DACSTrainer(SimpleTrainer):
         super().load_state_dict(state_dict)
         if "rng_states" in state_dict:
             # applied at the start of the next step, after the data loader started (its start draws from torch)
-            self._pending_rng_states = state_dict["rng_states"]
+            self._pending_rng_states = rank_rng_states(state_dict["rng_states"])
         if self.grad_scaler is not None and "grad_scaler" in state_dict:
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
 

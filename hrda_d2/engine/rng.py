@@ -5,17 +5,25 @@ choices, blur sigmas) and torch (dropout, drop-path, colour jitter; CUDA too on 
 states in the checkpoint and restoring them on ``--resume`` makes the resumed run draw exactly what the
 uninterrupted run draws. Data-loading randomness is a pure function of (seed, sample position) and does not
 depend on these states (see ``hrda_d2/data/build.py``).
+
+Under DDP every rank has its own streams (``default_setup`` seeds rank r with ``SEED + r``): a checkpoint holds
+the list of all ranks' states (:func:`gather_rng_states`, a collective) and each rank restores its own entry
+(:func:`rank_rng_states`).
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, List, Optional, Union
 
 import numpy as np
 import torch
+from detectron2.utils import comm
 
-__all__ = ["get_rng_states", "set_rng_states", "preserve_rng_states"]
+__all__ = ["get_rng_states", "set_rng_states", "preserve_rng_states", "gather_rng_states", "rank_rng_states"]
+
+logger = logging.getLogger(__name__)
 
 
 def get_rng_states() -> Dict[str, Any]:
@@ -53,3 +61,29 @@ def preserve_rng_states() -> Iterator[None]:
         yield
     finally:
         set_rng_states(states)
+
+
+def gather_rng_states() -> List[Dict[str, Any]]:
+    """The RNG states of every rank, indexed by rank (``[get_rng_states()]`` without DDP).
+
+    A collective under DDP: every rank must call it (the checkpointer does, see ``checkpointer.py``)."""
+    if comm.get_world_size() == 1:
+        return [get_rng_states()]
+    return comm.all_gather(get_rng_states())
+
+
+def rank_rng_states(saved: Union[Dict[str, Any], List[Dict[str, Any]]]) -> Optional[Dict[str, Any]]:
+    """This rank's entry of states saved by :func:`gather_rng_states` (a single dict: older checkpoints).
+
+    Returns None (keep the freshly seeded streams, with a warning) when the checkpoint was written with another
+    number of ranks: the run then continues correctly but does not repeat the interrupted run's draws."""
+    if isinstance(saved, dict):
+        saved = [saved]
+    world_size = comm.get_world_size()
+    if len(saved) != world_size:
+        logger.warning(
+            "The checkpoint holds the RNG states of %d rank(s) but this run has %d: the training RNG streams "
+            "are not restored (the resumed run is correct but not identical to an uninterrupted one).",
+            len(saved), world_size)
+        return None
+    return saved[comm.get_rank()]

@@ -32,13 +32,13 @@ from ..data.build import build_source_only_train_loader, build_test_loader, buil
 from ..data.datasets.cityscapes_classes import SYNTHIA_MIOU16_CLASSES
 from ..evaluation import SemSegMIoUEvaluator, SemSegPredictionWriter
 from ..solver import build_lr_scheduler, build_optimizer
-from .checkpointer import AtomicDetectionCheckpointer
+from .checkpointer import AtomicDetectionCheckpointer, remove_stale_partial_files
 from .dacs_trainer import DACSTrainer, amp_dtype_from_config
 from .hooks import DebugImageHook
 from .rng import preserve_rng_states
 from .strong_augmentation import StrongAugmentation
 
-__all__ = ["HRDATrainer", "SourceOnlyPairs", "load_model_weights"]
+__all__ = ["HRDATrainer", "SourceOnlyPairs", "broadcast_from_main_process", "load_model_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +63,23 @@ def load_model_weights(model: torch.nn.Module, path: str, source: str = "student
     if source == "student":
         checkpointer.load(path)
         return
-    data = checkpointer._load_file(path)
+    # Detectron2's _load_file may only run inside load(); _torch_load is its plain torch.load (weights_only)
+    data = checkpointer._torch_load(path)
     if "teacher" not in data:
         raise KeyError(
             f"'{path}' holds no 'teacher' entry (keys: {sorted(data)}). Use a training checkpoint of this "
             f"project, or convert an original checkpoint with `tools/convert_mmseg_checkpoint.py IN OUT --teacher` "
             f"and evaluate it as the student.")
     checkpointer._load_model({"model": data["teacher"], "__author__": "hrda_d2"})
+
+
+def broadcast_from_main_process(module: torch.nn.Module) -> None:
+    """Overwrite ``module``'s parameters and buffers on every rank with rank 0's (no-op without DDP)."""
+    if comm.get_world_size() == 1:
+        return
+    with torch.no_grad():
+        for tensor in module.state_dict().values():
+            torch.distributed.broadcast(tensor, src=0)
 
 
 class HRDATrainer(DefaultTrainer):
@@ -90,7 +100,9 @@ class HRDATrainer(DefaultTrainer):
                 frozen.requires_grad_(False)
         optimizer = self.build_optimizer(cfg, student)
         data_loader = self.build_train_loader(cfg)
-        ddp_student = create_ddp_model(student, broadcast_buffers=False)
+        # CPU (gloo) DDP takes no device_ids; Detectron2's default ([local rank]) is for CUDA modules only
+        device_ids = [comm.get_local_rank()] if student.device.type == "cuda" else None
+        ddp_student = create_ddp_model(student, broadcast_buffers=False, device_ids=device_ids)
         amp_dtype = amp_dtype_from_config(cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.DTYPE)
         grad_scaler = torch.amp.GradScaler(student.device.type) if amp_dtype == torch.float16 else None
         self._trainer = DACSTrainer(
@@ -139,6 +151,8 @@ class HRDATrainer(DefaultTrainer):
         """Resume everything from the last checkpoint in ``OUTPUT_DIR`` (student, teacher, ImageNet model,
         optimizer, scheduler, iteration, RNG streams, data position), or start from ``MODEL.WEIGHTS``: the
         student and the ImageNet model load it (the teacher is a copy of the student at iteration 0)."""
+        if comm.is_main_process() and self.cfg.OUTPUT_DIR and os.path.isdir(self.cfg.OUTPUT_DIR):
+            remove_stale_partial_files(self.cfg.OUTPUT_DIR)
         if resume and self.checkpointer.has_checkpoint():
             self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=True)
             self.start_iter = self.iter + 1
@@ -152,9 +166,19 @@ class HRDATrainer(DefaultTrainer):
                 DetectionCheckpointer(self.imnet_model).load(weights)
         else:
             logger.warning("MODEL.WEIGHTS is empty: training starts from random weights (no ImageNet backbone)")
+        if self.imnet_model is not None:
+            # every rank must compare against the same frozen model (ranks seed differently, so randomly
+            # initialised parts would differ); the student is synchronised by DDP, the teacher copies it
+            broadcast_from_main_process(self.imnet_model)
 
     def build_hooks(self):
+        """Detectron2's hooks, with the periodic checkpointer on EVERY rank (Detectron2 registers it on the main
+        process only): saving gathers each rank's RNG streams, a collective; only rank 0 writes the file.
+        Plus the DACS debug-image hook (main process)."""
         ret = super().build_hooks()
+        if not comm.is_main_process():
+            position = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook))
+            ret.insert(position, hooks.PeriodicCheckpointer(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD))
         if self.cfg.UDA.ENABLED and self.cfg.UDA.DEBUG_IMG_INTERVAL > 0 and comm.is_main_process():
             colors = MetadataCatalog.get(self.cfg.DATASETS.SOURCE[0]).get("stuff_colors")
             debug = DebugImageHook(self.cfg.UDA.DEBUG_IMG_INTERVAL, self.cfg.OUTPUT_DIR, colors)
