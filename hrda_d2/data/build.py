@@ -24,11 +24,11 @@ import logging
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from detectron2.data import MetadataCatalog, build_batch_data_loader, build_detection_test_loader
-from detectron2.data import get_detection_dataset_dicts
 from detectron2.data.common import DatasetFromList, MapDataset
 from detectron2.utils import comm
 from torch.utils.data import DataLoader, Dataset
 
+from .datasets import load_split
 from .dataset_mappers import SourceTrainMapper, TargetTrainMapper, TestMapper
 from .samplers.position_sampling import InfinitePositionSampler, PositionSeededDataset
 from .samplers.rare_class_sampling import RareClassSamplingDataset, load_rcs_statistics
@@ -60,6 +60,15 @@ def _stream_seed(cfg) -> int:
     return seed
 
 
+def load_training_dicts(names: Tuple[str, ...]) -> List[Dict[str, Any]]:
+    """Dataset dicts of the splits ``names``, each split checked and sorted by image path
+    (:func:`~hrda_d2.data.datasets.load_split`): the training streams index into this list, so its order must
+    not depend on the file system (Detectron2's Cityscapes loader lists files in directory order)."""
+    if not names:
+        raise ValueError("no training split given (DATASETS.SOURCE / DATASETS.TARGET)")
+    return [d for name in names for d in load_split(name)]
+
+
 def build_source_train_dataset(cfg) -> Tuple[Dataset, bool]:
     """The source dataset before position seeding, and whether its items are drawn (not indexed).
 
@@ -68,7 +77,7 @@ def build_source_train_dataset(cfg) -> Tuple[Dataset, bool]:
     ``MapDataset(DatasetFromList(dicts), SourceTrainMapper(cfg))``.
     """
     names = tuple(cfg.DATASETS.SOURCE)
-    dicts = get_detection_dataset_dicts(names, filter_empty=False)
+    dicts = load_training_dicts(names)
     mapper = SourceTrainMapper(cfg)
     if not cfg.DATASETS.RCS.ENABLED:
         return MapDataset(DatasetFromList(dicts, copy=False), mapper), False
@@ -96,7 +105,7 @@ def build_source_train_dataset(cfg) -> Tuple[Dataset, bool]:
 
 def build_target_train_dataset(cfg) -> Dataset:
     """``MapDataset(DatasetFromList(target dicts), TargetTrainMapper(cfg))``."""
-    dicts = get_detection_dataset_dicts(tuple(cfg.DATASETS.TARGET), filter_empty=False)
+    dicts = load_training_dicts(tuple(cfg.DATASETS.TARGET))
     return MapDataset(DatasetFromList(dicts, copy=False), TargetTrainMapper(cfg))
 
 

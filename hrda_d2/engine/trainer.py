@@ -22,7 +22,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, hooks
-from detectron2.evaluation import CityscapesSemSegEvaluator, DatasetEvaluators, inference_on_dataset
+from detectron2.evaluation import DatasetEvaluators, inference_on_dataset
 from detectron2.evaluation import print_csv_format
 from detectron2.modeling import build_model
 from detectron2.utils import comm
@@ -30,7 +30,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..data.build import build_source_only_train_loader, build_test_loader, build_uda_train_loader
 from ..data.datasets.cityscapes_classes import SYNTHIA_MIOU16_CLASSES
-from ..evaluation import SemSegMIoUEvaluator, SemSegPredictionWriter
+from ..evaluation import OfficialCityscapesSemSegEvaluator, SemSegMIoUEvaluator, SemSegPredictionWriter
 from ..solver import build_lr_scheduler, build_optimizer
 from .checkpointer import AtomicDetectionCheckpointer, remove_stale_partial_files
 from .dacs_trainer import DACSTrainer, amp_dtype_from_config
@@ -92,6 +92,8 @@ class HRDATrainer(DefaultTrainer):
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         self.cfg = cfg
         uda = cfg.UDA.ENABLED
+        if uda and cfg.UDA.MIX != "class":
+            raise ValueError(f"UDA.MIX={cfg.UDA.MIX!r} is not supported; DACS mixes with ClassMix: use 'class'")
         student = self.build_model(cfg)
         teacher = self.build_model(cfg, log=False) if uda else None
         imnet_model = self.build_model(cfg, log=False) if uda and cfg.UDA.FD.LAMBDA > 0 else None
@@ -221,7 +223,7 @@ class HRDATrainer(DefaultTrainer):
         evaluators = [SemSegMIoUEvaluator(dataset_name, distributed=True, subsets=subsets)]
         is_cityscapes = meta.get("evaluator_type") == "cityscapes_sem_seg"
         if is_cityscapes and cfg.TEST.CITYSCAPES_OFFICIAL_EVAL:
-            evaluators.append(CityscapesSemSegEvaluator(dataset_name))
+            evaluators.append(OfficialCityscapesSemSegEvaluator(dataset_name))
         if cfg.TEST.SAVE_PREDICTIONS:
             folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
             evaluators.append(SemSegPredictionWriter(folder, meta.stuff_colors, to_label_id=is_cityscapes))
