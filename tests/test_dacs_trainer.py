@@ -325,6 +325,19 @@ def test_source_only_runs_in_the_same_loop(data_root, tmp_path):
     release(trainer)
 
 
+def test_bfloat16_autocast_runs_the_dacs_step(data_root, tmp_path):
+    """SOLVER.AMP (off in the paper configs): bf16 autocast on the CPU; losses finite, weights stay float32."""
+    cfg = make_cfg(tmp_path, "SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.DTYPE", "bfloat16", "SOLVER.MAX_ITER", "2",
+                   "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", "SOLVER.CHECKPOINT_PERIOD", "100")
+    trainer = train(cfg)
+    history = loss_history(trainer)
+    assert SOURCE_TERMS | MIX_TERMS <= set(history)
+    for name, values in history.items():
+        assert all(math.isfinite(v) for v in values.values()), f"{name}: {values}"
+    assert all(p.dtype == torch.float32 for p in trainer.student.parameters())
+    release(trainer)
+
+
 # ------------------------------------------------------------------------------------ 2. EMA and frozen models
 def test_teacher_is_the_ema_of_the_student(uda_run):
     _, rec, _, _ = uda_run
