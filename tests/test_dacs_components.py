@@ -9,13 +9,12 @@ import kornia
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from timm.layers import DropPath
 from torch import nn
 from torch.nn.utils import parameters_to_vector
 
-from hrda_d2 import add_hrda_config
+from tiny_configs import tiny_hrda_cfg
 from hrda_d2.engine.class_mix import class_mix_batch, class_mix_masks, mix_with_mask
 from hrda_d2.engine.ema import ema_alpha, ema_update_, set_pseudo_label_mode
 from hrda_d2.engine.feature_distance import (
@@ -34,19 +33,10 @@ MEAN = [123.675, 116.28, 103.53]
 STD = [58.395, 57.12, 57.375]
 
 
-def _tiny_cfg():
-    cfg = add_hrda_config(get_cfg())
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.MIT.VARIANT = "mit_b0"
-    cfg.MODEL.SEM_SEG_HEAD.EMBED_DIM = 32
-    cfg.MODEL.HRDA.ATTENTION_EMBED_DIM = 32
-    return cfg
-
-
 @pytest.fixture(scope="module")
 def student_teacher():
     """Two independently initialised tiny HRDA models (mit_b0) built from one config."""
-    cfg = _tiny_cfg()
+    cfg = tiny_hrda_cfg()
     torch.manual_seed(1)
     student = build_model(cfg)
     torch.manual_seed(2)
@@ -294,7 +284,7 @@ def _normalized_images(n, h, w):
 
 
 def test_strong_augmentation_config_and_draw_order(monkeypatch):
-    cfg = _tiny_cfg()
+    cfg = tiny_hrda_cfg()
     aug = StrongAugmentation(cfg)
     assert aug.color_jitter_skip_threshold == 0.2 and aug.color_jitter_strength == 0.2 and aug.blur
     torch.testing.assert_close(aug.pixel_mean.flatten(), torch.tensor(MEAN))

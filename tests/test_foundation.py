@@ -57,10 +57,9 @@ def test_import_registers_every_component():
 def test_model_builds_from_the_config_registry():
     from detectron2.modeling import build_model
 
-    cfg = add_hrda_config(get_cfg())
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.MIT.VARIANT", "mit_b0", "MODEL.SEM_SEG_HEAD.EMBED_DIM", "32",
-                         "MODEL.HRDA.ATTENTION_EMBED_DIM", "32"])
-    model = build_model(cfg)
+    from tiny_configs import tiny_hrda_cfg
+
+    model = build_model(tiny_hrda_cfg())
     assert type(model).__name__ == "HRDA"
     assert type(model.backbone).__name__ == "MixVisionTransformer"
     assert type(model.sem_seg_head).__name__ == "DAFormerHead"

@@ -2,22 +2,12 @@
 (reference 11.2), stepped by Detectron2's own LRScheduler hook."""
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.engine import TrainerBase, hooks
 from detectron2.modeling import build_model
 from torch import nn
 
-from hrda_d2 import add_hrda_config
+from tiny_configs import tiny_hrda_cfg
 from hrda_d2.solver import build_lr_scheduler, build_optimizer
-
-
-def _cfg():
-    cfg = add_hrda_config(get_cfg())
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.MIT.VARIANT = "mit_b0"
-    cfg.MODEL.SEM_SEG_HEAD.EMBED_DIM = 32
-    cfg.MODEL.HRDA.ATTENTION_EMBED_DIM = 32
-    return cfg
 
 
 def _reference_lr(t, lr0, min_lr=0.0, max_iters=40000, warmup_iters=1500, warmup_ratio=1e-6, power=1.0):
@@ -49,7 +39,7 @@ class _TinySegmenter(nn.Module):
 @pytest.fixture(scope="module")
 def hrda_model():
     torch.manual_seed(0)
-    return build_model(_cfg())
+    return build_model(tiny_hrda_cfg())
 
 
 def _group_of(optimizer, param):
@@ -59,7 +49,7 @@ def _group_of(optimizer, param):
 
 
 def test_param_groups_follow_the_mmcv_custom_keys(hrda_model):
-    cfg = _cfg()
+    cfg = tiny_hrda_cfg()
     optimizer = build_optimizer(cfg, hrda_model)
     assert isinstance(optimizer, torch.optim.AdamW)
     assert len(optimizer.param_groups) == 3
@@ -97,7 +87,7 @@ def test_param_groups_follow_the_mmcv_custom_keys(hrda_model):
 def test_frozen_parameters_are_left_out():
     model = _TinySegmenter()
     model.backbone.block1[0].attn.q.requires_grad_(False)
-    optimizer = build_optimizer(_cfg(), model)
+    optimizer = build_optimizer(tiny_hrda_cfg(), model)
     ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert id(model.backbone.block1[0].attn.q.weight) not in ids
     assert id(model.backbone.block1[0].attn.q.bias) not in ids
@@ -105,7 +95,7 @@ def test_frozen_parameters_are_left_out():
 
 
 def test_gradient_clipping_option():
-    cfg = _cfg()
+    cfg = tiny_hrda_cfg()
     cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "value"
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.5
@@ -124,11 +114,11 @@ def test_gradient_clipping_option():
 
 
 def test_bad_solver_keys_are_rejected():
-    cfg = _cfg()
+    cfg = tiny_hrda_cfg()
     cfg.SOLVER.OPTIMIZER = "SGD"
     with pytest.raises(ValueError, match="SOLVER.OPTIMIZER"):
         build_optimizer(cfg, _TinySegmenter())
-    cfg = _cfg()
+    cfg = tiny_hrda_cfg()
     cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupCosineLR"
     with pytest.raises(ValueError, match="LR_SCHEDULER_NAME"):
         build_lr_scheduler(cfg, build_optimizer(cfg, _TinySegmenter()))
@@ -160,7 +150,7 @@ def _run_schedule(cfg, record_at, num_iters):
 
 
 def test_lr_schedule_matches_mmcv_poly_with_warmup_under_detectron2_stepping():
-    cfg = _cfg()
+    cfg = tiny_hrda_cfg()
     iterations = [0, 1, 750, 1499, 1500, 1501, 20000]
     optimizer, recorded = _run_schedule(cfg, iterations, num_iters=20001)
     group_lr0 = [g["initial_lr"] for g in optimizer.param_groups]
@@ -180,7 +170,7 @@ def test_lr_schedule_matches_mmcv_poly_with_warmup_under_detectron2_stepping():
 
 
 def test_lr_schedule_min_lr_is_absolute_per_group():
-    cfg = _cfg()
+    cfg = tiny_hrda_cfg()
     cfg.SOLVER.POLY_LR_MIN_LR = 1e-6
     cfg.SOLVER.MAX_ITER = 100
     cfg.SOLVER.WARMUP_ITERS = 10
@@ -197,7 +187,7 @@ def test_lr_schedule_min_lr_is_absolute_per_group():
 
 def test_scheduler_state_round_trip_continues_the_schedule():
     """What a resumed run does: fresh optimizer + scheduler, then both state dicts loaded."""
-    cfg = _cfg()
+    cfg = tiny_hrda_cfg()
     optimizer = build_optimizer(cfg, _TinySegmenter())
     scheduler = build_lr_scheduler(cfg, optimizer)
     for _ in range(100):
