@@ -531,7 +531,7 @@ def run_prepare_cli(
     except (OSError, ValueError) as e:
         sys.stderr.write(f"ERROR: {e}\n")
         return 1
-    print(
+    logger.info(
         f"{args.root}: {result.num_converted} labels converted, {result.num_skipped} already converted; "
         f"statistics of {result.num_with_stats} files in {os.path.join(args.root, 'sample_class_stats.json')}"
     )
