@@ -20,6 +20,9 @@ import torch  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+# subprocesses (tools/*.py, demo/demo.py) import this checkout too, whichever checkout the shared environment's
+# .pth file points at
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
 
 torch.set_num_threads(1)
 

@@ -83,7 +83,7 @@ def draw_pictures(cfg, models, out_dir: Path, num: int) -> Path:
     from detectron2.utils.visualizer import ColorMode, Visualizer
     from PIL import Image
 
-    from hrda_d2.engine.hooks import colorize_labels, gray
+    from hrda_d2.utils.colorize import colorize_labels, grey_image
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for model in models.values():
@@ -112,7 +112,7 @@ def draw_pictures(cfg, models, out_dir: Path, num: int) -> Path:
                     colorize_labels(scales["lr"][0].argmax(0), meta.stuff_colors),
                     colorize_labels(scales["hr"][0].argmax(0), meta.stuff_colors),
                     colorize_labels(scales["fused"][0].argmax(0), meta.stuff_colors),
-                    gray(scales["attention"][0, 0]),
+                    grey_image(scales["attention"][0, 0]),
                 ], axis=1)
                 Image.fromarray(panel).save(out_dir / f"{stem}_hrda_lr_hr_fused_attention.png")
         comparison_rows.append(np.concatenate(row, axis=1))

@@ -11,9 +11,10 @@ from detectron2.engine import HookBase
 from detectron2.evaluation.evaluator import inference_context
 from PIL import Image, ImageDraw
 
+from ..utils.colorize import colorize_labels, grey_image
 from .rng import preserve_rng_states
 
-__all__ = ["DebugImageHook", "colorize_labels", "denormalize_image"]
+__all__ = ["DebugImageHook", "denormalize_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -22,19 +23,6 @@ def denormalize_image(image: torch.Tensor, pixel_mean: torch.Tensor, pixel_std: 
     """Normalised ``3 x H x W`` image -> ``H x W x 3`` uint8 RGB."""
     x = image.float().cpu() * pixel_std.view(3, 1, 1).cpu() + pixel_mean.view(3, 1, 1).cpu()
     return x.clamp(0, 255).round().byte().permute(1, 2, 0).numpy()
-
-
-def colorize_labels(labels: torch.Tensor, colors: Sequence[Sequence[int]]) -> np.ndarray:
-    """``H x W`` train ids -> ``H x W x 3`` uint8 with ``colors[id]``; 255 (ignore) and other ids -> black."""
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    lut[: len(colors)] = np.asarray(colors, dtype=np.uint8)
-    return lut[labels.cpu().numpy().astype(np.uint8)]
-
-
-def gray(values: torch.Tensor, vmax: float = 1.0) -> np.ndarray:
-    """``H x W`` floats in [0, vmax] -> ``H x W x 3`` uint8 grey image."""
-    v = (values.float().cpu().clamp(0, vmax) / vmax * 255).round().byte().numpy()
-    return np.repeat(v[..., None], 3, axis=2)
 
 
 def _grid(rows: List[List[tuple]]) -> Image.Image:
@@ -93,8 +81,8 @@ class DebugImageHook(HookBase):
                  ("source label", colorize_labels(visuals["source_label"][i], self._colors)),
                  ("target", denormalize_image(visuals["target_image"][i], mean, std)),
                  ("pseudo-label", colorize_labels(visuals["pseudo_label"][i], self._colors)),
-                 ("pseudo weight", gray(visuals["pseudo_weight"][i]))],
-                [("mix mask", gray(visuals["mix_mask"][i, 0].float())),
+                 ("pseudo weight", grey_image(visuals["pseudo_weight"][i]))],
+                [("mix mask", grey_image(visuals["mix_mask"][i, 0].float())),
                  ("mixed (aug)", denormalize_image(visuals["mixed_image"][i], mean, std)),
                  ("mixed label", colorize_labels(visuals["mixed_label"][i], self._colors))],
             ]
@@ -103,7 +91,7 @@ class DebugImageHook(HookBase):
                     ("LR", colorize_labels(scales["lr"][i].argmax(0), self._colors)),
                     ("HR", colorize_labels(scales["hr"][i].argmax(0), self._colors)),
                     ("fused", colorize_labels(scales["fused"][i].argmax(0), self._colors)),
-                    ("attention", gray(scales["attention"][i, 0])),
+                    ("attention", grey_image(scales["attention"][i, 0])),
                 ])
             path = os.path.join(self._dir, f"{self.trainer.iter + 1:06d}_{i}.png")
             _grid(rows).save(path)

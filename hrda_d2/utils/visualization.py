@@ -19,6 +19,7 @@ from detectron2.data import Metadata, MetadataCatalog
 from detectron2.utils.visualizer import Visualizer
 from torch import Tensor
 
+from .colorize import colorize_labels, grey_image
 from .predictor import SemSegPredictor
 
 __all__ = ["VisualizationDemo", "attention_image", "check_sem_seg_metadata", "palette_image", "sem_seg_overlay"]
@@ -43,9 +44,7 @@ def check_sem_seg_metadata(metadata: Metadata, num_classes: int) -> None:
 def palette_image(sem_seg: np.ndarray, metadata: Metadata) -> np.ndarray:
     """``H x W`` class ids -> ``H x W x 3`` uint8 RGB with ``metadata.stuff_colors[id]`` (ids beyond the palette,
     e.g. 255, are black)."""
-    colors = np.zeros((256, 3), dtype=np.uint8)
-    colors[: len(metadata.stuff_colors)] = np.asarray(metadata.stuff_colors, dtype=np.uint8)
-    return colors[np.asarray(sem_seg, dtype=np.uint8)]
+    return colorize_labels(sem_seg, metadata.stuff_colors)
 
 
 def sem_seg_overlay(image: np.ndarray, sem_seg: np.ndarray, metadata: Metadata, opacity: float) -> np.ndarray:
@@ -73,8 +72,7 @@ def sem_seg_overlay(image: np.ndarray, sem_seg: np.ndarray, metadata: Metadata, 
 def attention_image(attention: Tensor) -> np.ndarray:
     """``1 x H x W`` attention in ``[0, 1]`` -> ``H x W x 3`` uint8 grey image ``round(255 * att)`` (the
     original's ``--hrda-out ATT`` writes ``255 * att`` as a grey image)."""
-    grey = np.clip(np.rint(attention[0].float().cpu().numpy() * 255.0), 0, 255).astype(np.uint8)
-    return np.repeat(grey[:, :, None], 3, axis=2)
+    return grey_image(attention[0])
 
 
 class VisualizationDemo:
