@@ -45,7 +45,8 @@ def parse_args():
 
 def train(config: str, out_dir: Path, iters: int, env) -> None:
     run([sys.executable, "tools/train_net.py", "--config-file", config,
-         "SOLVER.MAX_ITER", iters, "TEST.EVAL_PERIOD", 0, "SOLVER.CHECKPOINT_PERIOD", iters,
+         "SOLVER.MAX_ITER", iters, "TEST.EVAL_PERIOD", 0, "DATASETS.TEST", "()",  # evaluated once, below
+         "SOLVER.CHECKPOINT_PERIOD", iters,
          "OUTPUT_DIR", out_dir], env)
 
 
