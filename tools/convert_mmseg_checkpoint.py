@@ -14,12 +14,11 @@ Files are written atomically (temporary file + rename). On any error the message
 status is 1 and no output file is written.
 """
 import argparse
+import contextlib
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -27,6 +26,7 @@ from hrda_d2.checkpoint import CheckpointConversionError, ConvertedCheckpoint, c
     load_checkpoint_file
 from hrda_d2.checkpoint.mmseg_config import MmsegConfigError, cfg_values_to_yaml, mmseg_config_to_cfg_values, \
     parse_mmseg_config_text
+from hrda_d2.utils.file_io import atomic_path
 
 AUTHOR = "hrda_d2 tools/convert_mmseg_checkpoint.py"
 
@@ -61,23 +61,9 @@ def translate_config(result: ConvertedCheckpoint, weights: Path, source: Path) -
     return cfg_values_to_yaml(values, header=header), notes
 
 
-def _temporary_twin(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write through ``write`` into a new temporary file next to ``path``; returns the temporary path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return Path(tmp)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    temporaries: List[Tuple[Path, Path]] = []
     try:
         obj = load_checkpoint_file(args.input, allow_pickle=args.allow_pickle)
         result = convert_mmseg_checkpoint(obj, teacher=args.teacher, source=str(args.input))
@@ -88,15 +74,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             "conversion": {"source": str(args.input), "layout": result.layout, "mit_variant": result.mit_variant,
                            "weights": result.source_prefix or "(no prefix)"},
         }
-        temporaries.append((_temporary_twin(args.output, lambda p: torch.save(checkpoint, p)), args.output))
-        if yaml_text is not None:
-            temporaries.append((_temporary_twin(args.config_out, lambda p: p.write_text(yaml_text)), args.config_out))
-        for tmp, final in temporaries:
-            os.replace(tmp, final)
-        temporaries.clear()
+        # both files are renamed into place only once both are written
+        with contextlib.ExitStack() as stack:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(checkpoint, stack.enter_context(atomic_path(args.output)))
+            if yaml_text is not None:
+                args.config_out.parent.mkdir(parents=True, exist_ok=True)
+                Path(stack.enter_context(atomic_path(args.config_out))).write_text(yaml_text)
     except (CheckpointConversionError, MmsegConfigError, OSError) as e:
-        for tmp, _ in temporaries:
-            tmp.unlink(missing_ok=True)
         print(f"convert_mmseg_checkpoint: error: {e}", file=sys.stderr)
         return 1
     for note in notes:

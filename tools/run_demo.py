@@ -55,7 +55,8 @@ def evaluate(config: str, weights: Path):
     from detectron2.config import get_cfg
 
     from hrda_d2 import add_hrda_config
-    from hrda_d2.engine.trainer import HRDATrainer, load_model_weights
+    from hrda_d2.checkpoint import load_model_weights
+    from hrda_d2.engine import HRDATrainer
 
     cfg = add_hrda_config(get_cfg())
     cfg.merge_from_file(str(REPO / config))

@@ -15,7 +15,8 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from hrda_d2 import load_config
-from hrda_d2.engine.trainer import HRDATrainer, load_model_weights
+from hrda_d2.checkpoint import load_model_weights
+from hrda_d2.engine import HRDATrainer
 
 
 

@@ -1,4 +1,11 @@
-"""Checkpoint conversion from the original SegFormer / mmseg / HRDA layouts to this project's Detectron2 layout."""
+"""Checkpoints: this project's files (atomic writing, student / teacher loading) and the conversion of the
+original SegFormer / mmseg / HRDA layouts to them."""
+from .detection_checkpoint import (
+    WEIGHTS_SOURCES,
+    AtomicDetectionCheckpointer,
+    TeacherWeightsCheckpointer,
+    load_model_weights,
+)
 from .mmseg_conversion import (
     CheckpointConversionError,
     ConvertedCheckpoint,
@@ -10,6 +17,10 @@ from .mmseg_conversion import (
 )
 
 __all__ = [
+    "AtomicDetectionCheckpointer",
+    "TeacherWeightsCheckpointer",
+    "WEIGHTS_SOURCES",
+    "load_model_weights",
     "CheckpointConversionError",
     "ConvertedCheckpoint",
     "HeadSummary",

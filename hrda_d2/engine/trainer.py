@@ -28,17 +28,18 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..checkpoint import AtomicDetectionCheckpointer
 from ..data.build import build_source_only_train_loader, build_test_loader, build_uda_train_loader
 from ..data.datasets.cityscapes_classes import SYNTHIA_MIOU16_CLASSES
 from ..evaluation import OfficialCityscapesSemSegEvaluator, SemSegMIoUEvaluator, SemSegPredictionWriter
 from ..solver import build_lr_scheduler, build_optimizer
-from .checkpointer import AtomicDetectionCheckpointer, remove_stale_partial_files
+from ..utils.file_io import remove_stale_partial_files
 from .dacs_trainer import DACSTrainer, amp_dtype_from_config
 from .hooks import DebugImageHook
 from .rng import preserve_rng_states
 from .strong_augmentation import StrongAugmentation
 
-__all__ = ["HRDATrainer", "SourceOnlyPairs", "broadcast_from_main_process", "load_model_weights"]
+__all__ = ["HRDATrainer", "SourceOnlyPairs", "broadcast_from_main_process"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,25 +53,6 @@ class SourceOnlyPairs:
     def __iter__(self):
         for batch in self.source_loader:
             yield batch, None
-
-
-def load_model_weights(model: torch.nn.Module, path: str, source: str = "student") -> None:
-    """Load ``path`` into ``model``: the student (``"model"`` entry) or the EMA teacher (``"teacher"`` entry of a
-    training checkpoint written by this project). Missing/unexpected keys are reported by Detectron2."""
-    if source not in ("student", "teacher"):
-        raise ValueError(f"TEST.WEIGHTS_SOURCE must be 'student' or 'teacher', got '{source}'")
-    checkpointer = DetectionCheckpointer(model)
-    if source == "student":
-        checkpointer.load(path)
-        return
-    # Detectron2's _load_file may only run inside load(); _torch_load is its plain torch.load (weights_only)
-    data = checkpointer._torch_load(path)
-    if "teacher" not in data:
-        raise KeyError(
-            f"'{path}' holds no 'teacher' entry (keys: {sorted(data)}). Use a training checkpoint of this "
-            f"project, or convert an original checkpoint with `tools/convert_mmseg_checkpoint.py IN OUT --teacher` "
-            f"and evaluate it as the student.")
-    checkpointer._load_model({"model": data["teacher"], "__author__": "hrda_d2"})
 
 
 def broadcast_from_main_process(module: torch.nn.Module) -> None:

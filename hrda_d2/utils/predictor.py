@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from ..data.dataset_mappers.image_reading import image_to_chw_tensor
 from ..data.dataset_mappers.test_mapper import TestMapper
-from ..engine.trainer import load_model_weights
+from ..checkpoint import load_model_weights
 from ..modeling.meta_arch.crop_utils import crop, merge_windows, sliding_window_boxes
 
 __all__ = ["HRDA_OUTPUTS", "SemSegPredictor", "predictor_config"]

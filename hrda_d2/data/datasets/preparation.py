@@ -60,6 +60,7 @@ from .cityscapes_classes import (
     LabelIdMapping,
 )
 from .file_lists import list_files, replace_suffix
+from ...utils.file_io import atomic_path, atomic_write_text
 from .sem_seg_splits import DatasetNotFoundError, MissingLabelError
 
 __all__ = [
@@ -235,17 +236,10 @@ def _check_image(path: str, decode: bool) -> Tuple[int, int]:
 # ------------------------------------------------------------------------------------------- writing
 
 
-def _partial_path(output: str) -> str:
-    """Hidden temporary name next to ``output`` (skipped by file listings), ending with .png for Pillow."""
-    folder, name = os.path.split(output)
-    return os.path.join(folder, f".{name}.partial-{os.getpid()}.png")
-
-
 def write_label_png(path: str, train_ids: np.ndarray) -> None:
     """Write an 8-bit grey ('L') PNG atomically (temporary file + rename)."""
-    tmp = _partial_path(path)
-    Image.fromarray(np.asarray(train_ids, dtype=np.uint8), mode="L").save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png", hidden=True) as tmp:
+        Image.fromarray(np.asarray(train_ids, dtype=np.uint8), mode="L").save(tmp, format="PNG")
 
 
 # ------------------------------------------------------------------------------------------- converters
@@ -295,12 +289,11 @@ def convert_cityscapes_polygons(source: str, output: str) -> np.ndarray:
     from cityscapesscripts.preparation.json2labelImg import json2labelImg
 
     _check_polygon_labels(source)
-    tmp = _partial_path(output)
-    try:
-        json2labelImg(source, tmp, "trainIds")
-    except (KeyError, TypeError, ValueError, IndexError) as e:
-        raise _unreadable(source, e) from e
-    os.replace(tmp, output)
+    with atomic_path(output, suffix=".png", hidden=True) as tmp:  # json2labelImg picks the format by extension
+        try:
+            json2labelImg(source, tmp, "trainIds")
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise _unreadable(source, e) from e
     return read_train_id_label(output)
 
 
@@ -350,11 +343,7 @@ def write_class_statistics(dataset_root: str, stats: Iterable[Dict[str, Any]]) -
         ("sample_class_stats_dict.json", per_file),
         ("samples_with_class.json", samples_with_class),
     ):
-        path = os.path.join(dataset_root, name)
-        tmp = os.path.join(dataset_root, f".{name}.partial-{os.getpid()}")
-        with open(tmp, "w") as f:
-            json.dump(content, f, indent=2)
-        os.replace(tmp, path)
+        atomic_write_text(os.path.join(dataset_root, name), json.dumps(content, indent=2))
 
 
 def _convert_all(
