@@ -15,15 +15,15 @@ from torch import nn
 from torch.nn.utils import parameters_to_vector
 
 from tiny_configs import tiny_hrda_cfg
-from hrda_d2.engine.class_mix import class_mix_batch, class_mix_masks, mix_with_mask
-from hrda_d2.engine.ema import ema_alpha, ema_update_, set_pseudo_label_mode
-from hrda_d2.engine.feature_distance import (
+from hrda_d2.uda.class_mix import class_mix_batch, class_mix_masks, mix_with_mask
+from hrda_d2.uda.ema import ema_alpha, ema_update_, set_pseudo_label_mode
+from hrda_d2.uda.feature_distance import (
     downscale_label_ratio,
     imnet_feature_distance_loss,
     masked_feature_distance,
 )
-from hrda_d2.engine.pseudo_labels import pseudo_labels_from_logits
-from hrda_d2.engine.strong_augmentation import (
+from hrda_d2.uda.pseudo_labels import pseudo_labels_from_logits
+from hrda_d2.uda.strong_augmentation import (
     StrongAugmentation,
     StrongAugmentationDraws,
     gaussian_blur_kernel_size,
@@ -287,7 +287,7 @@ def test_strong_augmentation_config_and_draw_order(monkeypatch):
     cfg = tiny_hrda_cfg()
     aug = StrongAugmentation(cfg)
     assert aug.color_jitter_skip_threshold == 0.2 and aug.color_jitter_strength == 0.2 and aug.blur
-    torch.testing.assert_close(aug.pixel_mean.flatten(), torch.tensor(MEAN))
+    torch.testing.assert_close(aug.normalizer.pixel_mean.flatten(), torch.tensor(MEAN))
 
     values = iter([0.3, 0.7])
     calls = []

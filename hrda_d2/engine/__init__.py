@@ -1,13 +1,9 @@
-"""Training engine: the DACS step (a ``SimpleTrainer``), the Detectron2 trainer around it, and its hooks.
+"""Training workflow (Detectron2's ``DefaultTrainer`` around the DACS step of :mod:`hrda_d2.uda`).
 
-* ``dacs_trainer.DACSTrainer``: one DACS iteration per ``run_step`` (EMA teacher, pseudo-labels, ClassMix,
-  strong augmentation, ImageNet feature distance) or source-only training;
-* ``trainer.HRDATrainer``: ``DefaultTrainer`` workflow (model/teacher/ImageNet model, optimizer, schedule,
-  loaders, checkpoints, evaluation, writers);
-* building blocks: ``ema``, ``pseudo_labels``, ``class_mix``, ``strong_augmentation``, ``feature_distance``,
-  ``rng``, ``checkpointer``, ``hooks``.
+* ``trainer.HRDATrainer``: the run: student / EMA teacher / ImageNet model, optimizer, schedule, loaders,
+  atomic checkpoints with resume, evaluation, writers;
+* ``hooks.DebugImageHook``: the DACS debug panels (PNG files and TensorBoard).
 """
-from .dacs_trainer import DACSTrainer
 from .trainer import HRDATrainer
 
-__all__ = ["DACSTrainer", "HRDATrainer"]
+__all__ = ["HRDATrainer"]

@@ -1,4 +1,4 @@
-"""Training hooks: the DACS debug-image panel."""
+"""Training hooks: the DACS debug-image panel (docs/method.md §7.2 step 10)."""
 from __future__ import annotations
 
 import logging
@@ -9,19 +9,21 @@ import numpy as np
 import torch
 from detectron2.engine import HookBase
 from detectron2.evaluation.evaluator import inference_context
+from detectron2.utils.events import get_event_storage
 from PIL import Image, ImageDraw
 
+from ..modeling.pixel_normalizer import PixelNormalizer
 from ..utils.colorize import colorize_labels, grey_image
-from .rng import preserve_rng_states
+from ..utils.rng import preserve_rng_states
 
 __all__ = ["DebugImageHook", "denormalize_image"]
 
 logger = logging.getLogger(__name__)
 
 
-def denormalize_image(image: torch.Tensor, pixel_mean: torch.Tensor, pixel_std: torch.Tensor) -> np.ndarray:
+def denormalize_image(image: torch.Tensor, normalizer: PixelNormalizer) -> np.ndarray:
     """Normalised ``3 x H x W`` image -> ``H x W x 3`` uint8 RGB."""
-    x = image.float().cpu() * pixel_std.view(3, 1, 1).cpu() + pixel_mean.view(3, 1, 1).cpu()
+    x = normalizer.denormalize(image.float().cpu())
     return x.clamp(0, 255).round().byte().permute(1, 2, 0).numpy()
 
 
@@ -42,48 +44,45 @@ def _grid(rows: List[List[tuple]]) -> Image.Image:
 
 
 class DebugImageHook(HookBase):
-    """Every ``interval`` iterations, writes ``<output_dir>/debug/<iter+1:06d>_<sample>.png``: source image and
-    label, target image, pseudo-label, pseudo weight, ClassMix mask, mixed image and label, and the student's
-    LR / HR / fused prediction and scale attention on the target image (eval mode, no gradient).
+    """After every iteration whose DACS step kept its tensors (``trainer.dacs_step.visuals``: every
+    ``UDA.DEBUG_IMG_INTERVAL`` iterations), writes ``<output_dir>/debug/<iter+1:06d>_<sample>.png`` and puts the
+    same panels into the event storage (``put_image``: TensorBoard): source image and label, target image,
+    pseudo-label, pseudo weight, ClassMix mask, mixed image and label, and the student's LR / HR / fused
+    prediction and scale attention on the target image (eval mode, no gradient).
 
-    Reads the tensors the DACS step kept in ``trainer._trainer.last_visuals`` (only on the iterations this
-    hook writes). The training RNG streams and the model mode are left as they were.
+    The training RNG streams and the model mode are left as they were.
     """
 
-    def __init__(self, interval: int, output_dir: str, stuff_colors: Sequence[Sequence[int]], max_samples: int = 2):
-        self._interval = interval
+    def __init__(self, output_dir: str, stuff_colors: Sequence[Sequence[int]], max_samples: int = 2):
         self._dir = os.path.join(output_dir, "debug")
         self._colors = [list(c) for c in stuff_colors]
         self._max_samples = max_samples
 
     def after_step(self) -> None:
-        if self._interval <= 0 or self.trainer.iter % self._interval != 0:
-            return
-        step = self.trainer._trainer
-        visuals: Optional[Dict[str, torch.Tensor]] = step.last_visuals
-        step.last_visuals = None
-        if visuals is None:
+        step = self.trainer.dacs_step
+        if step.visuals is None:
             return
         with preserve_rng_states():
-            self._write(step.student, visuals)
+            self._write(step.student, step.visuals)
 
     @torch.no_grad()
     def _write(self, student, visuals: Dict[str, torch.Tensor]) -> None:
         os.makedirs(self._dir, exist_ok=True)
-        mean, std = student.pixel_mean, student.pixel_std
+        storage = get_event_storage()
+        normalizer = student.pixel_normalizer
         scales = None
         if student.is_multi_scale:
             with inference_context(student):
                 scales = student.forward_scales(visuals["target_image"][: self._max_samples])
         for i in range(min(self._max_samples, visuals["source_image"].shape[0])):
             rows = [
-                [("source", denormalize_image(visuals["source_image"][i], mean, std)),
+                [("source", denormalize_image(visuals["source_image"][i], normalizer)),
                  ("source label", colorize_labels(visuals["source_label"][i], self._colors)),
-                 ("target", denormalize_image(visuals["target_image"][i], mean, std)),
+                 ("target", denormalize_image(visuals["target_image"][i], normalizer)),
                  ("pseudo-label", colorize_labels(visuals["pseudo_label"][i], self._colors)),
                  ("pseudo weight", grey_image(visuals["pseudo_weight"][i]))],
                 [("mix mask", grey_image(visuals["mix_mask"][i, 0].float())),
-                 ("mixed (aug)", denormalize_image(visuals["mixed_image"][i], mean, std)),
+                 ("mixed (aug)", denormalize_image(visuals["mixed_image"][i], normalizer)),
                  ("mixed label", colorize_labels(visuals["mixed_label"][i], self._colors))],
             ]
             if scales is not None:
@@ -93,6 +92,7 @@ class DebugImageHook(HookBase):
                     ("fused", colorize_labels(scales["fused"][i].argmax(0), self._colors)),
                     ("attention", grey_image(scales["attention"][i, 0])),
                 ])
-            path = os.path.join(self._dir, f"{self.trainer.iter + 1:06d}_{i}.png")
-            _grid(rows).save(path)
+            panel = _grid(rows)
+            panel.save(os.path.join(self._dir, f"{self.trainer.iter + 1:06d}_{i}.png"))
+            storage.put_image(f"dacs_debug/{i}", torch.from_numpy(np.asarray(panel)).permute(2, 0, 1).float() / 255)
         logger.info(f"Wrote DACS debug panels to {self._dir}")

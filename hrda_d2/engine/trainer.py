@@ -15,15 +15,13 @@ from __future__ import annotations
 import logging
 import os
 import weakref
-from collections import OrderedDict
 from typing import Optional
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, hooks
-from detectron2.evaluation import DatasetEvaluators, inference_on_dataset
-from detectron2.evaluation import print_csv_format
+from detectron2.evaluation import DatasetEvaluators
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -33,11 +31,10 @@ from ..data.build import build_source_only_train_loader, build_test_loader, buil
 from ..data.datasets.cityscapes_classes import SYNTHIA_MIOU16_CLASSES
 from ..evaluation import OfficialCityscapesSemSegEvaluator, SemSegMIoUEvaluator, SemSegPredictionWriter
 from ..solver import build_lr_scheduler, build_optimizer
+from ..uda import DACSStepTrainer
 from ..utils.file_io import remove_stale_partial_files
-from .dacs_trainer import DACSTrainer, amp_dtype_from_config
+from ..utils.rng import preserve_rng_states
 from .hooks import DebugImageHook
-from .rng import preserve_rng_states
-from .strong_augmentation import StrongAugmentation
 
 __all__ = ["HRDATrainer", "SourceOnlyPairs", "broadcast_from_main_process"]
 
@@ -67,7 +64,12 @@ def broadcast_from_main_process(module: torch.nn.Module) -> None:
 class HRDATrainer(DefaultTrainer):
     """Trainer for every config in ``configs/`` (DACS, or source-only with ``UDA.ENABLED False``)."""
 
-    def __init__(self, cfg):  # noqa: D401 - same construction as DefaultTrainer, with the DACS step
+    def __init__(self, cfg):
+        """Mirrors ``DefaultTrainer.__init__`` of Detectron2 0.7 (upstream commit a59f0563), which cannot be reused
+        through ``super()``: it hard-codes one model, ``SimpleTrainer``/``AMPTrainer`` as the step and
+        ``create_ddp_model``'s CUDA device ids. Differences: three models (student, EMA teacher, frozen ImageNet
+        model), the DACS step (:class:`DACSStepTrainer`), CPU (gloo) DDP without device ids, and the atomic
+        checkpointer holding the teacher and the ImageNet model."""
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -79,34 +81,13 @@ class HRDATrainer(DefaultTrainer):
         student = self.build_model(cfg)
         teacher = self.build_model(cfg, log=False) if uda else None
         imnet_model = self.build_model(cfg, log=False) if uda and cfg.UDA.FD.LAMBDA > 0 else None
-        for frozen in (teacher, imnet_model):
-            if frozen is not None:
-                frozen.requires_grad_(False)
         optimizer = self.build_optimizer(cfg, student)
         data_loader = self.build_train_loader(cfg)
         # CPU (gloo) DDP takes no device_ids; Detectron2's default ([local rank]) is for CUDA modules only
         device_ids = [comm.get_local_rank()] if student.device.type == "cuda" else None
         ddp_student = create_ddp_model(student, broadcast_buffers=False, device_ids=device_ids)
-        amp_dtype = amp_dtype_from_config(cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.DTYPE)
-        grad_scaler = torch.amp.GradScaler(student.device.type) if amp_dtype == torch.float16 else None
-        self._trainer = DACSTrainer(
-            ddp_student, data_loader, optimizer,
-            teacher=teacher,
-            imnet_model=imnet_model,
-            strong_augmentation=StrongAugmentation(cfg) if uda else None,
-            alpha=cfg.UDA.ALPHA,
-            pseudo_threshold=cfg.UDA.PSEUDO_THRESHOLD,
-            pseudo_ignore_top=cfg.UDA.PSEUDO_WEIGHT_IGNORE_TOP,
-            pseudo_ignore_bottom=cfg.UDA.PSEUDO_WEIGHT_IGNORE_BOTTOM,
-            fd_lambda=cfg.UDA.FD.LAMBDA,
-            fd_classes=cfg.UDA.FD.CLASSES,
-            fd_min_ratio=cfg.UDA.FD.SCALE_MIN_RATIO,
-            num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-            amp_dtype=amp_dtype,
-            grad_scaler=grad_scaler,
-            debug_interval=cfg.UDA.DEBUG_IMG_INTERVAL if uda else 0,
-        )
+        self._trainer = DACSStepTrainer.from_config(
+            cfg, ddp_student, data_loader, optimizer, teacher=teacher, imnet_model=imnet_model)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         checkpointables = {"trainer": weakref.proxy(self)}
         if teacher is not None:
@@ -119,6 +100,11 @@ class HRDATrainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     # ------------------------------------------------------------------------------------------------------
+    @property
+    def dacs_step(self) -> DACSStepTrainer:
+        """The step that runs each iteration (Detectron2 keeps it as ``_trainer``)."""
+        return self._trainer
+
     @property
     def teacher(self) -> Optional[torch.nn.Module]:
         return self._trainer.teacher
@@ -158,15 +144,16 @@ class HRDATrainer(DefaultTrainer):
     def build_hooks(self):
         """Detectron2's hooks, with the periodic checkpointer on EVERY rank (Detectron2 registers it on the main
         process only): saving gathers each rank's RNG streams, a collective; only rank 0 writes the file.
-        Plus the DACS debug-image hook (main process)."""
+        Plus the DACS debug-image hook (main process), before the writers so its panels reach TensorBoard in the
+        same iteration."""
         ret = super().build_hooks()
         if not comm.is_main_process():
             position = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook))
             ret.insert(position, hooks.PeriodicCheckpointer(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD))
         if self.cfg.UDA.ENABLED and self.cfg.UDA.DEBUG_IMG_INTERVAL > 0 and comm.is_main_process():
             colors = MetadataCatalog.get(self.cfg.DATASETS.SOURCE[0]).get("stuff_colors")
-            debug = DebugImageHook(self.cfg.UDA.DEBUG_IMG_INTERVAL, self.cfg.OUTPUT_DIR, colors)
-            ret.insert(2, debug)  # after the LR scheduler, before the checkpointer
+            position = next(i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter))
+            ret.insert(position, DebugImageHook(self.cfg.OUTPUT_DIR, colors))
         return ret
 
     # ------------------------------------------------------------------------------------------------------
@@ -213,14 +200,6 @@ class HRDATrainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        """Evaluate ``model`` on every ``DATASETS.TEST`` split (without disturbing the training RNG streams)."""
-        results = OrderedDict()
+        """``DefaultTrainer.test`` on every ``DATASETS.TEST`` split, without disturbing the training RNG streams."""
         with preserve_rng_states():
-            for dataset_name in cfg.DATASETS.TEST:
-                data_loader = cls.build_test_loader(cfg, dataset_name)
-                evaluator = cls.build_evaluator(cfg, dataset_name)
-                results[dataset_name] = inference_on_dataset(model, data_loader, evaluator)
-                if comm.is_main_process():
-                    logger.info(f"Evaluation results for {dataset_name} in csv format:")
-                    print_csv_format(results[dataset_name])
-        return results[cfg.DATASETS.TEST[0]] if len(results) == 1 else results
+            return super().test(cfg, model, evaluators)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..heads.daformer_head import DAFormerHead
+from ..pixel_normalizer import PixelNormalizer
 from ..losses import pixel_accuracy, pixel_weighted_cross_entropy, resize_to_labels
 from .crop_utils import CropBox, crop, merge_windows, random_crop_box, scale_box, sliding_window_boxes, stack_windows
 from .scale_fusion import FusedScales, fuse_scales
@@ -77,8 +78,8 @@ class HRDA(nn.Module):
     """HRDA encoder-decoder (two scales) or plain DAFormer (one scale). See the module docstring.
 
     Attributes: ``backbone`` (MiT), ``sem_seg_head`` (DAFormerHead), ``scale_attention`` (DAFormerHead with
-    1x1-conv fusion, or None with one scale / a fixed attention), ``pixel_mean``/``pixel_std`` (non-persistent
-    buffers, ``3 x 1 x 1``).
+    1x1-conv fusion, or None with one scale / a fixed attention), ``pixel_normalizer`` (``PixelNormalizer``:
+    non-persistent ``pixel_mean``/``pixel_std`` buffers, ``3 x 1 x 1``).
     """
 
     @configurable
@@ -146,8 +147,7 @@ class HRDA(nn.Module):
         self.scales = scales
         self.ignore_value = ignore_value
         self.output_stride = backbone.output_shape()[sem_seg_head.in_features[0]].stride
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+        self.pixel_normalizer = PixelNormalizer(pixel_mean, pixel_std)
 
         self.hr_crop_size = _as_pair(hr_crop_size, "MODEL.HRDA.HR_CROP_SIZE")
         self.crop_coord_divisible = int(crop_coord_divisible)
@@ -228,7 +228,7 @@ class HRDA(nn.Module):
     # ------------------------------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return self.pixel_mean.device
+        return self.pixel_normalizer.pixel_mean.device
 
     @property
     def is_multi_scale(self) -> bool:
@@ -239,8 +239,9 @@ class HRDA(nn.Module):
         return self.scales[0]
 
     def normalize(self, images: Tensor) -> Tensor:
-        """``N x 3 x H x W`` RGB 0..255 (any dtype) -> ``(x - pixel_mean) / pixel_std`` in float32."""
-        return (images.to(self.device, torch.float32) - self.pixel_mean) / self.pixel_std
+        """``N x 3 x H x W`` RGB 0..255 (any dtype, any device) -> ``(x - pixel_mean) / pixel_std`` in float32 on
+        the model's device."""
+        return self.pixel_normalizer.normalize(images.to(self.device))
 
     @staticmethod
     def _rescale(images: Tensor, scale: float) -> Tensor:

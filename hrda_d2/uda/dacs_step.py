@@ -1,22 +1,24 @@
-"""One DACS self-training iteration per ``run_step`` (reference §7.2), as a Detectron2 ``SimpleTrainer``.
+"""One DACS self-training iteration per ``run_step``, as a Detectron2 ``SimpleTrainer`` (docs/method.md §7.2).
 
-Order of one iteration ``t`` (0-based), exactly the original's:
+The iteration ``t`` (0-based) runs the steps of docs/method.md §7.2 in the original's order (the step numbers
+below and in every module of ``hrda_d2/uda`` are that list's):
 
-1. EMA update of the teacher at the START of the step: copy at ``t == 0``, else
-   ``alpha_t = min(1 - 1/(t+1), UDA.ALPHA)`` (parameters only, buffers untouched);
-2. strong-augmentation decisions with Python's ``random``: jitter draw, then blur draw;
-3. source forward (random detail crop from NumPy) -> ``loss_src_*``;
-4. ImageNet feature distance on the source's LR features against the frozen ImageNet model
-   (``loss_imnet_feat_dist``), backpropagated together with the source loss (the original calls
-   ``backward`` twice on the same graph; the accumulated gradients are the same);
-5. teacher pseudo-labels on the target batch with HR slide inference, teacher in train mode with dropout
-   and drop-path off (BatchNorm on batch statistics); pseudo weight = confident fraction of the batch times
-   the target mapper's margin mask;
-6. ClassMix masks (NumPy), mixing of image / label / weight, strong augmentation per sample;
-7. mixed forward/backward (new detail crop) -> ``loss_mix_*``;
-8. one optimizer step.
+1. EMA update of the teacher at the START of the step (:mod:`.ema`);
+3. strong-augmentation decisions with Python's ``random``: jitter draw, then blur draw (:mod:`.strong_augmentation`);
+4. source forward (random detail crop from NumPy) -> ``loss_src_*``;
+5. ImageNet feature distance on the source's LR features against the frozen ImageNet model
+   (``loss_imnet_feat_dist``, :mod:`.feature_distance`), backpropagated together with the source loss (the
+   original calls ``backward`` twice on the same graph; the accumulated gradients are the same);
+6. teacher pseudo-labels on the target batch with HR slide inference (:mod:`.pseudo_labels`);
+7. ClassMix masks (NumPy, :mod:`.class_mix`);
+8. mixing of image / label / weight, strong augmentation per sample;
+9. mixed forward/backward (new detail crop) -> ``loss_mix_*``;
 
-With ``UDA.ENABLED False`` only step 3 (and 8) runs: source-only training in the same loop.
+then one optimizer step. Step 2 (the original's debug flag) and step 10 (debug figures) have no numeric effect:
+here the step keeps its tensors in :attr:`DACSStepTrainer.visuals` on every ``UDA.DEBUG_IMG_INTERVAL``-th
+iteration for :class:`hrda_d2.engine.hooks.DebugImageHook`.
+
+With ``UDA.ENABLED False`` only step 4 (and the optimizer step) runs: source-only training in the same loop.
 
 The student is called through its (possibly DDP-wrapped) ``__call__`` with keyword arguments
 (``model(images=..., sem_seg=..., weight=..., return_outputs=True)``), so DDP synchronises its gradients.
@@ -44,10 +46,10 @@ from .class_mix import class_mix_batch, class_mix_masks
 from .ema import ema_update_, set_pseudo_label_mode
 from .feature_distance import imnet_feature_distance_loss
 from .pseudo_labels import pseudo_labels_from_logits
-from .rng import gather_rng_states, rank_rng_states, set_rng_states
 from .strong_augmentation import StrongAugmentation
+from ..utils.rng import gather_rng_states, rank_rng_states, set_rng_states
 
-__all__ = ["DACSTrainer", "DACSStepVisuals"]
+__all__ = ["DACSStepTrainer", "DACSStepVisuals", "amp_dtype_from_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +69,8 @@ def _stack_field(batch: Sequence[Dict[str, Any]], key: str, device: torch.device
     return torch.stack([d[key] for d in batch]).to(device=device, non_blocking=True)
 
 
-class DACSTrainer(SimpleTrainer):
-    """``SimpleTrainer`` whose step is one DACS iteration.
+class DACSStepTrainer(SimpleTrainer):
+    """``SimpleTrainer`` whose ``run_step`` is one DACS iteration (the workflow around it: ``HRDATrainer``).
 
     Args:
         model: the student (``HRDA``), possibly wrapped in ``DistributedDataParallel``.
@@ -85,7 +87,7 @@ class DACSTrainer(SimpleTrainer):
         num_classes, ignore_value: label space.
         amp_dtype: None (float32) or ``torch.bfloat16`` / ``torch.float16`` for autocast.
         grad_scaler: ``torch.amp.GradScaler`` for float16, else None.
-        debug_interval: every this many iterations the step keeps its tensors in ``last_visuals`` for the
+        debug_interval: every this many iterations the step keeps its tensors in :attr:`visuals` for the
             debug-image hook (0 = never).
     """
 
@@ -113,7 +115,7 @@ class DACSTrainer(SimpleTrainer):
     ) -> None:
         super().__init__(model, data_loader, optimizer)
         if teacher is not None and strong_augmentation is None:
-            raise ValueError("DACSTrainer: self-training (a teacher) needs a StrongAugmentation")
+            raise ValueError("DACSStepTrainer: self-training (a teacher) needs a StrongAugmentation")
         self.teacher = teacher
         self.imnet_model = imnet_model if fd_lambda > 0 else None
         self.strong_augmentation = strong_augmentation
@@ -129,7 +131,7 @@ class DACSTrainer(SimpleTrainer):
         self.amp_dtype = amp_dtype
         self.grad_scaler = grad_scaler
         self.debug_interval = debug_interval
-        self.last_visuals: Optional[DACSStepVisuals] = None
+        self._visuals: Optional[DACSStepVisuals] = None
         self._pending_rng_states: Optional[Dict[str, Any]] = None
         for frozen in (teacher, self.imnet_model):
             if frozen is not None:
@@ -144,6 +146,38 @@ class DACSTrainer(SimpleTrainer):
     @property
     def uda_enabled(self) -> bool:
         return self.teacher is not None
+
+    @property
+    def visuals(self) -> Optional[DACSStepVisuals]:
+        """The tensors of the last iteration (normalised ``N x 3 x H x W`` images, ``N x H x W`` labels and weights,
+        ``N x 1 x H x W`` mix masks) if it was a debug iteration (``iter % debug_interval == 0``), else None."""
+        return self._visuals
+
+    @classmethod
+    def from_config(cls, cfg, model: nn.Module, data_loader, optimizer: torch.optim.Optimizer, *,
+                    teacher: Optional[nn.Module], imnet_model: Optional[nn.Module]) -> "DACSStepTrainer":
+        """The step of ``cfg`` (``UDA.*``, ``SOLVER.AMP.*``) for the given student, loader, optimizer and models."""
+        amp_dtype = amp_dtype_from_config(cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.DTYPE)
+        device_type = _unwrap(model).device.type
+        uda = cfg.UDA.ENABLED
+        return cls(
+            model, data_loader, optimizer,
+            teacher=teacher,
+            imnet_model=imnet_model,
+            strong_augmentation=StrongAugmentation(cfg) if uda else None,
+            alpha=cfg.UDA.ALPHA,
+            pseudo_threshold=cfg.UDA.PSEUDO_THRESHOLD,
+            pseudo_ignore_top=cfg.UDA.PSEUDO_WEIGHT_IGNORE_TOP,
+            pseudo_ignore_bottom=cfg.UDA.PSEUDO_WEIGHT_IGNORE_BOTTOM,
+            fd_lambda=cfg.UDA.FD.LAMBDA,
+            fd_classes=cfg.UDA.FD.CLASSES,
+            fd_min_ratio=cfg.UDA.FD.SCALE_MIN_RATIO,
+            num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            amp_dtype=amp_dtype,
+            grad_scaler=torch.amp.GradScaler(device_type) if amp_dtype == torch.float16 else None,
+            debug_interval=cfg.UDA.DEBUG_IMG_INTERVAL if uda else 0,
+        )
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -174,7 +208,7 @@ class DACSTrainer(SimpleTrainer):
 
     # ------------------------------------------------------------------------------------------------------
     def run_step(self) -> None:
-        assert self.model.training, "[DACSTrainer] the student was switched to eval mode"
+        assert self.model.training, "[DACSStepTrainer] the student was switched to eval mode"
         start = time.perf_counter()
         source_batch, target_batch = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
@@ -185,14 +219,15 @@ class DACSTrainer(SimpleTrainer):
         student = self.student
         device = student.device
         self.optimizer.zero_grad(set_to_none=True)
+        self._visuals = None
         metrics: Dict[str, float] = {}
 
-        # 1. EMA teacher update (start of the step), 2. augmentation decisions
+        # step 1: EMA teacher update (start of the step); step 3: augmentation decisions
         if self.uda_enabled:
             metrics["ema_alpha"] = ema_update_(self.teacher, student, self.iter, self.alpha)
             draws = self.strong_augmentation.draw()
 
-        # 3. source forward, 4. feature distance; one backward
+        # step 4: source forward, step 5: feature distance; one backward
         src_images = student.normalize(_stack_images(source_batch, device))
         src_labels = _stack_field(source_batch, "sem_seg", device).long()
         with self._autocast():
@@ -215,7 +250,7 @@ class DACSTrainer(SimpleTrainer):
             metrics.update(mix_metrics)
             if visuals is not None:
                 visuals.update(source_image=src_images.detach(), source_label=src_labels.detach())
-                self.last_visuals = visuals
+                self._visuals = visuals
 
         self.after_backward()
         self._write_metrics(loss_dict, data_time)
@@ -242,7 +277,7 @@ class DACSTrainer(SimpleTrainer):
         src_labels: torch.Tensor,
         draws,
     ) -> Tuple[Dict[str, torch.Tensor], Dict[str, float], Optional[DACSStepVisuals]]:
-        """Steps 5-7: pseudo-labels, ClassMix, strong augmentation, mixed forward."""
+        """Steps 6-9: pseudo-labels, ClassMix masks, mixing + strong augmentation, mixed forward."""
         device = src_images.device
         student = self.student
         trg_images = student.normalize(_stack_images(target_batch, device))

@@ -36,6 +36,8 @@ from detectron2.config import configurable
 from kornia.augmentation import ColorJiggle
 from kornia.filters import gaussian_blur2d
 
+from ..modeling.pixel_normalizer import PixelNormalizer
+
 __all__ = [
     "StrongAugmentationDraws",
     "StrongAugmentation",
@@ -101,12 +103,7 @@ class StrongAugmentation:
                 this value (0.2 -> jitter 80 % of the iterations, as the original).
             blur: whether Gaussian blur is used at all (applied when the blur draw is > 0.5).
         """
-        if len(pixel_mean) != 3 or len(pixel_std) != 3:
-            raise ValueError(
-                f"StrongAugmentation: MODEL.PIXEL_MEAN/PIXEL_STD must have 3 values, got {pixel_mean}/{pixel_std}"
-            )
-        self.pixel_mean = torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.pixel_std = torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.normalizer = PixelNormalizer(pixel_mean, pixel_std)
         self.color_jitter_strength = float(color_jitter_strength)
         self.color_jitter_skip_threshold = float(color_jitter_skip_threshold)
         self.blur = bool(blur)
@@ -134,8 +131,6 @@ class StrongAugmentation:
     def color_jitter(self, image: torch.Tensor) -> torch.Tensor:
         """Jitter one normalised image batch (1 x 3 x H x W): de-normalise ``(x * std + mean) / 255``, kornia
         ``ColorJiggle`` with p = 1 (fresh factors from the torch RNG), re-normalise ``(x * 255 - mean) / std``."""
-        mean = self.pixel_mean.to(image)
-        std = self.pixel_std.to(image)
         jiggle = ColorJiggle(
             brightness=self.color_jitter_strength,
             contrast=self.color_jitter_strength,
@@ -143,9 +138,9 @@ class StrongAugmentation:
             hue=self.color_jitter_strength,
             p=1.0,
         )
-        unit_range = (image * std + mean) / 255
+        unit_range = self.normalizer.denormalize(image) / 255
         jittered = jiggle(unit_range)
-        return (jittered * 255 - mean) / std
+        return self.normalizer.normalize(jittered * 255)
 
     @staticmethod
     def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
