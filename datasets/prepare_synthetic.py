@@ -18,7 +18,7 @@ import os
 import sys
 
 from hrda_d2.data.datasets.preparation import prepare_cityscapes, prepare_gta, prepare_synthia
-from hrda_d2.data.datasets.synthetic import generate_synthetic_datasets
+from hrda_d2.data.synthetic import generate_synthetic_datasets
 
 
 def main(argv=None) -> int:

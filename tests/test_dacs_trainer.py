@@ -44,7 +44,7 @@ from detectron2.utils.env import seed_all_rng
 from hrda_d2 import add_hrda_config
 from hrda_d2.data.datasets import BUILTIN_SPLITS, register_builtin_split, register_cityscapes_root
 from hrda_d2.data.datasets.preparation import prepare_cityscapes, prepare_gta
-from hrda_d2.data.datasets.synthetic import generate_synthetic_datasets
+from hrda_d2.data.synthetic import generate_synthetic_datasets
 from hrda_d2.engine.trainer import HRDATrainer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ from hrda_d2.data.datasets import (
     register_sem_seg_split,
 )
 from hrda_d2.data.datasets.preparation import prepare_cityscapes, prepare_gta, prepare_synthia
-from hrda_d2.data.datasets.synthetic import generate_synthetic_datasets
+from hrda_d2.data.synthetic import generate_synthetic_datasets
 
 REF_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
                "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 from hrda_d2 import add_hrda_config
 from hrda_d2.data.datasets.cityscapes_classes import stuff_colors
-from hrda_d2.data.datasets.synthetic import generate_synthetic_datasets
+from hrda_d2.data.synthetic import generate_synthetic_datasets
 from hrda_d2.utils.predictor import SemSegPredictor
 from hrda_d2.utils.visualization import VisualizationDemo, check_sem_seg_metadata, sem_seg_overlay
 

@@ -24,7 +24,7 @@ from hrda_d2.data.datasets.preparation import (
     prepare_synthia,
 )
 from hrda_d2.data.datasets.sem_seg_splits import DatasetNotFoundError, MissingLabelError
-from hrda_d2.data.datasets.synthetic import generate_synthetic_datasets
+from hrda_d2.data.synthetic import generate_synthetic_datasets
 
 # reference 9.2, written out here independently of the package
 REF_GTA = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13,

@@ -26,7 +26,7 @@ from PIL import Image
 from hrda_d2 import add_hrda_config
 from hrda_d2.data.datasets.cityscapes_classes import stuff_colors
 from hrda_d2.data.datasets.preparation import prepare_cityscapes
-from hrda_d2.data.datasets.synthetic import generate_synthetic_datasets
+from hrda_d2.data.synthetic import generate_synthetic_datasets
 
 REPO = Path(__file__).resolve().parents[1]
 REF = REPO / "tests" / "data" / "hrda_reference"
