@@ -9,11 +9,12 @@ Detectron2's loader and the official evaluation read). Writes *_gtFine_labelTrai
 json2labelImg(..., "trainIds") - exactly the official conversion - and the rare class sampling statistics of
 the gtFine/train files into ROOT/{sample_class_stats,samples_with_class,sample_class_stats_dict}.json.
 Re-running skips the labels already converted. Implementation:
-hrda_d2.data.datasets.preparation.prepare_cityscapes.
+hrda_d2.data.preparation.prepare_cityscapes.
 """
 import sys
 
-from hrda_d2.data.datasets.preparation import prepare_cityscapes, run_prepare_cli
+from hrda_d2.data.preparation import prepare_cityscapes
+from hrda_d2.data.preparation.cli import run_prepare_cli
 
 if __name__ == "__main__":
     sys.exit(run_prepare_cli(prepare_cityscapes, __doc__, unknown_id_option=False))

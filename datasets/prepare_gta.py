@@ -7,11 +7,12 @@ ROOT holds images/00001.png ... and labels/00001.png ... (palettised PNGs with C
 Writes labels/<name>_labelTrainIds.png (train ids 0..18, 255 = ignore) and the rare class sampling
 statistics ROOT/{sample_class_stats,samples_with_class,sample_class_stats_dict}.json. Re-running skips the
 labels already converted. A label holding a value that is not a Cityscapes label id (0..33) is refused.
-Implementation: hrda_d2.data.datasets.preparation.prepare_gta.
+Implementation: hrda_d2.data.preparation.prepare_gta.
 """
 import sys
 
-from hrda_d2.data.datasets.preparation import prepare_gta, run_prepare_cli
+from hrda_d2.data.preparation import prepare_gta
+from hrda_d2.data.preparation.cli import run_prepare_cli
 
 if __name__ == "__main__":
     sys.exit(run_prepare_cli(prepare_gta, __doc__))

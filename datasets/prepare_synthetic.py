@@ -7,7 +7,7 @@
 The replicas have the exact folder layouts and file formats of the real data sets (see datasets/README.md),
 street-like scenes with the same class layout in every domain and a deliberate appearance shift between the
 source (GTA/Synthia) and target (Cityscapes/ACDC/Dark Zurich) domains; details in the docstring of
-hrda_d2.data.datasets.synthetic. Defaults: 8 train / 4 val images, Cityscapes-like 128x256 (GTA-like 132x239,
+hrda_d2.data.synthetic. Defaults: 8 train / 4 val images, Cityscapes-like 128x256 (GTA-like 132x239,
 Synthia-like 95x160); --full-size writes real sizes (2048x1024, 1914x1052, 1280x760, 1920x1080) for loader
 benchmarks. --prepare also runs the GTA / Synthia / Cityscapes preparation (train-id labels + statistics), so
 that ROOT can be used as $DETECTRON2_DATASETS right away.
@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 
-from hrda_d2.data.datasets.preparation import prepare_cityscapes, prepare_gta, prepare_synthia
+from hrda_d2.data.preparation import prepare_cityscapes, prepare_gta, prepare_synthia
 from hrda_d2.data.synthetic import generate_synthetic_datasets
 
 

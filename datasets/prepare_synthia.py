@@ -7,11 +7,12 @@ ROOT holds RGB/0000000.png ... and GT/LABELS/0000000.png ... (16-bit PNGs, class
 as the last channel of OpenCV's array). Writes GT/LABELS/<name>_labelTrainIds.png (train ids 0..18,
 255 = ignore) and the rare class sampling statistics ROOT/{sample_class_stats,samples_with_class,
 sample_class_stats_dict}.json. Re-running skips the labels already converted. A label holding a value that is
-not a Synthia class id (0..22) is refused. Implementation: hrda_d2.data.datasets.preparation.prepare_synthia.
+not a Synthia class id (0..22) is refused. Implementation: hrda_d2.data.preparation.prepare_synthia.
 """
 import sys
 
-from hrda_d2.data.datasets.preparation import prepare_synthia, run_prepare_cli
+from hrda_d2.data.preparation import prepare_synthia
+from hrda_d2.data.preparation.cli import run_prepare_cli
 
 if __name__ == "__main__":
     sys.exit(run_prepare_cli(prepare_synthia, __doc__))

@@ -26,7 +26,7 @@ import tqdm
 from detectron2.utils.logger import setup_logger
 
 from hrda_d2 import load_config
-from hrda_d2.data.dataset_mappers.image_reading import read_rgb_image
+from hrda_d2.data.image_io import read_rgb_image
 from hrda_d2.utils.predictor import HRDA_OUTPUTS
 from hrda_d2.utils.visualization import VisualizationDemo
 

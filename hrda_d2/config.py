@@ -2,8 +2,8 @@
 
 ``add_hrda_config(cfg)`` adds every key the project reads to a Detectron2 ``CfgNode`` (from
 ``detectron2.config.get_cfg()``). The defaults are the paper's GTA->Cityscapes HRDA setting
-(``configs/gtaHR2csHR_hrda.yaml``), see ``docs``/README "Config reference" for the mapping from the
-original mmseg config fields to these keys.
+(``configs/gtaHR2csHR_hrda.yaml``), see docs/method.md §14 and the README's "Config reference" for the mapping
+from the original mmseg config fields to these keys.
 
 Keys are grouped by the part of the system that reads them:
 

@@ -1,12 +1,12 @@
 """Every config in configs/ loads, and the paper experiments carry the reference values (§11.4, §14)."""
-from pathlib import Path
 
 import pytest
 from detectron2.config import get_cfg
 
 from hrda_d2 import add_hrda_config
+from tests.helpers.paths import CONFIG_DIR
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
 
 
 def load(name: str):

@@ -57,7 +57,7 @@ def test_import_registers_every_component():
 def test_model_builds_from_the_config_registry():
     from detectron2.modeling import build_model
 
-    from tiny_configs import tiny_hrda_cfg
+    from tests.helpers.tiny_configs import tiny_hrda_cfg
 
     model = build_model(tiny_hrda_cfg())
     assert type(model).__name__ == "HRDA"

@@ -195,7 +195,6 @@ def test_every_method_citation_in_the_code_resolves(method_index: MethodIndex):
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.xfail(strict=False, reason="citations being rewritten")
 def test_package_does_not_cite_the_external_reference():
     offenders: Dict[str, int] = {}
     for path in sorted((ROOT / "hrda_d2").rglob("*.py")):

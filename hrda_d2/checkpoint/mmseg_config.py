@@ -154,7 +154,7 @@ def _translate_model(t: _Translation, model: Mapping[str, Any]) -> None:
         t.put("MODEL.HRDA.HR_SLIDE_INFERENCE", model, "hr_slide_inference", True)
         t.put("MODEL.HRDA.HR_SLIDE_OVERLAPPING", model, "hr_slide_overlapping", True)
         t.put("MODEL.HRDA.BLUR_HR_CROP", model, "blur_hr_crop", False)
-        # HRDAHead constructor defaults (docs 5.1) where the config leaves them out
+        # HRDAHead constructor defaults (docs/method.md §5.1) where the config leaves them out
         t.put("MODEL.HRDA.ATTENTION_CLASSWISE", head, "attention_classwise", True)
         t.put("MODEL.HRDA.ATTENTION_EMBED_DIM", head, "attention_embed_dim", 256)
         t.put("MODEL.HRDA.HR_LOSS_WEIGHT", head, "hr_loss_weight", 0.0)

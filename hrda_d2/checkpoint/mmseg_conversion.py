@@ -1,5 +1,5 @@
 """Detect the layout of an original (SegFormer / mmseg / HRDA) checkpoint and convert it to this project's
-Detectron2 layout (docs section 13, model contract):
+Detectron2 layout (docs/method.md §13, model contract):
 
 ==================================================  ===========================================
 original key                                        Detectron2 key
@@ -142,7 +142,7 @@ def load_checkpoint_file(path: Union[str, Path], allow_pickle: bool = False) -> 
 # MiT backbone keys
 # ------------------------------------------------------------------------------------------------------------
 def mit_state_dict_shapes(variant: MiTVariant, in_channels: int = 3) -> "OrderedDict[str, Tuple[int, ...]]":
-    """Key -> shape of an official MiT state dict (docs 2.2/2.3), without the ImageNet ``head.*``."""
+    """Key -> shape of an official MiT state dict (docs/method.md §2.2, §2.3), without the ImageNet ``head.*``."""
     shapes: "OrderedDict[str, Tuple[int, ...]]" = OrderedDict()
     prev = in_channels
     for s in range(4):
@@ -229,7 +229,7 @@ def detect_mit_variant(backbone: Mapping[str, torch.Tensor], where: str = "backb
 def _summarize_daformer_head(
     head: Mapping[str, torch.Tensor], in_channels: Tuple[int, ...], where: str
 ) -> HeadSummary:
-    """Check the key families of a DAFormerHead state dict (docs 3.4) against the backbone widths."""
+    """Check the key families of a DAFormerHead state dict (docs/method.md §3.4) against the backbone widths."""
     required = [f"embed_layers.{i}.proj.{p}" for i in range(len(in_channels)) for p in ("weight", "bias")]
     required += ["conv_seg.weight", "conv_seg.bias"]
     missing = [k for k in required if k not in head]

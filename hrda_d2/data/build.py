@@ -1,9 +1,9 @@
 """Training and test data loaders.
 
-``build_uda_train_loader(cfg, start_iter)`` yields ``(source_batch, target_batch)`` pairs forever; each
-stream is its own Detectron2 loader (``build_batch_data_loader`` over a
-:class:`~hrda_d2.data.samplers.position_sampling.PositionSeededDataset` with an
-:class:`~hrda_d2.data.samplers.position_sampling.InfinitePositionSampler`), with
+``build_train_loader(cfg, start_iter)`` yields ``(source_batch, target_batch)`` pairs forever
+(``target_batch`` is None for source-only training, ``UDA.ENABLED False``); each stream is its own Detectron2
+loader (``build_batch_data_loader`` over a :class:`~hrda_d2.data.common.PositionSeededDataset` with an
+:class:`~hrda_d2.data.samplers.InfinitePositionSampler`), with
 ``DATALOADER.NUM_WORKERS`` worker processes per stream and ``SOLVER.IMS_PER_BATCH`` images per
 iteration in total over all ranks (Detectron2 convention: each rank gets ``IMS_PER_BATCH /
 world_size``). Batches are lists of mapped dicts (see ``hrda_d2.data.dataset_mappers``).
@@ -11,7 +11,7 @@ world_size``). Batches are lists of mapped dicts (see ``hrda_d2.data.dataset_map
 Exact resume: sample number p of a stream (``p = iteration * IMS_PER_BATCH + index``) is a pure
 function of ``(cfg.SEED, stream, p)``; a loader built with ``start_iter = k`` yields exactly what the
 loader built with 0 yields from iteration k on, for any number of workers (see
-``position_sampling``). The streams are the source (stream 0; rare class sampling when
+:mod:`hrda_d2.data.common`). The streams are the source (stream 0; rare class sampling when
 ``DATASETS.RCS.ENABLED``, else one shuffled pass over the split per epoch) and the target (stream 1;
 shuffled passes). ``cfg.SEED < 0`` draws one seed shared by all ranks (logged; resume then is not exact).
 
@@ -30,17 +30,19 @@ from torch.utils.data import DataLoader, Dataset
 
 from .datasets import load_split
 from .dataset_mappers import SourceTrainMapper, TargetTrainMapper, TestMapper
-from .samplers.position_sampling import InfinitePositionSampler, PositionSeededDataset
-from .samplers.rare_class_sampling import RareClassSamplingDataset, load_rcs_statistics
+from .common import PositionSeededDataset
+from .samplers import InfinitePositionSampler
+from .rare_class_sampling import RareClassSamplingDataset, load_rcs_statistics
 
 __all__ = [
     "SOURCE_STREAM_ID",
     "TARGET_STREAM_ID",
-    "UDAPairLoader",
+    "TrainPairLoader",
     "build_source_train_dataset",
     "build_target_train_dataset",
-    "build_source_only_train_loader",
-    "build_uda_train_loader",
+    "build_source_train_loader",
+    "build_target_train_loader",
+    "build_train_loader",
     "build_test_loader",
 ]
 
@@ -124,39 +126,46 @@ def _build_stream_loader(cfg, dataset: Dataset, stream_id: int, draws_items: boo
     )
 
 
-def build_source_only_train_loader(cfg, start_iter: int = 0) -> DataLoader:
-    """Infinite loader of source batches (the source stream of :func:`build_uda_train_loader`)."""
+def build_source_train_loader(cfg, start_iter: int = 0) -> DataLoader:
+    """Infinite loader of source batches (stream 0)."""
     dataset, draws_items = build_source_train_dataset(cfg)
     return _build_stream_loader(cfg, dataset, SOURCE_STREAM_ID, draws_items, start_iter)
 
 
-class UDAPairLoader:
-    """Infinite iterator of ``(source_batch, target_batch)``; each batch a list of mapped dicts.
+def build_target_train_loader(cfg, start_iter: int = 0) -> DataLoader:
+    """Infinite loader of target batches (stream 1)."""
+    return _build_stream_loader(cfg, build_target_train_dataset(cfg), TARGET_STREAM_ID, False, start_iter)
 
-    The two Detectron2 loaders are ``source_loader`` and ``target_loader``; their worker processes
-    start at the first ``next()``.
+
+class TrainPairLoader:
+    """Infinite iterator of ``(source_batch, target_batch)``; each batch a list of mapped dicts, ``target_batch``
+    None when there is no ``target_loader`` (source-only training).
+
+    The Detectron2 loaders' worker processes start at the first ``next()``.
     """
 
-    def __init__(self, source_loader: DataLoader, target_loader: DataLoader):
+    def __init__(self, source_loader: DataLoader, target_loader: Optional[DataLoader] = None):
         self.source_loader = source_loader
         self.target_loader = target_loader
-        self._iterators: Optional[Tuple[Iterator[Batch], Iterator[Batch]]] = None
+        self._iterators: Optional[Tuple[Iterator[Batch], Optional[Iterator[Batch]]]] = None
 
-    def __iter__(self) -> "UDAPairLoader":
+    def __iter__(self) -> "TrainPairLoader":
         return self
 
-    def __next__(self) -> Tuple[Batch, Batch]:
+    def __next__(self) -> Tuple[Batch, Optional[Batch]]:
         if self._iterators is None:
-            self._iterators = (iter(self.source_loader), iter(self.target_loader))
+            target_iter = iter(self.target_loader) if self.target_loader is not None else None
+            self._iterators = (iter(self.source_loader), target_iter)
         source_iter, target_iter = self._iterators
-        return next(source_iter), next(target_iter)
+        return next(source_iter), (next(target_iter) if target_iter is not None else None)
 
 
-def build_uda_train_loader(cfg, start_iter: int = 0) -> UDAPairLoader:
-    """Pairs of (source, target) batches for DACS, from iteration ``start_iter`` on (see module doc)."""
-    source_loader = build_source_only_train_loader(cfg, start_iter)
-    target_loader = _build_stream_loader(cfg, build_target_train_dataset(cfg), TARGET_STREAM_ID, False, start_iter)
-    return UDAPairLoader(source_loader, target_loader)
+def build_train_loader(cfg, start_iter: int = 0) -> TrainPairLoader:
+    """(source, target) batch pairs from iteration ``start_iter`` on (see module doc); the target stream only
+    with ``UDA.ENABLED``."""
+    source_loader = build_source_train_loader(cfg, start_iter)
+    target_loader = build_target_train_loader(cfg, start_iter) if cfg.UDA.ENABLED else None
+    return TrainPairLoader(source_loader, target_loader)
 
 
 def build_test_loader(cfg, dataset_name: str) -> DataLoader:

@@ -1,7 +1,7 @@
 """Geometric augmentations of the mmseg training/test pipelines as Detectron2 ``Augmentation``s.
 
 Detectron2's built-ins differ from mmseg/mmcv where it matters for equal numbers, so the pipeline of
-reference section 10 is rebuilt here:
+docs/method.md §10 is rebuilt here:
 
 * :class:`KeepRatioRescale` / :class:`RescaleTransform`: mmcv ``imrescale`` (size rule below; image with
   OpenCV ``INTER_LINEAR``, labels and masks with ``INTER_NEAREST``). Detectron2's ``ResizeTransform``
@@ -41,7 +41,7 @@ def imrescale_size(height: int, width: int, scale: Sequence[int]) -> Tuple[int, 
     """Output ``(height, width)`` of mmcv ``imrescale`` with a ``(long side, short side)`` scale tuple.
 
     ``f = min(max(scale) / max(h, w), min(scale) / min(h, w))`` and the new size is
-    ``(int(h * f + 0.5), int(w * f + 0.5))`` (reference 10.1 step 2). The order of the two numbers in
+    ``(int(h * f + 0.5), int(w * f + 0.5))`` (docs/method.md §10.1 step 2). The order of the two numbers in
     ``scale`` does not matter. E.g. 1052x1914 with (2560, 1440) -> 1407x2560.
     """
     if len(scale) != 2 or min(scale) <= 0:
@@ -131,7 +131,7 @@ def _passes_category_ratio(label_crop: np.ndarray, cat_max_ratio: float, ignore_
 
 
 class RandomCropWithCategoryRatio(T.Augmentation):
-    """mmseg ``RandomCrop(crop_size, cat_max_ratio)`` (reference 10.1 step 3).
+    """mmseg ``RandomCrop(crop_size, cat_max_ratio)`` (docs/method.md §10.1 step 3).
 
     A first box is drawn with :func:`draw_crop_box`. If ``cat_max_ratio < 1``: up to 10 times, the
     label inside the current box is checked (pixel counts per value, ``ignore_value`` excluded; it

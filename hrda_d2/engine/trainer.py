@@ -27,7 +27,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import AtomicDetectionCheckpointer
-from ..data.build import build_source_only_train_loader, build_test_loader, build_uda_train_loader
+from ..data.build import build_test_loader, build_train_loader
 from ..data.datasets.cityscapes_classes import SYNTHIA_MIOU16_CLASSES
 from ..evaluation import OfficialCityscapesSemSegEvaluator, SemSegMIoUEvaluator, SemSegPredictionWriter
 from ..solver import build_lr_scheduler, build_optimizer
@@ -36,20 +36,9 @@ from ..utils.file_io import remove_stale_partial_files
 from ..utils.rng import preserve_rng_states
 from .hooks import DebugImageHook
 
-__all__ = ["HRDATrainer", "SourceOnlyPairs", "broadcast_from_main_process"]
+__all__ = ["HRDATrainer", "broadcast_from_main_process"]
 
 logger = logging.getLogger(__name__)
-
-
-class SourceOnlyPairs:
-    """Adapts a source loader to the ``(source_batch, None)`` pairs the DACS step reads."""
-
-    def __init__(self, source_loader):
-        self.source_loader = source_loader
-
-    def __iter__(self):
-        for batch in self.source_loader:
-            yield batch, None
 
 
 def broadcast_from_main_process(module: torch.nn.Module) -> None:
@@ -174,9 +163,7 @@ class HRDATrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0):
-        if cfg.UDA.ENABLED:
-            return build_uda_train_loader(cfg, start_iter=start_iter)
-        return SourceOnlyPairs(build_source_only_train_loader(cfg, start_iter=start_iter))
+        return build_train_loader(cfg, start_iter=start_iter)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

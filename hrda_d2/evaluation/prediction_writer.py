@@ -1,4 +1,4 @@
-"""Write predictions as PNG files (reference §12.3).
+"""Write predictions as PNG files (docs/method.md §12.3).
 
 For every image, named ``<image basename without extension>.png``:
 
@@ -15,10 +15,11 @@ import os
 from typing import Sequence
 
 import numpy as np
-from cityscapesscripts.helpers.labels import labels as cityscapes_labels
 from cityscapesscripts.helpers.labels import trainId2label
 from detectron2.evaluation import DatasetEvaluator
 from PIL import Image
+
+from ..data.datasets.cityscapes_classes import CITYSCAPES_LABEL_ID_COLORS
 
 __all__ = ["SemSegPredictionWriter", "train_ids_to_label_ids", "palette_png"]
 
@@ -40,12 +41,6 @@ def palette_png(index_map: np.ndarray, colors: Sequence[Sequence[int]]) -> Image
     return img
 
 
-_CITYSCAPES_LABEL_COLORS = [(0, 0, 0)] * 256
-for _label in cityscapes_labels:
-    if _label.id >= 0:
-        _CITYSCAPES_LABEL_COLORS[_label.id] = _label.color
-
-
 class SemSegPredictionWriter(DatasetEvaluator):
     """A ``DatasetEvaluator`` that only writes files (returns no metrics)."""
 
@@ -64,7 +59,7 @@ class SemSegPredictionWriter(DatasetEvaluator):
             stem = os.path.splitext(os.path.basename(inp["file_name"]))[0]
             palette_png(train_ids, self._colors).save(os.path.join(self._output_dir, "color", stem + ".png"))
             if self._to_label_id:
-                palette_png(train_ids_to_label_ids(train_ids), _CITYSCAPES_LABEL_COLORS).save(
+                palette_png(train_ids_to_label_ids(train_ids), CITYSCAPES_LABEL_ID_COLORS).save(
                     os.path.join(self._output_dir, "labelIds", stem + ".png"))
             else:
                 palette_png(train_ids, self._colors).save(os.path.join(self._output_dir, "labelTrainIds", stem + ".png"))

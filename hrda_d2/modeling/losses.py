@@ -1,4 +1,4 @@
-"""Segmentation loss and accuracy of the original decode heads (reference section 6)."""
+"""Segmentation loss and accuracy of the original decode heads (docs/method.md §6)."""
 from typing import Optional
 
 import torch

@@ -1,4 +1,4 @@
-"""AdamW with HRDA's parameter groups (reference ``docs/hrda_reference.md`` section 11.1, quirk 10).
+"""AdamW with HRDA's parameter groups (docs/method.md §11.1, §15 Q10).
 
 mmcv's ``paramwise_cfg.custom_keys = {head: lr_mult 10, pos_block: decay_mult 0, norm: decay_mult 0}`` on
 the original module names amounts to:
@@ -68,9 +68,9 @@ def get_hrda_param_groups(
 
 
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW of the reference (``lr = SOLVER.BASE_LR``, ``betas = SOLVER.BETAS``, ``weight_decay =
-    SOLVER.WEIGHT_DECAY``, eps 1e-8, amsgrad off) over the trainable parameters of ``model`` (pass the
-    student only), with the param groups of :func:`get_hrda_param_groups`. Gradient clipping is added
+    """AdamW of the original (docs/method.md §11.1: ``lr = SOLVER.BASE_LR``, ``betas = SOLVER.BETAS``,
+    ``weight_decay = SOLVER.WEIGHT_DECAY``, eps 1e-8, amsgrad off) over the trainable parameters of ``model``
+    (pass the student only), with the param groups of :func:`get_hrda_param_groups`. Gradient clipping is added
     with Detectron2's ``maybe_add_gradient_clipping`` when ``SOLVER.CLIP_GRADIENTS.ENABLED``.
     Each group's starting lr is recorded as ``initial_lr`` by the scheduler (torch convention), which
     Detectron2's ``LRMultiplier`` scales.

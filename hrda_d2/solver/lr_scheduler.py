@@ -1,6 +1,6 @@
 """Learning-rate schedule of HRDA/DAFormer: mmcv's poly decay with linear warm-up, on Detectron2's LRMultiplier.
 
-Reference: ``docs/hrda_reference.md`` section 11.2. For 0-based iteration ``t`` and a param group with initial
+Source: docs/method.md §11.2. For 0-based iteration ``t`` and a param group with initial
 lr ``lr0``::
 
     lr_reg(t) = (lr0 - min_lr) * (1 - t / max_iter) ** power + min_lr
@@ -13,7 +13,6 @@ Detectron2's ``WarmupParamScheduler`` interpolates linearly between ``warmup_fac
 Stepping convention: the scheduler sets the lr of iteration 0 when it is built; Detectron2's
 ``hooks.LRScheduler`` steps it after every iteration, so iteration ``t`` runs with ``lr(t)``.
 """
-import logging
 from typing import List, Sequence
 
 import torch
@@ -22,7 +21,6 @@ from fvcore.common.param_scheduler import ParamScheduler
 
 __all__ = ["WarmupPolyParamScheduler", "PerGroupLRMultiplier", "build_lr_scheduler"]
 
-logger = logging.getLogger(__name__)
 
 
 class WarmupPolyParamScheduler(ParamScheduler):

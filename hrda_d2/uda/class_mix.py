@@ -1,6 +1,6 @@
 """ClassMix of DACS: class masks drawn from the source labels and the mixing of source and target.
 
-Reference: ``docs/hrda_reference.md`` section 7.2 steps 7 and 8 and quirk 5 of section 15.
+Source: docs/method.md §7.2 steps 7 and 8, §15 Q5.
 """
 from typing import Optional, Tuple
 
@@ -25,14 +25,15 @@ def class_mix_masks(
     """ClassMix masks, one per source sample (DACS step 7).
 
     The candidate classes are ``torch.unique`` of the WHOLE source label batch (sorted ascending, the
-    ignore value 255 included when present; quirk 5). For every sample i in batch order,
+    ignore value 255 included when present; docs/method.md §15 Q5). For every sample i in batch order,
     ``k = ceil(n / 2)`` of the ``n`` candidates are chosen with ``rng.choice(n, k, replace=False)`` and the
     mask is 1 where sample i's label is one of the chosen classes. All samples' choices are drawn here,
     before any mixing.
 
     Args:
         source_labels: N x H x W or N x 1 x H x W integer labels of the source batch.
-        rng: NumPy random state; ``None`` uses NumPy's global RNG (as the reference does).
+        rng: NumPy random state; ``None`` uses NumPy's global RNG (as the original's ``get_class_masks``,
+            docs/method.md §7.2 step 7).
 
     Returns:
         N x 1 x H x W int64 masks (1 = take the source pixel).

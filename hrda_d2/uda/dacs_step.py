@@ -32,7 +32,6 @@ written to the event storage as non-loss scalars. A non-finite loss term stops t
 """
 from __future__ import annotations
 
-import logging
 import time
 from contextlib import nullcontext
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -51,7 +50,6 @@ from ..utils.rng import gather_rng_states, rank_rng_states, set_rng_states
 
 __all__ = ["DACSStepTrainer", "DACSStepVisuals", "amp_dtype_from_config"]
 
-logger = logging.getLogger(__name__)
 
 DACSStepVisuals = Dict[str, torch.Tensor]
 
@@ -228,14 +226,14 @@ class DACSStepTrainer(SimpleTrainer):
             draws = self.strong_augmentation.draw()
 
         # step 4: source forward, step 5: feature distance; one backward
-        src_images = student.normalize(_stack_images(source_batch, device))
-        src_labels = _stack_field(source_batch, "sem_seg", device).long()
+        source_images = student.normalize(_stack_images(source_batch, device))
+        source_labels = _stack_field(source_batch, "sem_seg", device).long()
         with self._autocast():
-            src_losses, src_out = self.model(images=src_images, sem_seg=src_labels, return_outputs=True)
-        loss_dict = {f"loss_src_{k[len('loss_'):]}": v for k, v in src_losses.items()}
-        metrics.update({f"src_{k}": float(v) for k, v in src_out.metrics.items()})
+            source_losses, source_out = self.model(images=source_images, sem_seg=source_labels, return_outputs=True)
+        loss_dict = {f"loss_src_{k[len('loss_'):]}": v for k, v in source_losses.items()}
+        metrics.update({f"src_{k}": float(v) for k, v in source_out.metrics.items()})
         if self.uda_enabled and self.imnet_model is not None:
-            fd_loss, num_cells = self._feature_distance(src_images, src_labels, src_out.features)
+            fd_loss, num_cells = self._feature_distance(source_images, source_labels, source_out.features)
             loss_dict["loss_imnet_feat_dist"] = fd_loss
             metrics["imnet_fd_cells"] = float(num_cells)
         self._check_finite(loss_dict)
@@ -243,13 +241,13 @@ class DACSStepTrainer(SimpleTrainer):
 
         if self.uda_enabled:
             mix_losses, mix_metrics, visuals = self._self_training(
-                source_batch, target_batch, src_images, src_labels, draws)
+                source_batch, target_batch, source_images, source_labels, draws)
             self._check_finite(mix_losses)
             self._backward(sum(mix_losses.values()))
             loss_dict.update(mix_losses)
             metrics.update(mix_metrics)
             if visuals is not None:
-                visuals.update(source_image=src_images.detach(), source_label=src_labels.detach())
+                visuals.update(source_image=source_images.detach(), source_label=source_labels.detach())
                 self._visuals = visuals
 
         self.after_backward()
@@ -258,40 +256,40 @@ class DACSStepTrainer(SimpleTrainer):
         self._optimizer_step()
 
     def _feature_distance(
-        self, src_images: torch.Tensor, src_labels: torch.Tensor, features: Dict[str, torch.Tensor]
+        self, source_images: torch.Tensor, source_labels: torch.Tensor, features: Dict[str, torch.Tensor]
     ) -> Tuple[torch.Tensor, int]:
         """ImageNet feature distance on the last feature level (step 5)."""
         self.imnet_model.eval()
         with torch.no_grad(), self._autocast():
-            imnet_features = self.imnet_model.extract_features(src_images)
+            imnet_features = self.imnet_model.extract_features(source_images)
         last = list(features.keys())[-1]
         return imnet_feature_distance_loss(
-            features[last].float(), imnet_features[last].float(), src_labels, self.fd_classes, self.num_classes,
+            features[last].float(), imnet_features[last].float(), source_labels, self.fd_classes, self.num_classes,
             self.fd_min_ratio, self.fd_lambda, self.ignore_value)
 
     def _self_training(
         self,
         source_batch: List[Dict[str, Any]],
         target_batch: List[Dict[str, Any]],
-        src_images: torch.Tensor,
-        src_labels: torch.Tensor,
+        source_images: torch.Tensor,
+        source_labels: torch.Tensor,
         draws,
     ) -> Tuple[Dict[str, torch.Tensor], Dict[str, float], Optional[DACSStepVisuals]]:
         """Steps 6-9: pseudo-labels, ClassMix masks, mixing + strong augmentation, mixed forward."""
-        device = src_images.device
+        device = source_images.device
         student = self.student
-        trg_images = student.normalize(_stack_images(target_batch, device))
+        target_images = student.normalize(_stack_images(target_batch, device))
         valid_mask = (_stack_field(target_batch, "valid_pseudo_mask", device)
                       if "valid_pseudo_mask" in target_batch[0] else None)
         set_pseudo_label_mode(self.teacher)
         with torch.no_grad(), self._autocast():
-            teacher_logits = self.teacher.generate_pseudo_label(trg_images)
+            teacher_logits = self.teacher.generate_pseudo_label(target_images)
         pseudo_label, pseudo_weight = pseudo_labels_from_logits(
             teacher_logits, self.pseudo_threshold, self.pseudo_ignore_top, self.pseudo_ignore_bottom, valid_mask)
 
-        mix_masks = class_mix_masks(src_labels)
+        mix_masks = class_mix_masks(source_labels)
         mixed_images, mixed_labels, mixed_weight = class_mix_batch(
-            mix_masks, src_images, trg_images, src_labels, pseudo_label, pseudo_weight)
+            mix_masks, source_images, target_images, source_labels, pseudo_label, pseudo_weight)
         mixed_images = self.strong_augmentation(mixed_images, draws)
 
         with self._autocast():
@@ -305,7 +303,7 @@ class DACSStepTrainer(SimpleTrainer):
         visuals = None
         if self.debug_interval > 0 and self.iter % self.debug_interval == 0:
             visuals = {
-                "target_image": trg_images.detach(),
+                "target_image": target_images.detach(),
                 "pseudo_label": pseudo_label.detach(),
                 "pseudo_weight": pseudo_weight.detach(),
                 "mix_mask": mix_masks.detach(),

@@ -1,6 +1,6 @@
 """Mean-teacher helpers of DACS: the EMA weight update and the teacher's pseudo-label mode.
 
-Reference: ``docs/hrda_reference.md`` section 7.2 steps 1 and 6, quirks 3 and 11 of section 15.
+Source: docs/method.md §7.2 steps 1 and 6, §15 Q3, §15 Q11.
 """
 import logging
 
@@ -11,7 +11,6 @@ from torch.nn.modules.dropout import _DropoutNd
 
 __all__ = ["ema_alpha", "ema_update_", "set_pseudo_label_mode"]
 
-logger = logging.getLogger(__name__)
 
 
 def ema_alpha(iteration: int, alpha: float) -> float:
@@ -64,13 +63,13 @@ def ema_update_(teacher: nn.Module, student: nn.Module, iteration: int, alpha: f
         if iteration == 0:
             teacher_param.copy_(student_param)
         else:
-            # the reference's expression, term by term (not a fused lerp), for equal rounding
+            # the original's expression (``DACS._update_ema``), term by term (not a fused lerp), for equal rounding
             teacher_param.copy_(alpha_t * teacher_param + (1 - alpha_t) * student_param)
     return alpha_t
 
 
 def set_pseudo_label_mode(teacher: nn.Module) -> int:
-    """Put the teacher in the mode DACS uses to predict pseudo-labels (step 6, quirk 3).
+    """Put the teacher in the mode DACS uses to predict pseudo-labels (docs/method.md §7.2 step 6, §15 Q3).
 
     ``teacher.train()`` is called, then every dropout module (``torch.nn.modules.dropout._DropoutNd``:
     Dropout, Dropout2d, ...) and every timm ``DropPath`` is switched to eval mode. Everything else stays in

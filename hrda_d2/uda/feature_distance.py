@@ -1,6 +1,6 @@
 """ImageNet feature distance of DAFormer/HRDA (DACS step 5): label downscaling and the masked L2 distance.
 
-Reference: ``docs/hrda_reference.md`` section 7.2 step 5 and quirk 14 of section 15.
+Source: docs/method.md §7.2 step 5, §15 Q14.
 """
 from typing import Sequence, Tuple
 
@@ -68,7 +68,7 @@ def masked_feature_distance(
     Returns:
         ``(distance, num_selected)``: ``distance`` is the scalar ``mean(||f - f_ref||_2 over C)`` over the
         selected cells. When no cell is selected it is an exact 0 that keeps the graph (every gradient is
-        0), where the reference would produce NaN (quirk 14); ``num_selected`` (0 then) reports that case.
+        0), where the original would produce NaN (docs/method.md §15 Q14); ``num_selected`` (0 then) reports that case.
     """
     if features.shape != reference_features.shape:
         raise ValueError(

@@ -1,6 +1,6 @@
 """Pseudo-labels and their pixel weights from the teacher's logits (DACS step 6).
 
-Reference: ``docs/hrda_reference.md`` section 7.2 step 6 and quirk 4 of section 15.
+Source: docs/method.md §7.2 step 6, §15 Q4.
 """
 from typing import Optional, Tuple
 
@@ -24,7 +24,8 @@ def pseudo_labels_from_logits(
         threshold: confidence threshold (``UDA.PSEUDO_THRESHOLD``, 0.968).
         ignore_top, ignore_bottom: number of rows at the top / bottom of every weight map set to 0
             (``UDA.PSEUDO_WEIGHT_IGNORE_TOP/BOTTOM``; the legacy DAFormer margins). Must be 0 when
-            ``valid_pseudo_mask`` is given (the two margin mechanisms are exclusive, as in the reference).
+            ``valid_pseudo_mask`` is given (the two margin mechanisms are exclusive, as in the original,
+            docs/method.md §7.2 step 6).
         valid_pseudo_mask: optional 0/1 margin mask from the target mapper, N x H x W (N x 1 x H x W is
             accepted too); multiplied into the weight.
 
@@ -32,7 +33,7 @@ def pseudo_labels_from_logits(
         ``(pseudo_label, pseudo_weight)``:
 
         * ``pseudo_label``: N x H x W int64, argmax over classes of ``softmax(logits)``;
-        * ``pseudo_weight``: N x H x W float32. Its value is ONE scalar for the whole batch (quirk 4),
+        * ``pseudo_weight``: N x H x W float32. Its value is ONE scalar for the whole batch (docs/method.md §15 Q4),
           ``#(pixels with max prob >= threshold) / (N * H * W)``, broadcast to every pixel, then the
           ``ignore_top/bottom`` rows are zeroed and it is multiplied by ``valid_pseudo_mask``.
     """

@@ -1,12 +1,12 @@
 """DACS strong augmentation of the mixed images: colour jitter and Gaussian blur (kornia).
 
-Reference: ``docs/hrda_reference.md`` section 7.2 steps 3 and 8, quirk 6 of section 15.
+Source: docs/method.md §7.2 steps 3 and 8, §15 Q6.
 
 Decisions are drawn once per iteration with Python's ``random`` (jitter draw, then blur draw) and shared by
 the batch; each sample then gets its own jitter factors (torch RNG, inside kornia) and its own blur sigma
 (NumPy RNG), in the order jitter(0), sigma(0), jitter(1), sigma(1), ...
 
-kornia 0.9 ``ColorJiggle`` versus the reference's kornia-0.5 ``ColorJitter`` (checked against the
+kornia 0.9 ``ColorJiggle`` versus the original's kornia-0.5 ``ColorJitter`` (checked against the
 installed kornia 0.9.0 source and by ``tests/test_dacs_components.py``):
 
 * same factor ranges and meaning: brightness, contrast, saturation ~ U[1 - s, 1 + s], hue ~ U[-s, s];
@@ -24,7 +24,6 @@ installed kornia 0.9.0 source and by ``tests/test_dacs_components.py``):
   ``GaussianBlur2d`` used the 2-D outer-product kernel; both normalise the kernel and pad with 'reflect',
   so the results agree to float rounding.
 """
-import logging
 import math
 import random
 from dataclasses import dataclass
@@ -45,7 +44,6 @@ __all__ = [
     "gaussian_blur_kernel_size",
 ]
 
-logger = logging.getLogger(__name__)
 
 BLUR_THRESHOLD = 0.5  # blur when the per-iteration draw exceeds this (probability 0.5)
 BLUR_SIGMA_RANGE = (0.15, 1.15)
@@ -64,7 +62,8 @@ class StrongAugmentationDraws:
 
 def draw_strong_augmentation(blur_enabled: bool, rng: Optional[random.Random] = None) -> StrongAugmentationDraws:
     """Draw the iteration's decisions: ``color_jitter = uniform(0, 1)``, then ``blur = uniform(0, 1)``
-    (only when ``blur_enabled``), from ``rng`` or Python's global ``random`` (as the reference)."""
+    (only when ``blur_enabled``), from ``rng`` or Python's global ``random`` (as the original's
+    ``DACS.forward_train``)."""
     rng = random if rng is None else rng
     color_jitter = rng.uniform(0, 1)
     blur = rng.uniform(0, 1) if blur_enabled else 0.0
@@ -164,7 +163,7 @@ class StrongAugmentation:
             images: N x 3 x H x W normalised (``(x - mean) / std``) float images; not modified.
             draws: this iteration's decisions from :meth:`draw`.
             numpy_rng: source of the per-sample blur sigma ``uniform(0.15, 1.15)``; ``None`` uses NumPy's
-                global RNG (as the reference).
+                global RNG (as the original's ``DACS.forward_train``).
 
         Returns:
             N x 3 x H x W augmented images (a new tensor).

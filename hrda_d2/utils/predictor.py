@@ -5,7 +5,7 @@ EMA teacher with ``TEST.WEIGHTS_SOURCE teacher``) and maps an ``H x W x 3`` uint
 image's own size, through the same steps as ``tools/train_net.py --eval-only``: the keep-ratio rescale of the
 ``TestMapper`` (``INPUT.TEST.SCALE``), ``TEST.MODE`` inference, bilinear resize of the logits back to ``H x W``.
 
-``hrda_out`` selects what is predicted, like ``--hrda-out`` of the original ``tools/test.py`` (reference 5.5):
+``hrda_out`` selects what is predicted, like ``--hrda-out`` of the original ``tools/test.py`` (docs/method.md §5.5):
 
 * ``"fused"``: the HRDA prediction (the model's normal output);
 * ``"lr"`` / ``"hr"``: the model built with ``MODEL.HRDA.FIXED_ATTENTION`` 0.0 / 1.0, i.e. the upsampled
@@ -15,7 +15,7 @@ image's own size, through the same steps as ``tools/train_net.py --eval-only``: 
   merged over the windows like the logits, in ``[0, 1]``.
 """
 import logging
-from typing import Callable, Dict
+from typing import Dict
 
 import numpy as np
 import torch
@@ -24,17 +24,16 @@ from detectron2.modeling import build_model
 from torch import Tensor
 from torch.nn import functional as F
 
-from ..data.dataset_mappers.image_reading import image_to_chw_tensor
+from ..data.image_io import image_to_chw_tensor
 from ..data.dataset_mappers.test_mapper import TestMapper
 from ..checkpoint import load_model_weights
-from ..modeling.meta_arch.crop_utils import crop, merge_windows, sliding_window_boxes
 
 __all__ = ["HRDA_OUTPUTS", "SemSegPredictor", "predictor_config"]
 
 logger = logging.getLogger(__name__)
 
 HRDA_OUTPUTS = ("fused", "lr", "hr", "attention")
-# MODEL.HRDA.FIXED_ATTENTION that turns the fused output into the LR-only / HR-only prediction (reference 5.5)
+# MODEL.HRDA.FIXED_ATTENTION that turns the fused output into the LR-only / HR-only prediction (docs/method.md §5.5)
 _FIXED_ATTENTION_OF = {"lr": 0.0, "hr": 1.0}
 _INPUT_FORMATS = ("BGR", "RGB")
 
@@ -110,15 +109,6 @@ class SemSegPredictor:
             if self.hrda_out != "attention":
                 return self.model([{"image": tensor, "height": height, "width": width}])[0]
             images = self.model.normalize(tensor[None])
-            attention = self._test_windows(images, lambda x: self.model.forward_scales(x)["attention"])
+            attention = self.model.merge_test_windows(images, lambda x: self.model.forward_scales(x)["attention"])
             attention = F.interpolate(attention, size=(height, width), mode="bilinear", align_corners=False)
             return {"attention": attention[0]}
-
-    def _test_windows(self, images: Tensor, window_fn: Callable[[Tensor], Tensor]) -> Tensor:
-        """``window_fn`` over the TEST.MODE windows of ``images`` (``N x 3 x H x W``), merged with the count
-        matrix of ``HRDA.slide_inference`` (one window = the whole image in "whole" mode). ``window_fn`` maps
-        a window ``N x 3 x h x w`` to ``N x K x h x w``."""
-        if self.model.test_mode == "whole":
-            return window_fn(images)
-        boxes = sliding_window_boxes(images.shape[-2:], self.model.test_crop_size, self.model.test_stride)
-        return merge_windows((window_fn(crop(images, box)) for box in boxes), boxes, images.shape[-2:])

@@ -1,4 +1,4 @@
-"""Capture and restore every RNG stream a DACS step draws from (reference §7.2 "RNG streams").
+"""Capture and restore every RNG stream a DACS step draws from (docs/method.md §7.2, "RNG streams").
 
 The step uses Python's ``random`` (jitter/blur decisions), NumPy's global RNG (detail crop boxes, ClassMix
 choices, blur sigmas) and torch (dropout, drop-path, colour jitter; CUDA too on GPU). Saving these three

@@ -9,7 +9,6 @@ colour).
 
 Images are ``H x W x 3`` uint8 RGB unless a name says BGR (OpenCV frames).
 """
-import logging
 from typing import Iterator, Optional, Tuple
 
 import cv2
@@ -24,7 +23,6 @@ from .predictor import SemSegPredictor
 
 __all__ = ["VisualizationDemo", "attention_image", "check_sem_seg_metadata", "palette_image", "sem_seg_overlay"]
 
-logger = logging.getLogger(__name__)
 
 
 def check_sem_seg_metadata(metadata: Metadata, num_classes: int) -> None:

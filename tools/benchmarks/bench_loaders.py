@@ -25,9 +25,9 @@ from detectron2.data import DatasetCatalog
 
 from hrda_d2.config import add_hrda_config
 from hrda_d2.data.build import build_uda_train_loader
-from hrda_d2.data.dataset_mappers.image_reading import read_rgb_image
+from hrda_d2.data.image_io import read_rgb_image
 from hrda_d2.data.datasets import register_cityscapes_root, register_sem_seg_split
-from hrda_d2.data.datasets.preparation import prepare_cityscapes, prepare_gta
+from hrda_d2.data.preparation import prepare_cityscapes, prepare_gta
 from hrda_d2.data.synthetic import generate_synthetic_datasets
 
 SOURCE_SPLIT, TARGET_PREFIX = "bench_loaders_gta_source", "bench_loaders_cityscapes"

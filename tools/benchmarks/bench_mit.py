@@ -18,8 +18,8 @@ import torch
 from detectron2.config import get_cfg
 
 from hrda_d2 import add_hrda_config
-from hrda_d2.checkpoint.transformers_segformer import load_transformers_segformer
 from hrda_d2.modeling.backbone import build_mit_backbone
+from transformers_segformer import load_transformers_segformer  # tools/benchmarks/, next to this script
 
 
 def parse_args() -> argparse.Namespace:

@@ -1,11 +1,11 @@
-"""Test dataset mapper: the test pipeline of reference 10.2 (keep-ratio rescale, no flip, no padding)."""
+"""Test dataset mapper: the test pipeline of docs/method.md §10.2 (keep-ratio rescale, no flip, no padding)."""
 import copy
 from typing import Any, Dict, Sequence
 
 from detectron2.config import configurable
 
 from ..transforms import KeepRatioRescale
-from .image_reading import image_to_chw_tensor, read_rgb_image
+from ..image_io import image_to_chw_tensor, read_rgb_image
 
 __all__ = ["TestMapper"]
 

@@ -1,6 +1,6 @@
-"""Training dataset mappers: the source and target pipelines of reference section 10.1 / 10.3.
+"""Training dataset mappers: the source and target pipelines of docs/method.md §10.1, §10.3.
 
-Pipeline (order as in the reference): read image (+ label) -> [target: pseudo-label margin mask at
+Pipeline (order as in the original, docs/method.md §10.1): read image (+ label) -> [target: pseudo-label margin mask at
 ``VALID_MASK_SIZE``] -> keep-ratio rescale (mmcv ``imrescale``) -> random crop with ``cat_max_ratio``
 -> horizontal flip -> pad bottom/right to the crop size. The label and the margin mask undergo every
 geometric op with the image (nearest-neighbour resize; like mmseg, each field is rescaled from its own
@@ -20,7 +20,7 @@ from detectron2.config import configurable
 from detectron2.data import transforms as T
 
 from ..transforms import KeepRatioRescale, PadBottomRight, RandomCropWithCategoryRatio, imrescale_size
-from .image_reading import image_to_chw_tensor, read_label, read_rgb_image
+from ..image_io import image_to_chw_tensor, read_label, read_rgb_image
 
 __all__ = [
     "LoadedSample",
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 
 def make_margin_mask(size: Sequence[int], margins: Sequence[int]) -> np.ndarray:
-    """The pseudo-label validity mask of reference 10.3 ("plcrop v2").
+    """The pseudo-label validity mask of docs/method.md §10.3 ("plcrop v2").
 
     Args:
         size: (H, W) of the mask.
@@ -254,7 +254,7 @@ class SourceTrainMapper(SemSegTrainMapper):
 
 class TargetTrainMapper(SemSegTrainMapper):
     """Target-domain training pipeline (``INPUT.TARGET.*`` keys): labels loaded when the dataset dict
-    has them (DACS does not use them), plus the ``valid_pseudo_mask`` of reference 10.3 when
+    has them (DACS does not use them), plus the ``valid_pseudo_mask`` of docs/method.md §10.3 when
     ``INPUT.TARGET.PSEUDO_MARGINS`` is set."""
 
     @classmethod

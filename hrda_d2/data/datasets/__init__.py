@@ -7,8 +7,9 @@ Importing this package registers the builtin splits of :mod:`.builtin` (``gta_tr
 * :func:`register_sem_seg_split` registers your own split; :func:`register_cityscapes_root` a second
   Cityscapes-layout folder; :func:`load_split` loads any split with clear errors and a sorted list.
 * :mod:`.cityscapes_classes`: class names, palette, label-id -> train-id tables.
-* :mod:`.preparation`: the label conversion and rare-class statistics behind ``datasets/prepare_*.py``.
-* :mod:`.synthetic`: small generated replicas of the real layouts (``datasets/prepare_synthetic.py``).
+
+Preparation (``datasets/prepare_*.py``) is :mod:`hrda_d2.data.preparation`; the generated replicas of the real
+layouts (tests, ``make demo``) are :mod:`hrda_d2.data.synthetic`.
 """
 from . import builtin  # noqa: F401  (registers the builtin splits)
 from .builtin import BUILTIN_SPLITS, CITYSCAPES_BUILTIN_SPLITS, register_all_hrda_datasets, register_builtin_split

@@ -1,13 +1,15 @@
 """The 19 Cityscapes evaluation classes and the label-id -> train-id tables of every dataset.
 
 Every dataset of this project (GTA, Synthia, Cityscapes, ACDC, Dark Zurich) is trained and evaluated on the
-19 Cityscapes classes (reference 9.3). Train ids are ``0..18``; ``255`` is "ignore".
+19 Cityscapes classes (docs/method.md §9.3). Train ids are ``0..18``; ``255`` is "ignore".
 
 * ``CITYSCAPES_CLASSES`` / ``CITYSCAPES_PALETTE``: class names and RGB colours indexed by train id.
 * ``CITYSCAPES_LABEL_ID_TO_TRAIN_ID``: Cityscapes label id (``0..33``) -> train id, 255 for labels that are
   not evaluated. Derived from ``cityscapesscripts.helpers.labels`` (the official table, also used for the
   Cityscapes conversion), so GTA labels - which hold Cityscapes label ids - map exactly like Cityscapes.
-* ``SYNTHIA_ID_TO_TRAIN_ID``: SYNTHIA-RAND-CITYSCAPES class id -> train id (reference 9.2).
+* ``CITYSCAPES_LABEL_ID_COLORS``: RGB colour of every Cityscapes label id (256 entries, black where no label),
+  the palette of label-id images (prediction PNGs for the test server, generated GTA-like labels).
+* ``SYNTHIA_ID_TO_TRAIN_ID``: SYNTHIA-RAND-CITYSCAPES class id -> train id (docs/method.md §9.2).
 * ``GTA_LABEL_MAPPING`` / ``SYNTHIA_LABEL_MAPPING``: the tables above plus the set of ids a raw label may hold
   at all; the preparation scripts refuse any other value (see ``preparation.map_label_ids``).
 
@@ -23,6 +25,7 @@ __all__ = [
     "CITYSCAPES_CLASSES",
     "CITYSCAPES_PALETTE",
     "CITYSCAPES_LABEL_ID_TO_TRAIN_ID",
+    "CITYSCAPES_LABEL_ID_COLORS",
     "SYNTHIA_ID_TO_TRAIN_ID",
     "SYNTHIA_CLASS_NAMES",
     "SYNTHIA_MIOU16_CLASSES",
@@ -37,7 +40,7 @@ __all__ = [
 IGNORE_LABEL = 255
 NUM_CLASSES = 19
 
-# reference 9.3, indexed by train id
+# docs/method.md §9.3, indexed by train id
 CITYSCAPES_CLASSES: Tuple[str, ...] = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
     "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
@@ -56,6 +59,10 @@ CITYSCAPES_LABEL_ID_TO_TRAIN_ID: Mapping[int, int] = MappingProxyType({
     if label.id >= 0
 })
 
+_label_colors = {label.id: tuple(label.color) for label in _cityscapes_labels if label.id >= 0}
+CITYSCAPES_LABEL_ID_COLORS: Tuple[Tuple[int, int, int], ...] = tuple(
+    _label_colors.get(label_id, (0, 0, 0)) for label_id in range(256))
+
 # SYNTHIA-RAND-CITYSCAPES class ids (README of the data set); 0 = void
 SYNTHIA_CLASS_NAMES: Mapping[int, str] = MappingProxyType({
     0: "void", 1: "sky", 2: "building", 3: "road", 4: "sidewalk", 5: "fence", 6: "vegetation", 7: "pole",
@@ -63,12 +70,12 @@ SYNTHIA_CLASS_NAMES: Mapping[int, str] = MappingProxyType({
     14: "road-work", 15: "traffic light", 16: "terrain", 17: "rider", 18: "truck", 19: "bus", 20: "train",
     21: "wall", 22: "lanemarking",
 })
-# reference 9.2 (ids 0, 13, 14, 22 -> 255)
+# docs/method.md §9.2 (ids 0, 13, 14, 22 -> 255)
 SYNTHIA_ID_TO_TRAIN_ID: Mapping[int, int] = MappingProxyType({
     3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 16: 9, 1: 10, 10: 11, 17: 12, 8: 13, 18: 14,
     19: 15, 20: 16, 12: 17, 11: 18,
 })
-# reference 9.3: mIoU16 leaves out terrain (9), truck (14) and train (16)
+# docs/method.md §9.3: mIoU16 leaves out terrain (9), truck (14) and train (16)
 SYNTHIA_MIOU16_CLASSES: Tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18)
 
 

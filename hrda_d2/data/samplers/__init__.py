@@ -1,5 +1,4 @@
-"""Samplers: reproducible position-seeded training streams and rare class sampling."""
-from .position_sampling import InfinitePositionSampler, PositionSeededDataset
-from .rare_class_sampling import RareClassSamplingDataset
+"""Samplers: the position sampler of the reproducible, resumable training streams."""
+from .position_sampler import InfinitePositionSampler
 
-__all__ = ["InfinitePositionSampler", "PositionSeededDataset", "RareClassSamplingDataset"]
+__all__ = ["InfinitePositionSampler"]

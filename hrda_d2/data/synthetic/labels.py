@@ -9,11 +9,11 @@ from typing import List, Sequence
 
 import numpy as np
 from cityscapesscripts.helpers.annotation import Annotation
-from cityscapesscripts.helpers.labels import id2label, name2label
+from cityscapesscripts.helpers.labels import name2label
 from cityscapesscripts.preparation.json2labelImg import createLabelImage
 from PIL import Image, ImageDraw
 
-from ..datasets.cityscapes_classes import CITYSCAPES_LABEL_ID_TO_TRAIN_ID, IGNORE_LABEL
+from ..datasets.cityscapes_classes import CITYSCAPES_LABEL_ID_COLORS, CITYSCAPES_LABEL_ID_TO_TRAIN_ID, IGNORE_LABEL
 from .geometry import SceneObject
 
 __all__ = [
@@ -79,10 +79,7 @@ def add_lane_markings(render_ids: np.ndarray, objects: Sequence[SceneObject]) ->
 def cityscapes_label_palette() -> List[int]:
     """A flat 768-entry PIL palette: index = Cityscapes label id (0..33) -> its colour, the rest black (the
     colours GTA's palettised label files use)."""
-    palette = [0] * (256 * 3)
-    for label_id in range(34):
-        palette[3 * label_id: 3 * label_id + 3] = id2label[label_id].color
-    return palette
+    return [channel for color in CITYSCAPES_LABEL_ID_COLORS for channel in color]
 
 
 def train_id_lut() -> np.ndarray:

@@ -1,6 +1,6 @@
 """Mix Transformer (MiT, the SegFormer encoder) as a Detectron2 backbone.
 
-Reference: docs section 2 ("MiT backbone"). Submodule and parameter names are exactly the keys of the
+Reference: docs/method.md §2 ("MiT backbone"). Submodule and parameter names are exactly the keys of the
 official SegFormer ImageNet checkpoints (``patch_embed1.proj.weight``, ``block1.0.attn.kv.weight``,
 ``norm4.bias``, ...), so such a file minus its ``head.*`` classifier loads with ``strict=True``.
 
@@ -8,7 +8,6 @@ Tensor conventions: images are ``N x 3 x H x W``; inside a stage the tokens are 
 (row-major over h then w), the stage outputs are ``N x C_s x h_s x w_s`` with
 ``h_1 = ceil(H / 4)`` and ``h_{s+1} = ceil(h_s / 2)`` (no padding to a multiple of 32 anywhere).
 """
-import logging
 import math
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -29,10 +28,9 @@ __all__ = [
     "build_mit_backbone",
 ]
 
-logger = logging.getLogger(__name__)
 
-# LayerNorm eps values of the original (docs 2.2, quirk 9): plain nn.LayerNorm (1e-5) in the patch embeddings
-# and after the spatial-reduction conv, 1e-6 in the block norms (norm1, norm2) and the stage norms.
+# LayerNorm eps values of the original (docs/method.md §2.2, §15 Q9): plain nn.LayerNorm (1e-5) in the patch
+# embeddings and after the spatial-reduction conv, 1e-6 in the block norms (norm1, norm2) and the stage norms.
 PATCH_EMBED_NORM_EPS = 1e-5
 SPATIAL_REDUCTION_NORM_EPS = 1e-5
 BLOCK_NORM_EPS = 1e-6
@@ -210,7 +208,7 @@ class MixVisionTransformer(Backbone):
         Args:
             embed_dims, num_heads, depths, mlp_ratios, sr_ratios: per-stage settings (4 entries each).
             qkv_bias: bias in the ``q`` and ``kv`` projections.
-            drop_path_rate: stochastic depth of the last block (linear schedule from 0, docs 2.2).
+            drop_path_rate: stochastic depth of the last block (linear schedule from 0, docs/method.md §2.2).
             in_channels: image channels.
             out_features: subset of ``("res2", "res3", "res4", "res5")`` returned by ``forward``.
         """
@@ -227,7 +225,6 @@ class MixVisionTransformer(Backbone):
         self._out_feature_channels = dict(zip(MIT_STAGE_NAMES, self.embed_dims))
         self._out_feature_strides = dict(zip(MIT_STAGE_NAMES, MIT_STAGE_STRIDES))
         self._num_stages = MIT_STAGE_NAMES.index(self._out_features[-1]) + 1
-        self._frozen = False
 
         dpr = drop_path_schedule(drop_path_rate, sum(self.depths))
         prev_dim = in_channels
@@ -281,20 +278,9 @@ class MixVisionTransformer(Backbone):
             for name in self._out_features
         }
 
-    def freeze(self) -> "MixVisionTransformer":
-        """Make this instance a fixed feature extractor (the ImageNet copy of the feature distance):
-        no parameter requires grad and the module stays in eval mode even when a parent calls ``train()``."""
-        for p in self.parameters():
-            p.requires_grad_(False)
-        self._frozen = True
-        return self.train(False)
-
-    def train(self, mode: bool = True) -> "MixVisionTransformer":
-        return super().train(mode and not self._frozen)
-
 
 def _segformer_init(m: nn.Module) -> None:
-    """SegFormer init (docs 2.3): Linear trunc_normal(std 0.02, cut at +-2) / bias 0; LayerNorm 1 / 0;
+    """SegFormer init (docs/method.md §2.3): Linear trunc_normal(std 0.02, cut at +-2) / bias 0; LayerNorm 1 / 0;
     Conv2d N(0, sqrt(2 / fan_out)) with fan_out = k_h * k_w * out_channels / groups, bias 0."""
     if isinstance(m, nn.Linear):
         trunc_normal_(m.weight, std=0.02)

@@ -1,11 +1,10 @@
-"""DAFormer decode head (reference section 3).
+"""DAFormer decode head (docs/method.md §3).
 
 Per-level MLP embeddings -> bilinear resize to the stride-4 map -> concatenation -> context-aware fusion
 (depthwise-separable ASPP without pooling branch, or a 1x1 conv for the scale-attention head) ->
 ``Dropout2d`` -> 1x1 classifier ``conv_seg``. Child module names equal the original mmseg module tree
-(reference section 3.4), so an original state dict loads without renaming below the head prefix.
+(docs/method.md §3.4), so an original state dict loads without renaming below the head prefix.
 """
-import logging
 from typing import Dict, List, Sequence
 
 import torch
@@ -17,7 +16,6 @@ from torch.nn import functional as F
 
 __all__ = ["DAFormerHead", "ConvNormReLU", "DepthwiseSeparableConvNormReLU", "SeparableASPPFusion", "MLPEmbedding"]
 
-logger = logging.getLogger(__name__)
 
 FUSION_TYPES = ("aspp", "conv")
 

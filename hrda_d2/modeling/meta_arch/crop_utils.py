@@ -1,8 +1,8 @@
 """Crop boxes: random divisible detail crops, slicing, box scaling, sliding windows and their merging.
 
 Every box is ``(y1, y2, x1, x2)``: half-open (``y1 <= y < y2``), integer pixels of the tensor it refers to.
-The sliding-window generator is shared by the HR tile inference of HRDA (reference 4.4) and the test-time
-slide inference (reference 4.5); ``merge_windows`` is the matching count-matrix average.
+The sliding-window generator is shared by the HR tile inference of HRDA (docs/method.md §4.4) and the test-time
+slide inference (docs/method.md §4.5); ``merge_windows`` is the matching count-matrix average.
 """
 from typing import Iterable, List, Sequence, Tuple
 
@@ -24,7 +24,7 @@ CropBox = Tuple[int, int, int, int]
 
 
 def random_crop_box(image_hw: Sequence[int], crop_hw: Sequence[int], divisible: int = 1) -> CropBox:
-    """Random crop box whose offsets are multiples of ``divisible`` (reference 4.2).
+    """Random crop box whose offsets are multiples of ``divisible`` (docs/method.md §4.2).
 
     Draws from NumPy's global RNG, first the row offset, then the column offset, each as
     ``np.random.randint(0, (margin + 1) // divisible) * divisible`` with ``margin = max(size - crop, 0)``.
@@ -60,7 +60,7 @@ def scale_box(box: Sequence[int], divisor: float) -> CropBox:
 def sliding_window_boxes(
     image_hw: Sequence[int], window_hw: Sequence[int], stride_hw: Sequence[int]
 ) -> List[CropBox]:
-    """Sliding windows over an image, rows outer and columns inner (reference 4.4 / 4.5).
+    """Sliding windows over an image, rows outer and columns inner (docs/method.md §4.4, §4.5).
 
     ``grids = max(size - window + stride - 1, 0) // stride + 1`` per axis; window ``i`` starts at
     ``i * stride``, ends at ``min(start + window, size)`` and is then shifted back to start at

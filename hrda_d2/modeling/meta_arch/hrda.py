@@ -1,9 +1,9 @@
-"""HRDA multi-resolution meta-architecture (reference sections 4 and 5); plain DAFormer with one scale.
+"""HRDA multi-resolution meta-architecture (docs/method.md §4, §5); plain DAFormer with one scale.
 
 Two scales (sorted ascending, e.g. ``[0.5, 1.0]``): the *context* branch sees the whole image resized by the
 LR scale, the *detail* branch a random HR crop (training) or overlapping HR tiles (inference). One DAFormer
 head predicts both, a second DAFormer head (``scale_attention``, 1x1-conv fusion) predicts a sigmoid
-attention from the context features, and ``fuse_scales`` combines them (reference 5.3).
+attention from the context features, and ``fuse_scales`` combines them (docs/method.md §5.3).
 
 One scale (``MODEL.HRDA.SCALES: [1.0]``): the original ``EncoderDecoder`` (plain DAFormer): head logits
 resized to the input/label size, loss ``MODEL.SEM_SEG_HEAD.LOSS_WEIGHT * CE``, no scale attention.
@@ -14,7 +14,7 @@ the tensor they refer to, and are always passed explicitly (never kept on the mo
 """
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from detectron2.config import configurable
@@ -30,7 +30,6 @@ from .scale_fusion import FusedScales, fuse_scales
 
 __all__ = ["HRDA", "HRDATrainOutputs", "TiledFeatures"]
 
-logger = logging.getLogger(__name__)
 
 TEST_MODES = ("slide", "whole")
 
@@ -265,7 +264,7 @@ class HRDA(nn.Module):
         """Detail logits: the head on one crop, or on all tiles at once, merged with a count matrix.
 
         Tile boxes are mapped to logit pixels with ``int(c / output_stride)``; the canvas is
-        ``(max y2, max x2)`` of the mapped boxes (reference 5.2).
+        ``(max y2, max x2)`` of the mapped boxes (docs/method.md §5.2).
         """
         if not isinstance(hr_input, TiledFeatures):
             return self.sem_seg_head(hr_input)
@@ -316,7 +315,7 @@ class HRDA(nn.Module):
         crop_box: Optional[Sequence[int]] = None,
         return_outputs: bool = False,
     ) -> Union[Dict[str, Tensor], Tuple[Dict[str, Tensor], HRDATrainOutputs]]:
-        """Training losses (reference 4.3, 5.4, 6).
+        """Training losses (docs/method.md §4.3, §5.4, §6).
 
         Args:
             images: normalised ``N x 3 x H x W``.
@@ -418,7 +417,7 @@ class HRDA(nn.Module):
     # ------------------------------------------------------------------------------------------------------
     def _inference_scales(self, images: Tensor) -> _ScaleOutputs:
         """Context branch on the resized image; detail branch on HR tiles (one backbone and one head call for
-        all tiles) or on the whole HR image; no crop box, so no attention masking (reference 4.4)."""
+        all tiles) or on the whole HR image; no crop box, so no attention masking (docs/method.md §4.4)."""
         lr_features = self.backbone(self._rescale(images, self.lr_scale))
         hr_images = self._detail_image(images)
         hr_input: Union[Dict[str, Tensor], TiledFeatures]
@@ -459,6 +458,16 @@ class HRDA(nn.Module):
         else:
             window_logits = (self.whole_inference(crop(images, box)) for box in boxes)
         return merge_windows(window_logits, boxes, images.shape[-2:])
+
+    def merge_test_windows(self, images: Tensor, window_fn: Callable[[Tensor], Tensor]) -> Tensor:
+        """``window_fn`` over the TEST.MODE windows of ``images`` (``N x 3 x H x W``) one window at a time, merged
+        with the count matrix of :meth:`slide_inference` (one window = the whole image in "whole" mode), for maps
+        other than the logits (e.g. the scale attention of ``forward_scales``). ``window_fn`` maps a window
+        ``N x 3 x h x w`` to ``N x K x h x w``; returns ``N x K x H x W``."""
+        if self.test_mode == "whole":
+            return window_fn(images)
+        boxes = sliding_window_boxes(images.shape[-2:], self.test_crop_size, self.test_stride)
+        return merge_windows((window_fn(crop(images, box)) for box in boxes), boxes, images.shape[-2:])
 
     def inference(self, images: Tensor, output_size: Optional[Sequence[int]] = None) -> Tensor:
         """TEST.MODE inference of normalised images -> logits, bilinearly resized to ``output_size`` if given

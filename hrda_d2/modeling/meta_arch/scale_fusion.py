@@ -1,4 +1,4 @@
-"""Fusion of the context (LR) and detail (HR) predictions with the scale attention (reference 5.3)."""
+"""Fusion of the context (LR) and detail (HR) predictions with the scale attention (docs/method.md §5.3)."""
 from typing import NamedTuple, Optional, Sequence, Union
 
 from torch import Tensor
@@ -52,7 +52,7 @@ def fuse_scales(
         output_stride: stride of the head output w.r.t. its input image (4 for DAFormer).
         crop_box: detail crop ``(y1, y2, x1, x2)`` in HR-image pixels (training), None at inference.
 
-    Order (reference 5.3): (1) with a crop box the attention is multiplied by a 0/1 mask of the box mapped
+    Order (docs/method.md §5.3): (1) with a crop box the attention is multiplied by a 0/1 mask of the box mapped
     to LR-logit pixels (``int(c / (output_stride / lr_scale))``); (2) ``scaled_lr = (1 - att) * lr`` at LR
     resolution; (3) ``scaled_lr`` and a tensor attention are upsampled bilinearly by ``hr_scale /
     lr_scale``; (4) the HR logits are written into a zero canvas at ``int(c / output_stride)`` (training)
