@@ -14,6 +14,8 @@ Order of one iteration ``t`` (0-based), exactly the original's:
    the target mapper's margin mask;
 6. ClassMix masks (NumPy), mixing of image / label / weight, strong augmentation per sample;
 7. mixed forward/backward (new detail crop) -> ``loss_mix_*``;
+7b. with MIC (``mic`` given, ``UDA.MIC.ENABLED``): forward/backward on the block-masked batch with the same
+   pseudo-labels and weights -> ``loss_masked_*`` (``hrda_d2/uda/masked_consistency.py``);
 8. one optimizer step.
 
 With ``UDA.ENABLED False`` only step 3 (and 8) runs: source-only training in the same loop.
@@ -40,6 +42,7 @@ from detectron2.engine import SimpleTrainer
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from ..uda.masked_consistency import MaskedImageConsistency
 from .class_mix import class_mix_batch, class_mix_masks
 from .ema import ema_update_, set_pseudo_label_mode
 from .feature_distance import imnet_feature_distance_loss
@@ -87,6 +90,7 @@ class DACSTrainer(SimpleTrainer):
         grad_scaler: ``torch.amp.GradScaler`` for float16, else None.
         debug_interval: every this many iterations the step keeps its tensors in ``last_visuals`` for the
             debug-image hook (0 = never).
+        mic: MIC's masked image consistency (step 7b), or None (``UDA.MIC.ENABLED False``); needs a teacher.
     """
 
     def __init__(
@@ -110,10 +114,14 @@ class DACSTrainer(SimpleTrainer):
         amp_dtype: Optional[torch.dtype] = None,
         grad_scaler: Optional[torch.amp.GradScaler] = None,
         debug_interval: int = 0,
+        mic: Optional[MaskedImageConsistency] = None,
     ) -> None:
         super().__init__(model, data_loader, optimizer)
         if teacher is not None and strong_augmentation is None:
             raise ValueError("DACSTrainer: self-training (a teacher) needs a StrongAugmentation")
+        if mic is not None and teacher is None:
+            raise ValueError("DACSTrainer: MIC (UDA.MIC.ENABLED) uses the DACS pseudo-labels; set UDA.ENABLED True")
+        self.mic = mic
         self.teacher = teacher
         self.imnet_model = imnet_model if fd_lambda > 0 else None
         self.strong_augmentation = strong_augmentation
@@ -207,12 +215,16 @@ class DACSTrainer(SimpleTrainer):
         self._backward(sum(loss_dict.values()))
 
         if self.uda_enabled:
-            mix_losses, mix_metrics, visuals = self._self_training(
+            mix_losses, mix_metrics, visuals, targets = self._self_training(
                 source_batch, target_batch, src_images, src_labels, draws)
             self._check_finite(mix_losses)
             self._backward(sum(mix_losses.values()))
             loss_dict.update(mix_losses)
             metrics.update(mix_metrics)
+            if self.mic is not None:  # 7b. MIC
+                masked_losses, masked_metrics = self._masked_consistency(src_images, src_labels, targets, visuals)
+                loss_dict.update(masked_losses)
+                metrics.update(masked_metrics)
             if visuals is not None:
                 visuals.update(source_image=src_images.detach(), source_label=src_labels.detach())
                 self.last_visuals = visuals
@@ -241,8 +253,9 @@ class DACSTrainer(SimpleTrainer):
         src_images: torch.Tensor,
         src_labels: torch.Tensor,
         draws,
-    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, float], Optional[DACSStepVisuals]]:
-        """Steps 5-7: pseudo-labels, ClassMix, strong augmentation, mixed forward."""
+    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, float], Optional[DACSStepVisuals], Tuple[torch.Tensor, ...]]:
+        """Steps 5-7: pseudo-labels, ClassMix, strong augmentation, mixed forward. The last item returned is
+        ``(target images, pseudo_label, pseudo_weight)`` for MIC (the weight after the margin mask)."""
         device = src_images.device
         student = self.student
         trg_images = student.normalize(_stack_images(target_batch, device))
@@ -277,7 +290,28 @@ class DACSTrainer(SimpleTrainer):
                 "mixed_image": mixed_images.detach(),
                 "mixed_label": mixed_labels.detach(),
             }
-        return losses, metrics, visuals
+        return losses, metrics, visuals, (trg_images, pseudo_label, pseudo_weight)
+
+    # ---------------------------------------------------------------------------------- MIC (step 7b, §17)
+    def _masked_consistency(
+        self,
+        src_images: torch.Tensor,
+        src_labels: torch.Tensor,
+        targets: Tuple[torch.Tensor, ...],
+        visuals: Optional[DACSStepVisuals],
+    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, float]]:
+        """Masked batch of ``UDA.MIC.MODE`` with the DACS pseudo-labels / weights, forward, own backward (the
+        graph is freed before the optimizer step). Returns the detached ``loss_masked_*`` terms and metrics."""
+        trg_images, pseudo_label, pseudo_weight = targets
+        batch = self.mic.masked_batch(src_images, src_labels, trg_images, pseudo_label, pseudo_weight)
+        with self._autocast():
+            losses, metrics = self.mic.losses(self.model, batch)
+        self._check_finite(losses)
+        self._backward(sum(losses.values()))
+        if visuals is not None:
+            visuals.update(masked_image=batch.images, masked_label=batch.labels)
+        return {name: value.detach() for name, value in losses.items()}, metrics
+    # ------------------------------------------------------------------------------------------ end of MIC
 
     # ------------------------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:

@@ -32,6 +32,7 @@ from ..data.build import build_source_only_train_loader, build_test_loader, buil
 from ..data.datasets.cityscapes_classes import SYNTHIA_MIOU16_CLASSES
 from ..evaluation import OfficialCityscapesSemSegEvaluator, SemSegMIoUEvaluator, SemSegPredictionWriter
 from ..solver import build_lr_scheduler, build_optimizer
+from ..uda.masked_consistency import MaskedImageConsistency
 from .checkpointer import AtomicDetectionCheckpointer, remove_stale_partial_files
 from .dacs_trainer import DACSTrainer, amp_dtype_from_config
 from .hooks import DebugImageHook
@@ -94,6 +95,8 @@ class HRDATrainer(DefaultTrainer):
         uda = cfg.UDA.ENABLED
         if uda and cfg.UDA.MIX != "class":
             raise ValueError(f"UDA.MIX={cfg.UDA.MIX!r} is not supported; DACS mixes with ClassMix: use 'class'")
+        if cfg.UDA.MIC.ENABLED and not uda:
+            raise ValueError("UDA.MIC.ENABLED True needs UDA.ENABLED True (MIC trains on the DACS pseudo-labels)")
         student = self.build_model(cfg)
         teacher = self.build_model(cfg, log=False) if uda else None
         imnet_model = self.build_model(cfg, log=False) if uda and cfg.UDA.FD.LAMBDA > 0 else None
@@ -124,6 +127,7 @@ class HRDATrainer(DefaultTrainer):
             amp_dtype=amp_dtype,
             grad_scaler=grad_scaler,
             debug_interval=cfg.UDA.DEBUG_IMG_INTERVAL if uda else 0,
+            mic=MaskedImageConsistency(cfg) if uda and cfg.UDA.MIC.ENABLED else None,
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         checkpointables = {"trainer": weakref.proxy(self)}
