@@ -42,7 +42,7 @@ def parse_args():
     p.add_argument("--num-pictures", type=int, default=3, help="target images to draw")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated data")
     p.add_argument("--mic", action="store_true",
-                   help="also train MIC(HRDA) (configs/demo_mic.yaml): a third run, about twice the HRDA run's time")
+                   help="also train MIC(HRDA) (configs/demo_mic.yaml): a third run, ~1.4x the HRDA run's time")
     return p.parse_args()
 
 

@@ -287,6 +287,8 @@ def _translate_mic(t: _Translation, uda: Mapping[str, Any]) -> None:
         return
     if mode not in MIC_MODES:
         raise _unsupported(f"uda.mask_mode={mode!r} (MIC modes implemented: {sorted(MIC_MODES)})")
+    if uda.get("source_only", False):
+        raise _unsupported("MIC with uda.source_only=True (MIC here trains on the DACS pseudo-labels)")
     for field, meaning in (("mask_alpha", "EMA teacher"), ("mask_pseudo_threshold", "pseudo-label threshold")):
         if uda.get(field, "same") != "same":
             raise _unsupported(

@@ -90,6 +90,7 @@ def test_config_out_of_an_mmseg_config_without_mic(tool, originals, tmp_path):  
     ("mask_pseudo_threshold='same'", "mask_pseudo_threshold=0.9", "mask_pseudo_threshold=0.9"),
     ("mask_mode='separatetrgaug'", "mask_mode='separatemix'", "'separatemix'"),
     ("type='block'", "type='random'", "type='block'"),
+    ("mask_lambda=1,\n", "mask_lambda=1,\n    source_only=True,\n", "source_only=True"),
 ])
 def test_config_out_refuses_mic_settings_this_project_cannot_run(tool, originals, tmp_path, capsys,  # noqa: F811
                                                                  old, new, message):
