@@ -64,8 +64,8 @@ def mic_checkpoint(originals, folder: Path, fields: str) -> Path:  # noqa: F811
 
 
 def test_config_out_of_a_mic_checkpoint_has_the_mic_keys(tool, originals, tmp_path):  # noqa: F811
-    source = mic_checkpoint(originals, tmp_path, MIC_FIELDS.replace("mask_lambda=1", "mask_lambda=0.5")
-                            .replace("mask_ratio=0.7", "mask_ratio=0.6").replace("mask_block_size=64", "mask_block_size=32"))
+    fields = MIC_FIELDS.replace("mask_lambda=1", "mask_lambda=0.5").replace("mask_ratio=0.7", "mask_ratio=0.6")
+    source = mic_checkpoint(originals, tmp_path, fields.replace("mask_block_size=64", "mask_block_size=32"))
     out, yaml_path = tmp_path / "mic.pth", tmp_path / "mic.yaml"
     assert tool.main([str(source), str(out), "--config-out", str(yaml_path)]) == 0
     cfg = add_hrda_config(get_cfg())
