@@ -6,7 +6,7 @@
 * a MIC run (in-process, and through ``tools/train_net.py``: slow) logs finite ``loss_masked_sem_seg`` /
   ``loss_masked_sem_seg_hr`` in metrics.json, the total loss includes them, the debug panel gets the masked row;
 * an interrupted MIC run resumes bit-exactly (student, teacher, optimizer, scheduler, losses);
-* MIC sees the DACS pseudo-labels and the weights after the margin mask; ``separate`` mode runs too.
+* MIC sees the DACS pseudo-labels and the weights after the margin mask; ``separate`` mode and bf16 AMP run.
 """
 import json
 import math
@@ -120,9 +120,12 @@ def test_mic_uses_the_dacs_pseudo_weights_after_the_margin_mask(data_root, tmp_p
     assert set(weight.unique().tolist()) - {0.0} == {float(weight.max())}
 
 
-def test_separate_mode_runs(data_root, tmp_path):
-    trainer = train(make_cfg(tmp_path, "SOLVER.MAX_ITER", "1", *QUIET, *MIC_ON, "UDA.MIC.MODE", "separate",
-                             "INPUT.TARGET.PSEUDO_MARGINS", "[]"))
+@pytest.mark.parametrize("opts", [
+    ["UDA.MIC.MODE", "separate", "INPUT.TARGET.PSEUDO_MARGINS", "[]"],  # the CS -> ACDC / Dark Zurich setting
+    ["SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.DTYPE", "bfloat16"],  # the masked forward under autocast
+], ids=["separate", "bfloat16"])
+def test_other_settings_run(data_root, tmp_path, opts):
+    trainer = train(make_cfg(tmp_path, "SOLVER.MAX_ITER", "1", *QUIET, *MIC_ON, *opts))
     history = loss_history(trainer)
     release(trainer)
     assert all(math.isfinite(history[name][0]) for name in MASKED_TERMS)
