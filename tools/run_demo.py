@@ -8,7 +8,7 @@
 2. trains the source-only baseline (``configs/demo_source_only.yaml``) and HRDA with DACS self-training
    (``configs/demo_hrda.yaml``) with ``tools/train_net.py`` (tiny MiT-b0, CPU); with ``--mic``
    (``make demo DEMO_ARGS=--mic``) also MIC(HRDA) (``configs/demo_mic.yaml``), a third column everywhere;
-3. evaluates both on the target validation split (``cityscapes_fine_sem_seg_val`` of the replica) and prints
+3. evaluates every model on the target validation split (``cityscapes_fine_sem_seg_val`` of the replica), prints
    a side-by-side table (per-class IoU, mIoU);
 4. writes prediction overlays (Detectron2 ``Visualizer``) and LR / HR / scale-attention panels of a few target
    images, and one comparison picture (source-only vs HRDA on the same image) into ``OUTPUT/pictures``.
