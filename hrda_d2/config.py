@@ -13,7 +13,7 @@ Keys are grouped by the part of the system that reads them:
 * ``TEST``               whole / slide inference
 * ``INPUT``              dataset mappers (``data/dataset_mappers``)
 * ``DATASETS``           source/target splits, rare class sampling (``data/samplers``)
-* ``UDA``                DACS self-training (``engine/``)
+* ``UDA``                DACS self-training (``engine/``), MIC (``UDA.MIC``, ``uda/``)
 * ``SOLVER``             AdamW, warm-up + poly schedule, AMP, clipping
 """
 import logging
@@ -137,6 +137,17 @@ def _add_uda_config(cfg: CN) -> None:
     # probability 0.8. The key states what it is: the threshold a uniform draw must exceed.
     cfg.UDA.AUG.COLOR_JITTER_SKIP_THRESHOLD = 0.2
     cfg.UDA.DEBUG_IMG_INTERVAL = 1000  # 0 disables the debug panels
+    # MIC, masked image consistency (hrda_d2/uda/masked_consistency.py): after the mixed backward, one more
+    # student forward/backward on block-masked images with the DACS pseudo-labels (shared teacher)
+    cfg.UDA.MIC = CN()
+    cfg.UDA.MIC.ENABLED = False  # False = plain HRDA/DACS (the step is unchanged)
+    # which images are masked: "separatetrgaug" (colour-augmented target batch; GTA/Synthia -> Cityscapes),
+    # "separate" (source image 0 + target image 0, no augmentation; Cityscapes -> ACDC / Dark Zurich), or
+    # "separatetrg", "separateaug", "separatesrc", "separatesrcaug" (the original's ablation modes)
+    cfg.UDA.MIC.MODE = "separatetrgaug"
+    cfg.UDA.MIC.MASK_RATIO = 0.7  # share of masked blocks: a block is kept where uniform(0, 1) > MASK_RATIO
+    cfg.UDA.MIC.BLOCK_SIZE = 64  # block side in input pixels (grid = round(H / BLOCK_SIZE) x round(W / ...))
+    cfg.UDA.MIC.LAMBDA = 1.0  # weight of the masked fused loss term (the detail-crop term stays unscaled)
 
 
 def _add_solver_config(cfg: CN) -> None:

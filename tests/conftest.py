@@ -26,6 +26,9 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.enviro
 
 torch.set_num_threads(1)
 
+# fixtures shared by several test folders
+pytest_plugins = ["tests.helpers.training_fixtures", "tests.helpers.checkpoint_fixtures"]
+
 
 @pytest.fixture(autouse=True)
 def _deterministic_seed():

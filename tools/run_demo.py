@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """End-to-end demo (``make demo``): generated data -> source-only and HRDA training -> evaluation -> pictures.
 
-    python tools/run_demo.py [--output output/demo] [--iters 300] [--num-train 24] [--num-val 8]
+    python tools/run_demo.py [--output output/demo] [--iters 300] [--num-train 24] [--num-val 8] [--mic]
 
 1. writes generated GTA-like (source) and Cityscapes-like (target) replicas in the real folder layouts with
    a deliberate appearance shift (``datasets/prepare_synthetic.py --prepare``) under ``OUTPUT/data``;
 2. trains the source-only baseline (``configs/demo_source_only.yaml``) and HRDA with DACS self-training
-   (``configs/demo_hrda.yaml``) with ``tools/train_net.py`` (tiny MiT-b0, CPU);
-3. evaluates both on the target validation split (``cityscapes_fine_sem_seg_val`` of the replica) and prints
+   (``configs/demo_hrda.yaml``) with ``tools/train_net.py`` (tiny MiT-b0, CPU); with ``--mic``
+   (``make demo DEMO_ARGS=--mic``) also MIC(HRDA) (``configs/demo_mic.yaml``), a third column everywhere;
+3. evaluates every model on the target validation split (``cityscapes_fine_sem_seg_val`` of the replica), prints
    a side-by-side table (per-class IoU, mIoU);
 4. writes prediction overlays (Detectron2 ``Visualizer``) and LR / HR / scale-attention panels of a few target
    images, and one comparison picture (source-only vs HRDA on the same image) into ``OUTPUT/pictures``.
@@ -40,6 +41,8 @@ def parse_args():
     p.add_argument("--num-val", type=int, default=8, help="generated target validation images")
     p.add_argument("--num-pictures", type=int, default=3, help="target images to draw")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated data")
+    p.add_argument("--mic", action="store_true",
+                   help="also train MIC(HRDA) (configs/demo_mic.yaml): a third run, ~1.4x the HRDA run's time")
     return p.parse_args()
 
 
@@ -66,14 +69,23 @@ def evaluate(config: str, weights: Path):
     return cfg, model, HRDATrainer.test(cfg, model)["sem_seg"]
 
 
-def comparison_table(classes, baseline, adapted) -> str:
+TITLES = {"source_only": "source-only", "hrda": "HRDA", "mic": "MIC(HRDA)"}
+
+
+def comparison_table(classes, results) -> str:
+    """Per-class IoU, mIoU and pixel accuracy of every run (``{name: metrics}``, source-only first) and the
+    gain of each adapted run over source-only."""
     from tabulate import tabulate
 
-    rows = [(c, f"{baseline[f'IoU-{c}']:.1f}", f"{adapted[f'IoU-{c}']:.1f}",
-             f"{adapted[f'IoU-{c}'] - baseline[f'IoU-{c}']:+.1f}") for c in classes]
-    rows.append(("mIoU", f"{baseline['mIoU']:.1f}", f"{adapted['mIoU']:.1f}", f"{adapted['mIoU'] - baseline['mIoU']:+.1f}"))
-    rows.append(("pixel acc.", f"{baseline['pACC']:.1f}", f"{adapted['pACC']:.1f}", f"{adapted['pACC'] - baseline['pACC']:+.1f}"))
-    return tabulate(rows, headers=["class (target val)", "source-only", "HRDA", "gain"], tablefmt="github")
+    baseline, adapted = results["source_only"], [name for name in results if name != "source_only"]
+    rows = []
+    for label, key in [(c, f"IoU-{c}") for c in classes] + [("mIoU", "mIoU"), ("pixel acc.", "pACC")]:
+        values = [f"{results[name][key]:.1f}" for name in results]
+        gains = [f"{results[name][key] - baseline[key]:+.1f}" for name in adapted]
+        rows.append((label, *values, *gains))
+    headers = ["class (target val)"] + [TITLES[n] for n in results] + [
+        "gain" if len(adapted) == 1 else f"gain {TITLES[n]}" for n in adapted]
+    return tabulate(rows, headers=headers, tablefmt="github")
 
 
 def draw_pictures(cfg, models, out_dir: Path, num: int) -> Path:
@@ -118,7 +130,8 @@ def draw_pictures(cfg, models, out_dir: Path, num: int) -> Path:
                 ], axis=1)
                 Image.fromarray(panel).save(out_dir / f"{stem}_hrda_lr_hr_fused_attention.png")
         comparison_rows.append(np.concatenate(row, axis=1))
-    comparison = out_dir / "comparison_target_image_gt_sourceonly_hrda.png"
+    names = "_".join(name.replace("_", "") for name in models)
+    comparison = out_dir / f"comparison_target_image_gt_{names}.png"
     Image.fromarray(np.concatenate(comparison_rows, axis=0)).save(comparison)
     return comparison
 
@@ -141,6 +154,8 @@ def main() -> int:
          "--num-val", args.num_val, "--seed", args.seed, "--prepare"], env)
 
     runs = {"source_only": "configs/demo_source_only.yaml", "hrda": "configs/demo_hrda.yaml"}
+    if args.mic:
+        runs["mic"] = "configs/demo_mic.yaml"
     times = {}
     for i, (name, config) in enumerate(runs.items()):
         logger.info(f"[2/4] training {name} ({args.iters} iterations, {config})")
@@ -148,26 +163,27 @@ def main() -> int:
         train(config, out / name, args.iters, env)
         times[name] = time.time() - t0
 
-    logger.info("[3/4] evaluating both models on the target validation split")
+    logger.info(f"[3/4] evaluating the {len(runs)} models on the target validation split")
     results, models = {}, {}
     for name, config in runs.items():
         cfg, models[name], results[name] = evaluate(config, out / name / "model_final.pth")
     from detectron2.data import MetadataCatalog
 
     classes = MetadataCatalog.get(cfg.DATASETS.TEST[0]).stuff_classes
-    table = comparison_table(classes, results["source_only"], results["hrda"])
+    table = comparison_table(classes, results)
     (out / "results.json").write_text(json.dumps({"results": results, "train_seconds": times}, indent=1))
 
     logger.info("[4/4] drawing predictions")
     comparison = draw_pictures(cfg, models, out / "pictures", args.num_pictures)
-    gain = results["hrda"]["mIoU"] - results["source_only"]["mIoU"]
     print("\nTarget-domain validation (generated Cityscapes-like replica), IoU in %:\n")
     print(table)
-    print(f"\nHRDA vs source-only: {gain:+.1f} mIoU "
-          f"(training {times['source_only']:.0f} s and {times['hrda']:.0f} s on {os.cpu_count()} CPU cores; "
-          f"total {time.time() - start:.0f} s)")
+    for name in [n for n in runs if n != "source_only"]:
+        gain = results[name]["mIoU"] - results["source_only"]["mIoU"]
+        print(f"\n{TITLES[name]} vs source-only: {gain:+.1f} mIoU", end="")
+    trained = " and ".join(f"{times[name]:.0f} s" for name in runs)
+    print(f"\n(training {trained} on {os.cpu_count()} CPU cores; total {time.time() - start:.0f} s)")
     print(f"Pictures: {out / 'pictures'} (side-by-side: {comparison})")
-    print(f"Metrics: {out / 'results.json'}; runs: {out / 'source_only'}, {out / 'hrda'}")
+    print(f"Metrics: {out / 'results.json'}; runs: {', '.join(str(out / name) for name in runs)}")
     return 0
 
 

@@ -19,6 +19,7 @@ from detectron2.config import CfgNode, get_cfg
 
 from ..config import add_hrda_config
 from ..modeling.backbone.mit import MIT_VARIANTS
+from ..uda.masked_consistency import MIC_MODES
 
 __all__ = ["MmsegConfigError", "cfg_values_to_yaml", "mmseg_config_to_cfg_values", "parse_mmseg_config_text"]
 
@@ -270,6 +271,36 @@ def _translate_uda(t: _Translation, mm: Mapping[str, Any]) -> None:
     t.put("UDA.AUG.COLOR_JITTER_STRENGTH", uda, "color_jitter_strength")
     t.put("UDA.AUG.COLOR_JITTER_SKIP_THRESHOLD", uda, "color_jitter_probability")
     t.put("UDA.DEBUG_IMG_INTERVAL", uda, "debug_img_interval")
+    _translate_mic(t, uda)
+
+
+def _translate_mic(t: _Translation, uda: Mapping[str, Any]) -> None:
+    """MIC fields of the original DACS config (lhoyer/MIC; absent in HRDA / DAFormer configs): ``mask_mode``
+    (None = no MIC), ``mask_lambda``, ``mask_generator`` (``type='block'``, ``mask_ratio``, ``mask_block_size``).
+    Only MIC sharing the DACS teacher and pseudo-labels is implemented (``mask_alpha`` and
+    ``mask_pseudo_threshold`` ``'same'``, the released configs); anything else is refused."""
+    if "mask_mode" not in uda:
+        return
+    mode = uda["mask_mode"]
+    t.values["UDA.MIC.ENABLED"] = mode is not None
+    if mode is None:
+        return
+    if mode not in MIC_MODES:
+        raise _unsupported(f"uda.mask_mode={mode!r} (MIC modes implemented: {sorted(MIC_MODES)})")
+    if uda.get("source_only", False):
+        raise _unsupported("MIC with uda.source_only=True (MIC here trains on the DACS pseudo-labels)")
+    for field, meaning in (("mask_alpha", "EMA teacher"), ("mask_pseudo_threshold", "pseudo-label threshold")):
+        if uda.get(field, "same") != "same":
+            raise _unsupported(
+                f"uda.{field}={uda[field]!r} (a separate MIC {meaning}; only 'same' = sharing the DACS teacher and "
+                f"its pseudo-labels is implemented)")
+    generator = uda.get("mask_generator") or {}
+    if generator.get("type") != "block":
+        raise _unsupported(f"uda.mask_generator={generator} (only type='block' masking is implemented)")
+    t.values["UDA.MIC.MODE"] = mode
+    t.put("UDA.MIC.MASK_RATIO", generator, "mask_ratio")
+    t.put("UDA.MIC.BLOCK_SIZE", generator, "mask_block_size")
+    t.put("UDA.MIC.LAMBDA", uda, "mask_lambda", 1.0)
 
 
 def _translate_schedule(t: _Translation, mm: Mapping[str, Any]) -> None:

@@ -48,7 +48,8 @@ class DebugImageHook(HookBase):
     ``UDA.DEBUG_IMG_INTERVAL`` iterations), writes ``<output_dir>/debug/<iter+1:06d>_<sample>.png`` and puts the
     same panels into the event storage (``put_image``: TensorBoard): source image and label, target image,
     pseudo-label, pseudo weight, ClassMix mask, mixed image and label, and the student's LR / HR / fused
-    prediction and scale attention on the target image (eval mode, no gradient).
+    prediction and scale attention on the target image (eval mode, no gradient). With MIC, a row with the masked
+    image, its label and the student's fused prediction on it.
 
     The training RNG streams and the model mode are left as they were.
     """
@@ -70,10 +71,12 @@ class DebugImageHook(HookBase):
         os.makedirs(self._dir, exist_ok=True)
         storage = get_event_storage()
         normalizer = student.pixel_normalizer
-        scales = None
-        if student.is_multi_scale:
-            with inference_context(student):
+        scales = masked_pred = None
+        with inference_context(student):
+            if student.is_multi_scale:
                 scales = student.forward_scales(visuals["target_image"][: self._max_samples])
+            if "masked_image" in visuals:  # MIC
+                masked_pred = student.whole_inference(visuals["masked_image"][: self._max_samples]).argmax(1)
         for i in range(min(self._max_samples, visuals["source_image"].shape[0])):
             rows = [
                 [("source", denormalize_image(visuals["source_image"][i], normalizer)),
@@ -91,6 +94,12 @@ class DebugImageHook(HookBase):
                     ("HR", colorize_labels(scales["hr"][i].argmax(0), self._colors)),
                     ("fused", colorize_labels(scales["fused"][i].argmax(0), self._colors)),
                     ("attention", grey_image(scales["attention"][i, 0])),
+                ])
+            if masked_pred is not None and i < masked_pred.shape[0]:
+                rows.append([
+                    ("masked (MIC)", denormalize_image(visuals["masked_image"][i], normalizer)),
+                    ("masked label", colorize_labels(visuals["masked_label"][i], self._colors)),
+                    ("masked pred.", colorize_labels(masked_pred[i], self._colors)),
                 ])
             panel = _grid(rows)
             panel.save(os.path.join(self._dir, f"{self.trainer.iter + 1:06d}_{i}.png"))

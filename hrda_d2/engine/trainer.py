@@ -67,6 +67,8 @@ class HRDATrainer(DefaultTrainer):
         uda = cfg.UDA.ENABLED
         if uda and cfg.UDA.MIX != "class":
             raise ValueError(f"UDA.MIX={cfg.UDA.MIX!r} is not supported; DACS mixes with ClassMix: use 'class'")
+        if cfg.UDA.MIC.ENABLED and not uda:
+            raise ValueError("UDA.MIC.ENABLED True needs UDA.ENABLED True (MIC trains on the DACS pseudo-labels)")
         student = self.build_model(cfg)
         teacher = self.build_model(cfg, log=False) if uda else None
         imnet_model = self.build_model(cfg, log=False) if uda and cfg.UDA.FD.LAMBDA > 0 else None

@@ -1,12 +1,25 @@
-"""The adaptation method (docs/method.md §7): one DACS iteration and its parts.
+"""The adaptation method (docs/method.md §7, §17): one DACS iteration and its parts.
 
 * :mod:`.dacs_step`: ``DACSStepTrainer``, a ``SimpleTrainer`` whose ``run_step`` is one DACS iteration;
 * its parts, in the order of the iteration: :mod:`.ema` (EMA teacher, step 1), :mod:`.strong_augmentation`
   (steps 3 and 8), :mod:`.feature_distance` (step 5), :mod:`.pseudo_labels` (step 6), :mod:`.class_mix`
-  (steps 7 and 8).
+  (steps 7 and 8); MIC after step 9: :mod:`.masking` (block masking, §17.3) and :mod:`.masked_consistency`
+  (the masked image consistency loss, §17).
 
 The workflow around it (models, optimizer, schedule, checkpoints, evaluation, hooks) is :mod:`hrda_d2.engine`.
 """
 from .dacs_step import DACSStepTrainer, amp_dtype_from_config
+from .masked_consistency import MIC_MODES, MaskedBatch, MaskedImageConsistency, build_masked_batch
+from .masking import block_mask, block_mask_grid_shape, mask_images
 
-__all__ = ["DACSStepTrainer", "amp_dtype_from_config"]
+__all__ = [
+    "DACSStepTrainer",
+    "MIC_MODES",
+    "MaskedBatch",
+    "MaskedImageConsistency",
+    "amp_dtype_from_config",
+    "block_mask",
+    "block_mask_grid_shape",
+    "build_masked_batch",
+    "mask_images",
+]

@@ -13,6 +13,8 @@ below and in every module of ``hrda_d2/uda`` are that list's):
 7. ClassMix masks (NumPy, :mod:`.class_mix`);
 8. mixing of image / label / weight, strong augmentation per sample;
 9. mixed forward/backward (new detail crop) -> ``loss_mix_*``;
+   with MIC (``UDA.MIC.ENABLED``, docs/method.md §17.1): forward/backward on the block-masked batch with the
+   same pseudo-labels and weights -> ``loss_masked_*`` (:mod:`.masked_consistency`);
 
 then one optimizer step. Step 2 (the original's debug flag) and step 10 (debug figures) have no numeric effect:
 here the step keeps its tensors in :attr:`DACSStepTrainer.visuals` on every ``UDA.DEBUG_IMG_INTERVAL``-th
@@ -41,12 +43,13 @@ from detectron2.engine import SimpleTrainer
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from ..utils.rng import gather_rng_states, rank_rng_states, set_rng_states
 from .class_mix import class_mix_batch, class_mix_masks
 from .ema import ema_update_, set_pseudo_label_mode
 from .feature_distance import imnet_feature_distance_loss
+from .masked_consistency import MaskedImageConsistency
 from .pseudo_labels import pseudo_labels_from_logits
 from .strong_augmentation import StrongAugmentation
-from ..utils.rng import gather_rng_states, rank_rng_states, set_rng_states
 
 __all__ = ["DACSStepTrainer", "DACSStepVisuals", "amp_dtype_from_config"]
 
@@ -87,6 +90,7 @@ class DACSStepTrainer(SimpleTrainer):
         grad_scaler: ``torch.amp.GradScaler`` for float16, else None.
         debug_interval: every this many iterations the step keeps its tensors in :attr:`visuals` for the
             debug-image hook (0 = never).
+        mic: MIC's masked image consistency (MIC step), or None (``UDA.MIC.ENABLED False``); needs a teacher.
     """
 
     def __init__(
@@ -110,10 +114,14 @@ class DACSStepTrainer(SimpleTrainer):
         amp_dtype: Optional[torch.dtype] = None,
         grad_scaler: Optional[torch.amp.GradScaler] = None,
         debug_interval: int = 0,
+        mic: Optional[MaskedImageConsistency] = None,
     ) -> None:
         super().__init__(model, data_loader, optimizer)
         if teacher is not None and strong_augmentation is None:
             raise ValueError("DACSStepTrainer: self-training (a teacher) needs a StrongAugmentation")
+        if mic is not None and teacher is None:
+            raise ValueError("DACSStepTrainer: MIC (UDA.MIC.ENABLED) uses the DACS pseudo-labels; set UDA.ENABLED True")
+        self.mic = mic
         self.teacher = teacher
         self.imnet_model = imnet_model if fd_lambda > 0 else None
         self.strong_augmentation = strong_augmentation
@@ -175,6 +183,7 @@ class DACSStepTrainer(SimpleTrainer):
             amp_dtype=amp_dtype,
             grad_scaler=torch.amp.GradScaler(device_type) if amp_dtype == torch.float16 else None,
             debug_interval=cfg.UDA.DEBUG_IMG_INTERVAL if uda else 0,
+            mic=MaskedImageConsistency(cfg) if uda and cfg.UDA.MIC.ENABLED else None,
         )
 
     def _autocast(self):
@@ -240,12 +249,17 @@ class DACSStepTrainer(SimpleTrainer):
         self._backward(sum(loss_dict.values()))
 
         if self.uda_enabled:
-            mix_losses, mix_metrics, visuals = self._self_training(
+            mix_losses, mix_metrics, visuals, targets = self._self_training(
                 source_batch, target_batch, source_images, source_labels, draws)
             self._check_finite(mix_losses)
             self._backward(sum(mix_losses.values()))
             loss_dict.update(mix_losses)
             metrics.update(mix_metrics)
+            if self.mic is not None:  # MIC, after step 9 (docs/method.md §17.1)
+                masked_losses, masked_metrics = self._masked_consistency(
+                    source_images, source_labels, targets, visuals)
+                loss_dict.update(masked_losses)
+                metrics.update(masked_metrics)
             if visuals is not None:
                 visuals.update(source_image=source_images.detach(), source_label=source_labels.detach())
                 self._visuals = visuals
@@ -274,8 +288,9 @@ class DACSStepTrainer(SimpleTrainer):
         source_images: torch.Tensor,
         source_labels: torch.Tensor,
         draws,
-    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, float], Optional[DACSStepVisuals]]:
-        """Steps 6-9: pseudo-labels, ClassMix masks, mixing + strong augmentation, mixed forward."""
+    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, float], Optional[DACSStepVisuals], Tuple[torch.Tensor, ...]]:
+        """Steps 6-9: pseudo-labels, ClassMix masks, mixing + strong augmentation, mixed forward. The last item
+        returned is ``(target images, pseudo_label, pseudo_weight)`` for MIC (the weight after the margin mask)."""
         device = source_images.device
         student = self.student
         target_images = student.normalize(_stack_images(target_batch, device))
@@ -310,7 +325,28 @@ class DACSStepTrainer(SimpleTrainer):
                 "mixed_image": mixed_images.detach(),
                 "mixed_label": mixed_labels.detach(),
             }
-        return losses, metrics, visuals
+        return losses, metrics, visuals, (target_images, pseudo_label, pseudo_weight)
+
+    # ---------------------------------------------------------------------------------- MIC (MIC step, §17)
+    def _masked_consistency(
+        self,
+        source_images: torch.Tensor,
+        source_labels: torch.Tensor,
+        targets: Tuple[torch.Tensor, ...],
+        visuals: Optional[DACSStepVisuals],
+    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, float]]:
+        """Masked batch of ``UDA.MIC.MODE`` with the DACS pseudo-labels / weights, forward, own backward (the
+        graph is freed before the optimizer step). Returns the detached ``loss_masked_*`` terms and metrics."""
+        target_images, pseudo_label, pseudo_weight = targets
+        batch = self.mic.masked_batch(source_images, source_labels, target_images, pseudo_label, pseudo_weight)
+        with self._autocast():
+            losses, metrics = self.mic.losses(self.model, batch)
+        self._check_finite(losses)
+        self._backward(sum(losses.values()))
+        if visuals is not None:
+            visuals.update(masked_image=batch.images, masked_label=batch.labels)
+        return {name: value.detach() for name, value in losses.items()}, metrics
+    # ------------------------------------------------------------------------------------------ end of MIC
 
     # ------------------------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:

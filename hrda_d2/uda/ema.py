@@ -2,7 +2,6 @@
 
 Source: docs/method.md §7.2 steps 1 and 6, §15 Q3, §15 Q11.
 """
-import logging
 
 import torch
 from timm.layers import DropPath

@@ -15,7 +15,6 @@ from hrda_d2 import add_hrda_config
 from hrda_d2.checkpoint import CheckpointConversionError, convert_mmseg_checkpoint, detect_mit_variant
 from hrda_d2.checkpoint.mmseg_config import MmsegConfigError, mmseg_config_to_cfg_values, parse_mmseg_config_text
 from hrda_d2.modeling.backbone import MIT_VARIANTS, build_mit_backbone
-from tests.helpers.scripts import import_script
 from tests.helpers.paths import REFERENCE_DIR, REPO_ROOT
 from tests.fixtures.hrda_reference import make_original_files as mof
 
@@ -30,23 +29,6 @@ SEGMENTOR_PREFIXES = {"backbone.": "backbone.", "decode_head.head.": "sem_seg_he
 @pytest.fixture(scope="module")
 def spec():
     return mof.load_spec()
-
-
-@pytest.fixture(scope="module")
-def originals(tmp_path_factory):
-    """(mit_b0 ImageNet-format file, HRDA DACS training checkpoint) in the original layouts."""
-    return mof.write_original_files(tmp_path_factory.mktemp("original"))
-
-
-@pytest.fixture(scope="module")
-def original_checkpoint(originals):
-    return torch.load(originals[1], map_location="cpu", weights_only=True)
-
-
-@pytest.fixture(scope="module")
-def tool():
-    """The command-line tool's module (tools/ is a script folder, not a package); main(argv) -> exit status."""
-    return import_script(TOOL, "convert_mmseg_checkpoint")
 
 
 def expected_detectron2_shapes(spec) -> "OrderedDict[str, tuple]":

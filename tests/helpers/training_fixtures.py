@@ -1,6 +1,5 @@
-"""Fixtures of the engine tests: generated, prepared and registered data; the recorded runs several tests read
-(session-scoped, so each runs once).
-"""
+"""Fixtures of the training tests (engine, MIC): generated, prepared and registered data; the recorded runs
+several tests read (session-scoped, so each runs once). Registered for the whole suite by tests/conftest.py."""
 
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog

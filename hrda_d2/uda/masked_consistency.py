@@ -1,0 +1,215 @@
+"""MIC, masked image consistency (Hoyer et al., CVPR'23) as an extra loss of the DACS step (``docs/method.md §17``).
+
+After the mixed forward/backward of DACS and before the optimizer step, the student is trained once more on a
+*masked* batch (:mod:`.masking`) with the DACS pseudo-labels and pixel weights (the weights after the
+pseudo-label margin mask). The teacher and its pseudo-labels are shared with DACS (the original's
+``mask_alpha='same'``, ``mask_pseudo_threshold='same'``): MIC has no teacher of its own here.
+
+Which images form the masked batch is ``UDA.MIC.MODE`` (§17.2):
+
+=================  =========================================================  ==========================
+mode               images / labels / pixel weights                            colour augmentation
+=================  =========================================================  ==========================
+``separatetrgaug`` the target batch / pseudo-labels / pseudo weights          yes (GTA, Synthia -> CS)
+``separatetrg``    the target batch / pseudo-labels / pseudo weights          no
+``separate``       source image 0 and target image 0 / label 0 and            no (CS -> ACDC, Dark Zurich)
+                   pseudo-label 0 / weight 1 and pseudo weight 0
+``separateaug``    as ``separate``                                            yes
+``separatesrc``    the source batch / labels / no weights                     no
+``separatesrcaug`` the source batch / labels / no weights                     yes
+=================  =========================================================  ==========================
+
+The colour augmentation uses FRESH decisions from Python's ``random`` (jitter draw, then blur draw; the blur
+draw is made and honoured even when ``UDA.AUG.BLUR`` is False, as in the original), the DACS jitter
+strength / threshold, and is applied to the whole masked batch at once: kornia ``ColorJiggle`` with per-sample
+factors (torch RNG), then ONE blur sigma ``uniform(0.15, 1.15)`` for the batch (NumPy RNG). Then the block
+mask is drawn (torch RNG) and the student's full HRDA ``forward_train`` (a new random detail crop, NumPy RNG)
+gives the loss. ``UDA.MIC.LAMBDA`` multiplies the fused term ``loss_sem_seg`` only (the original scales
+``decode.loss_seg``, not the detail term ``decode.hr.loss_seg``), §17.4.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Dict, NamedTuple, Optional, Tuple
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from torch import nn
+
+from .masking import mask_images
+from .strong_augmentation import BLUR_SIGMA_RANGE, StrongAugmentation
+
+__all__ = ["MIC_MODES", "MaskedBatch", "MaskedImageConsistency", "build_masked_batch"]
+
+logger = logging.getLogger(__name__)
+
+
+class _ModeSpec(NamedTuple):
+    images: str  # "target" | "source" | "pair" (source image 0 + target image 0)
+    augment: bool
+
+
+MIC_MODES: Dict[str, _ModeSpec] = {
+    "separatetrgaug": _ModeSpec("target", True),
+    "separatetrg": _ModeSpec("target", False),
+    "separate": _ModeSpec("pair", False),
+    "separateaug": _ModeSpec("pair", True),
+    "separatesrc": _ModeSpec("source", False),
+    "separatesrcaug": _ModeSpec("source", True),
+}
+
+
+def _check_mode(mode: str) -> _ModeSpec:
+    if mode not in MIC_MODES:
+        raise ValueError(f"UDA.MIC.MODE={mode!r} is not a MIC mode; valid modes: {sorted(MIC_MODES)} "
+                         f"('separatetrgaug' for GTA/Synthia -> Cityscapes, 'separate' for Cityscapes -> "
+                         f"ACDC / Dark Zurich)")
+    return MIC_MODES[mode]
+
+
+@dataclass
+class MaskedBatch:
+    """The batch MIC trains on.
+
+    images: ``M x 3 x H x W`` normalised, augmented (per mode) and block-masked images.
+    labels: ``M x H x W`` int64 labels / pseudo-labels.
+    weight: ``M x H x W`` float32 pixel weights, or None (unweighted source labels).
+    mask: ``M x 1 x H x W`` 0/1 block mask that was multiplied into ``images``.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    weight: Optional[torch.Tensor]
+    mask: torch.Tensor
+
+
+def build_masked_batch(
+    mode: str,
+    src_images: torch.Tensor,
+    src_labels: torch.Tensor,
+    trg_images: torch.Tensor,
+    pseudo_label: torch.Tensor,
+    pseudo_weight: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """The images, labels and pixel weights of ``mode`` before augmentation and masking (table above).
+
+    Args:
+        src_images, trg_images: ``N x 3 x H x W`` normalised source / target images.
+        src_labels: ``N x H x W`` int64 source labels.
+        pseudo_label, pseudo_weight: ``N x H x W`` DACS pseudo-labels (int64) and weights (float32, after the
+            pseudo-label margin mask).
+
+    Returns:
+        ``(images, labels, weight)``: ``M x 3 x H x W``, ``M x H x W``, ``M x H x W`` or None, with ``M = N``
+        (``target`` / ``source`` modes) or ``M = 2`` (``separate`` modes: source image 0 with weight 1 stacked
+        with target image 0; the original requires a batch of 2 per GPU, here any batch gives its first two).
+    """
+    spec = _check_mode(mode)
+    if spec.images == "target":
+        return trg_images, pseudo_label, pseudo_weight
+    if spec.images == "source":
+        return src_images, src_labels, None
+    images = torch.stack([src_images[0], trg_images[0]])
+    labels = torch.stack([src_labels[0], pseudo_label[0].to(src_labels.dtype)])
+    weight = torch.stack([torch.ones_like(pseudo_weight[0]), pseudo_weight[0]])
+    return images, labels, weight
+
+
+class MaskedImageConsistency:
+    """The MIC loss of one DACS iteration: ``self.masked_batch(...)`` then ``self.losses(model, batch)``."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        mode: str = "separatetrgaug",
+        mask_ratio: float = 0.7,
+        block_size: int = 64,
+        loss_lambda: float = 1.0,
+        augmentation: Optional["StrongAugmentation"] = None,
+    ):
+        """
+        Args:
+            mode: ``UDA.MIC.MODE`` (:data:`MIC_MODES`).
+            mask_ratio: ``UDA.MIC.MASK_RATIO``, the share of masked blocks (a block is kept where its uniform
+                draw is greater than this).
+            block_size: ``UDA.MIC.BLOCK_SIZE`` in pixels.
+            loss_lambda: ``UDA.MIC.LAMBDA``, weight of the fused masked loss term.
+            augmentation: colour jitter / blur of the ``...aug`` modes (its own ``blur`` flag must be True: MIC
+                always draws the blur decision); needed only by those modes.
+        """
+        self.spec = _check_mode(mode)
+        self.mode = mode
+        if not 0.0 <= mask_ratio <= 1.0:
+            raise ValueError(f"UDA.MIC.MASK_RATIO must be in [0, 1], got {mask_ratio}")
+        if block_size <= 0:
+            raise ValueError(f"UDA.MIC.BLOCK_SIZE must be a positive number of pixels, got {block_size}")
+        if self.spec.augment and augmentation is None:
+            raise ValueError(f"UDA.MIC.MODE={mode!r} colour-augments the masked batch: pass a StrongAugmentation")
+        self.mask_ratio = float(mask_ratio)
+        self.block_size = int(block_size)
+        self.loss_lambda = float(loss_lambda)
+        self.augmentation = augmentation
+
+    @classmethod
+    def from_config(cls, cfg):
+        augmentation = StrongAugmentation(
+            pixel_mean=list(cfg.MODEL.PIXEL_MEAN),
+            pixel_std=list(cfg.MODEL.PIXEL_STD),
+            color_jitter_strength=cfg.UDA.AUG.COLOR_JITTER_STRENGTH,
+            color_jitter_skip_threshold=cfg.UDA.AUG.COLOR_JITTER_SKIP_THRESHOLD,
+            blur=True,  # MIC draws and applies its blur regardless of UDA.AUG.BLUR (§17.2)
+        )
+        return {
+            "mode": cfg.UDA.MIC.MODE,
+            "mask_ratio": cfg.UDA.MIC.MASK_RATIO,
+            "block_size": cfg.UDA.MIC.BLOCK_SIZE,
+            "loss_lambda": cfg.UDA.MIC.LAMBDA,
+            "augmentation": augmentation,
+        }
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """Colour-augment the whole ``M x 3 x H x W`` normalised batch with fresh draws (module docstring)."""
+        aug = self.augmentation
+        draws = aug.draw()  # Python random: jitter draw, then blur draw
+        if aug.applies_color_jitter(draws):
+            images = aug.color_jitter(images)  # per-sample factors, one call for the batch
+        if aug.applies_blur(draws):
+            sigma = float(np.random.uniform(*BLUR_SIGMA_RANGE))  # one sigma for the batch
+            images = aug.gaussian_blur(images, sigma)
+        return images
+
+    @torch.no_grad()
+    def masked_batch(
+        self,
+        src_images: torch.Tensor,
+        src_labels: torch.Tensor,
+        trg_images: torch.Tensor,
+        pseudo_label: torch.Tensor,
+        pseudo_weight: torch.Tensor,
+    ) -> MaskedBatch:
+        """The batch of :attr:`mode` (:func:`build_masked_batch`), augmented if the mode says so, block-masked.
+        Inputs as in :func:`build_masked_batch`; nothing is modified in place."""
+        images, labels, weight = build_masked_batch(
+            self.mode, src_images, src_labels, trg_images, pseudo_label, pseudo_weight)
+        if self.spec.augment:
+            images = self.augment(images)
+        masked, mask = mask_images(images, self.mask_ratio, self.block_size)
+        return MaskedBatch(masked, labels, weight, mask)
+
+    def losses(self, model: nn.Module, batch: MaskedBatch) -> Tuple[Dict[str, torch.Tensor], Dict[str, float]]:
+        """The student's HRDA ``forward_train`` on ``batch``: ``({loss_masked_*: tensor}, {masked_acc_*: float})``.
+
+        ``model`` is called as ``model(images=, sem_seg=, weight=, return_outputs=True)`` (so a DDP wrapper sees
+        the forward pass); ``loss_masked_sem_seg`` = ``LAMBDA x loss_sem_seg``, the other terms unscaled.
+        """
+        raw, outputs = model(images=batch.images, sem_seg=batch.labels, weight=batch.weight, return_outputs=True)
+        losses = {}
+        for name, value in raw.items():
+            if name == "loss_sem_seg":
+                value = self.loss_lambda * value
+            losses[f"loss_masked_{name[len('loss_'):]}"] = value
+        metrics = {f"masked_{k}": float(v) for k, v in outputs.metrics.items()}
+        return losses, metrics
