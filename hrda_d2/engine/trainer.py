@@ -119,6 +119,7 @@ class HRDATrainer(DefaultTrainer):
             fd_lambda=cfg.UDA.FD.LAMBDA,
             fd_classes=cfg.UDA.FD.CLASSES,
             fd_min_ratio=cfg.UDA.FD.SCALE_MIN_RATIO,
+            fd_feature=cfg.UDA.FD.FEATURE,
             num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             amp_dtype=amp_dtype,
