@@ -1,10 +1,10 @@
 """``build_timm_backbone`` (hrda_d2/modeling/backbone/timm_backbone.py): names, strides and exact sizes of
-``res2``..``res5`` for a CNN, a hierarchical transformer and a DINOv2 ViT on a non-square input whose sides are
+``res2``..``res5`` for a CNN, two hierarchical models (ConvNeXt, Swin) and a DINOv2 ViT on a non-square input whose sides are
 multiples of 32 but not of 14; the ViT options (freezing, activation checkpointing, weight files); parameter
 counts of DINOv2 ViT-S/B/L/14 against the architecture's formula and the published figures.
 
 Expected channels are the published architectures': ResNet-50 stage widths 256/512/1024/2048 (He et al. 2016,
-Table 1), ConvNeXt-T 96/192/384/768 (Liu et al. 2022), DINOv2 ViT-S/14 width 384 (Oquab et al. 2023).
+Table 1), ConvNeXt-T 96/192/384/768 (Liu et al. 2022), Swin-T 96/192/384/768 (Liu et al. 2021), DINOv2 ViT-S/14 width 384 (Oquab et al. 2023).
 """
 import math
 
@@ -37,6 +37,8 @@ def timm_cfg(name: str, **timm_keys):
 @pytest.mark.parametrize("name, kind, channels", [
     ("resnet50", TimmHierarchicalBackbone, {"res2": 256, "res3": 512, "res4": 1024, "res5": 2048}),
     ("convnext_tiny", TimmHierarchicalBackbone, {"res2": 96, "res3": 192, "res4": 384, "res5": 768}),
+    # Swin-T (Liu et al. 2021): 96/192/384/768, NHWC features returned as NCHW, any input size
+    ("swin_tiny_patch4_window7_224", TimmHierarchicalBackbone, {"res2": 96, "res3": 192, "res4": 384, "res5": 768}),
     ("vit_small_patch14_dinov2", TimmViTBackbone,
      {"res2": 256, "res3": 256, "res4": 256, "res5": 256, "vit_tokens": 384}),
 ])

@@ -139,7 +139,11 @@ class TimmHierarchicalBackbone(Backbone):
         if drop_path_rate > 0:
             kwargs["drop_path_rate"] = drop_path_rate
         with torch.device("meta"):
-            probe = timm.create_model(name, pretrained=False, features_only=True)
+            try:  # window transformers (Swin) take any input size only with dynamic_img_size (masks per forward)
+                probe = timm.create_model(name, pretrained=False, dynamic_img_size=True, **kwargs)
+                kwargs["dynamic_img_size"] = True
+            except TypeError:  # models without the option (CNNs) take any size anyway
+                probe = timm.create_model(name, pretrained=False, **kwargs)
         reductions = probe.feature_info.reduction()
         del probe
         if not out_indices:
@@ -176,7 +180,11 @@ class TimmHierarchicalBackbone(Backbone):
         children = list(self.body.named_children())
         stage_modules = [m.replace(".", "_") for m in self.body.feature_info.module_name()]
         last = stage_modules[freeze_at - 2] if freeze_at >= 2 else stage_modules[0]
-        end = [n for n, _ in children].index(last) + (1 if freeze_at >= 2 else 0)
+        names = [n for n, _ in children]
+        if last not in names:
+            raise ValueError(f"MODEL.TIMM.FREEZE_AT={freeze_at} is not supported for {type(self.body).__name__} of "
+                             f"this model (stage module {last!r} not among its children {names}); use 0")
+        end = names.index(last) + (1 if freeze_at >= 2 else 0)
         frozen = [n for n, _ in children[:end]]
         for n in frozen:
             module = getattr(self.body, n)
