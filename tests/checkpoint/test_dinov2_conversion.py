@@ -4,10 +4,11 @@ The independent cross-check: a random state dict in the OFFICIAL DINOv2 key layo
 ``DinoVisionTransformer`` of ViT-S/14) goes (a) through this project's converter into our backbone and (b)
 through transformers' own DINOv2 conversion (the key renaming and q/k/v split of
 ``src/transformers/models/dinov2/convert_dinov2_to_hf.py``, written out here, then ``from_pretrained`` of a
-local folder, which applies the installed transformers' own legacy-name mapping) into ``transformers.Dinov2Model``
-/ ``Dinov2WithRegistersModel`` (eager attention). Both must give the same last-block patch tokens (after the final LayerNorm) at an
-input where both use the checkpoint's own 4 x 4 token grid: 64 x 64 for ours (stride 16), the same image
-resized to 56 x 56 for transformers (patch 14) - our backbone's documented resize.
+local folder, which applies the installed transformers' own legacy-name mapping) into
+``transformers.Dinov2Model`` / ``Dinov2WithRegistersModel`` (eager attention). Both must give the same
+last-block patch tokens (after the final LayerNorm) at an input where both use the checkpoint's own 4 x 4
+token grid: 64 x 64 for ours (stride 16), the same image resized to 56 x 56 for transformers (patch 14), our
+backbone's documented resize.
 """
 import importlib.util
 from collections import OrderedDict

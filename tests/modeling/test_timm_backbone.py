@@ -1,14 +1,16 @@
 """``build_timm_backbone`` (hrda_d2/modeling/backbone/timm_backbone.py): names, strides and exact sizes of
-``res2``..``res5`` for a CNN, two hierarchical models (ConvNeXt, Swin) and a DINOv2 ViT on a non-square input whose sides are
-multiples of 32 but not of 14; the ViT options (freezing, activation checkpointing, weight files); parameter
-counts of DINOv2 ViT-S/B/L/14 against the architecture's formula and the published figures.
+``res2``..``res5`` for a CNN, two hierarchical models (ConvNeXt, Swin) and a DINOv2 ViT on a non-square input
+whose sides are multiples of 32 but not of 14; the options (freezing, activation checkpointing, weight
+files); parameter counts of DINOv2 ViT-S/B/L/14 against the architecture's formula and the published figures.
 
 Expected channels are the published architectures': ResNet-50 stage widths 256/512/1024/2048 (He et al. 2016,
-Table 1), ConvNeXt-T 96/192/384/768 (Liu et al. 2022), Swin-T 96/192/384/768 (Liu et al. 2021), DINOv2 ViT-S/14 width 384 (Oquab et al. 2023).
+Table 1), ConvNeXt-T 96/192/384/768 (Liu et al. 2022), Swin-T 96/192/384/768 (Liu et al. 2021), DINOv2
+ViT-S/14 width 384 (Oquab et al. 2023).
 """
 import math
 
 import pytest
+import timm
 import torch
 from detectron2.config import get_cfg
 from detectron2.layers import FrozenBatchNorm2d
@@ -107,9 +109,9 @@ def test_activation_checkpointing_gives_the_same_gradients():
 
 def test_weights_file_is_local_only(tmp_path):
     cfg = timm_cfg("resnet18", WEIGHTS=str(tmp_path / "missing.safetensors"))
-    with pytest.raises(FileNotFoundError, match=r"(?s)MODEL.TIMM.WEIGHTS=.*missing.safetensors.*huggingface-cli download"):
+    how_to = r"(?s)MODEL.TIMM.WEIGHTS=.*missing.safetensors.*huggingface-cli download"
+    with pytest.raises(FileNotFoundError, match=how_to):
         build_timm_backbone(cfg)
-    import timm
     reference = timm.create_model("resnet18", pretrained=False)
     path = tmp_path / "resnet18.pth"
     torch.save(reference.state_dict(), path)
