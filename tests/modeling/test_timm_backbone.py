@@ -78,6 +78,11 @@ def test_vit_default_blocks_and_input_resize():
     assert backbone.net.vit.pos_embed.shape == (1, 1 + 32 * 32, 384)
     assert backbone.net.resize_to_grid(torch.zeros(1, 3, H, W)).shape[-2:] == (H * 14 // 16, W * 14 // 16)
     assert default_vit_out_indices(24) == [5, 11, 17, 23]  # ViT-L: the last block of each quarter
+    shallow = build_timm_backbone(timm_cfg("vit_small_patch14_dinov2", OUT_INDICES=[1, 3, 5, 7]))
+    assert len(shallow.net.vit.blocks) == 8  # blocks 8..11 would get no gradient (DDP): removed
+    out = shallow(torch.randn(1, 3, 64, 64))
+    sum(t.sum() for t in out.values()).backward()
+    assert all(p.grad is not None for p in shallow.parameters()), "every parameter takes part"
 
 
 def test_freeze_at():

@@ -207,7 +207,7 @@ class TimmViTTrunk(Backbone):
 
     ``forward(x: N x 3 x H x W) -> {"block<i>": N x C x ceil(H/16) x ceil(W/16)}`` for the selected blocks
     ``i`` (0-based), each normalised by the final LayerNorm (DINOv2's ``x_norm_patchtokens``; prefix tokens
-    dropped).
+    dropped). Blocks after the deepest selected one are removed (they would receive no gradient).
 
     How patch 14 becomes stride 16: the input is zero-padded at the bottom/right to a multiple of 16 (a no-op
     for HRDA's crops and windows, which are multiples of 32), then resized bilinearly by ``patch / 16`` (e.g.
@@ -244,6 +244,10 @@ class TimmViTTrunk(Backbone):
                 0 <= i < depth for i in self.out_indices):
             raise ValueError(f"MODEL.TIMM.OUT_INDICES={self.out_indices} for {name!r}: need 4 increasing block "
                              f"indices in [0, {depth - 1}] (the sources of res2, res3, res4, res5)")
+        if self.out_indices[-1] < depth - 1:  # blocks after the deepest selected one would get no gradient
+            self.vit.prune_intermediate_layers(self.out_indices, prune_norm=False, prune_head=True)
+            logger.info("%s: blocks %d..%d removed (MODEL.TIMM.OUT_INDICES %s)", name, self.out_indices[-1] + 1,
+                        depth - 1, self.out_indices)
         if checkpoint_activations:
             self.vit.set_grad_checkpointing(True)
         self.embed_dim = int(self.vit.embed_dim)
@@ -277,7 +281,7 @@ class TimmViTTrunk(Backbone):
         if x.dim() != 4:
             raise ValueError(f"TimmViTTrunk expects N x C x H x W images, got shape {tuple(x.shape)}")
         maps = self.vit.forward_intermediates(self.resize_to_grid(x), indices=self.out_indices, norm=True,
-                                              output_fmt="NCHW", intermediates_only=True)
+                                              stop_early=True, output_fmt="NCHW", intermediates_only=True)
         return dict(zip(self._out_features, maps))
 
 
