@@ -58,6 +58,12 @@ def test_outputs_are_res2_to_res5_at_strides_4_to_32(name, kind, channels):
         assert torch.isfinite(t).all()
 
 
+@pytest.mark.parametrize("out_indices", [[0, 1, 2, 3], [1, 2, 3, 9]])
+def test_out_indices_must_give_strides_4_to_32(out_indices):
+    with pytest.raises(ValueError, match=r"MODEL.TIMM.OUT_INDICES=.*res2..res5 need \[4, 8, 16, 32\]"):
+        build_timm_backbone(timm_cfg("resnet18", OUT_INDICES=out_indices))
+
+
 def test_vit_token_grid_is_ceil_of_sixteenth_for_other_sizes():
     """Sides that are not multiples of 16 are padded: grid ceil(H/16); res2 = 4x, res5 = floor(grid / 2)."""
     trunk = TimmViTTrunk("vit_small_patch14_dinov2", img_size=(64, 64))

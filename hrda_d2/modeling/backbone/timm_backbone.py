@@ -153,7 +153,8 @@ class TimmHierarchicalBackbone(Backbone):
                                  f"{missing}: set MODEL.TIMM.OUT_INDICES to 4 indices for strides 4, 8, 16, 32")
             out_indices = [reductions.index(s) for s in PYRAMID_STRIDES]
         out_indices = [int(i) for i in out_indices]
-        if len(out_indices) != 4 or [reductions[i] for i in out_indices] != list(PYRAMID_STRIDES):
+        in_range = all(0 <= i < len(reductions) for i in out_indices)
+        if len(out_indices) != 4 or not in_range or [reductions[i] for i in out_indices] != list(PYRAMID_STRIDES):
             raise ValueError(f"MODEL.TIMM.OUT_INDICES={out_indices} of {name!r} give reductions "
                              f"{[reductions[i] for i in out_indices if 0 <= i < len(reductions)]}; res2..res5 need "
                              f"{list(PYRAMID_STRIDES)} (the model has {reductions})")
