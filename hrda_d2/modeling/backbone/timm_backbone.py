@@ -4,7 +4,7 @@
 
 * :class:`TimmHierarchicalBackbone` for models with a feature hierarchy (ResNet, ConvNeXt, Swin, ...): timm's
   ``features_only`` wrapper, the levels of reduction 4, 8, 16 and 32 named ``res2``..``res5``;
-* :class:`TimmViTBackbone` for plain vision transformers (timm's ``vision_transformer`` module, e.g. DINOv2's
+* :class:`TimmViTBackbone` for plain vision transformers (timm's ``VisionTransformer``, e.g. DINOv2's
   ``vit_{small,base,large}_patch14_dinov2`` and their ``_reg4_`` variants with 4 registers): a simple feature
   pyramid (ViTDet; Detectron2's ``SimpleFeaturePyramid``, subclassed) on the normalised patch tokens of four
   blocks, plus the map ``vit_tokens`` (the deepest of those blocks, stride 16, ``embed_dim`` channels) for the
@@ -32,6 +32,7 @@ from detectron2.config import configurable
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 from detectron2.modeling.backbone.vit import SimpleFeaturePyramid
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 __all__ = [
@@ -61,9 +62,11 @@ VIT_TRUNK_PREFIX = "net.vit."
 
 
 def is_plain_vit(name: str) -> bool:
-    """Whether the timm model ``name`` (optionally with a ``.tag``) is a plain ViT of timm's
-    ``vision_transformer`` module (one token grid, no hierarchy)."""
-    return name.split(".")[0] in set(timm.list_models(module="vision_transformer"))
+    """Whether the timm model ``name`` (optionally with a ``.tag``) is a plain ViT: a timm
+    ``VisionTransformer`` (or subclass, e.g. DeiT), one token grid, no hierarchy. Built on the meta device."""
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False)
+    return isinstance(model, VisionTransformer)
 
 
 def default_vit_out_indices(depth: int) -> List[int]:
