@@ -157,10 +157,15 @@ def convert_dinov2_state_dict(
     name = dinov2_timm_name(sd)
     grid = tuple(int(-(-int(s) // VIT_TOKEN_STRIDE)) for s in img_size)
     dim = int(sd["patch_embed.proj.weight"].shape[0])
+    arch = DINOV2_ARCHS[dim]
+    depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+    if depth != arch.depth:
+        raise Dinov2ConversionError(f"{source}: {depth} blocks of width {dim}; DINOv2 {arch.timm_arch} has "
+                                    f"{arch.depth}")
     pos = sd["pos_embed"].float()
-    old_patches = pos.shape[1] - 1
-    side = int(round(old_patches ** 0.5))
-    if pos.dim() != 3 or side * side != old_patches or pos.shape[2] != dim:
+    old_patches = pos.shape[1] - 1 if pos.dim() == 3 else -1
+    side = int(round(max(old_patches, 0) ** 0.5))
+    if old_patches < 1 or side * side != old_patches or pos.shape[2] != dim:
         raise Dinov2ConversionError(f"{source}: pos_embed {tuple(pos.shape)} is not 1 x (1 + n*n) x {dim}")
     cls_pos, patch_pos = pos[:, :1], pos[:, 1:]
     if (side, side) != grid:

@@ -205,7 +205,7 @@ def test_cli_writes_a_checkpoint_for_model_weights(tool, tmp_path, capsys):
     assert torch.equal(vit.cls_token, sd["cls_token"]) and vit.pos_embed.shape == (1, 25, VITS["dim"])
 
 
-@pytest.mark.parametrize("case", ["giant_swiglu", "eight_registers", "unknown_layout"])
+@pytest.mark.parametrize("case", ["giant_swiglu", "eight_registers", "two_blocks", "unknown_layout"])
 def test_other_layouts_give_a_clear_error_and_no_file(tool, tmp_path, capsys, case):
     sd = official_dinov2_state_dict(VITS["dim"], 2, GRID, registers=8 if case == "eight_registers" else 0)
     if case == "giant_swiglu":
@@ -216,7 +216,8 @@ def test_other_layouts_give_a_clear_error_and_no_file(tool, tmp_path, capsys, ca
     torch.save(sd, src)
     assert tool.main([str(src), str(dst)]) == 1
     err = capsys.readouterr().err
-    expected = {"giant_swiglu": "SwiGLU", "eight_registers": "8 register tokens", "unknown_layout": "DINOv2 backbone"}
+    expected = {"giant_swiglu": "SwiGLU", "eight_registers": "8 register tokens", "two_blocks": "2 blocks of width 384",
+                "unknown_layout": "DINOv2 backbone"}
     assert expected[case] in err, err
     assert not dst.exists() and list(tmp_path.iterdir()) == [src]
     if case != "unknown_layout":
