@@ -91,6 +91,29 @@ def test_vit_default_blocks_and_input_resize():
     assert all(p.grad is not None for p in shallow.parameters()), "every parameter takes part"
 
 
+def test_each_vit_token_sees_exactly_its_16x16_input_cell():
+    """The alignment HRDA needs: after the 14/16 resize, patch token (i, j) is computed from the input pixels
+    ``[16i, 16i+16) x [16j, 16j+16)`` and from no other (bilinear sampling at (y' + 0.5) * 16/14 - 0.5 keeps
+    patch rows 14i..14i+13 inside input rows 16i..16i+15). Checked on the patch embedding by perturbing every
+    pixel of a 512-pixel row and of a 512-pixel column (HRDA's crop size) one at a time."""
+    trunk = TimmViTTrunk("vit_small_patch14_dinov2", img_size=(512, 512)).eval()
+    proj = trunk.vit.patch_embed.proj
+    for shape in ((16, 512), (512, 16)):
+        x = torch.randn(1, 3, *shape)
+        with torch.no_grad():
+            base = proj(trunk.resize_to_grid(x))
+            positions = range(512)
+            changed = x.repeat(512, 1, 1, 1)
+            for n in positions:
+                if shape[0] == 16:
+                    changed[n, :, 7, n] += 10.0
+                else:
+                    changed[n, :, n, 7] += 10.0
+            diff = (proj(trunk.resize_to_grid(changed)) - base).abs().amax(dim=1).flatten(1)  # 512 x 32 tokens
+        touched = [(d > 1e-5).nonzero().flatten().tolist() for d in diff]
+        assert touched == [[n // 16] for n in positions], shape
+
+
 def test_freeze_at():
     resnet = build_timm_backbone(timm_cfg("resnet18", FREEZE_AT=2))
     frozen = {n.split(".")[1] for n, p in resnet.named_parameters() if not p.requires_grad}
