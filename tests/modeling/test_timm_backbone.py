@@ -152,6 +152,12 @@ def test_weights_file_is_local_only(tmp_path):
     backbone = build_timm_backbone(timm_cfg("resnet18", WEIGHTS=str(path)))
     assert torch.equal(backbone.body.conv1.weight, reference.conv1.weight)
     assert torch.equal(backbone.body.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    # a timm DINOv2 file (518-pixel pretraining grid 37 x 37): timm's filter resizes the position embedding
+    vit_reference = timm.create_model("vit_small_patch14_dinov2", pretrained=False)
+    torch.save(vit_reference.state_dict(), tmp_path / "vits.pth")
+    vit = build_timm_backbone(timm_cfg("vit_small_patch14_dinov2", WEIGHTS=str(tmp_path / "vits.pth"))).net.vit
+    assert vit_reference.pos_embed.shape == (1, 1 + 37 * 37, 384) and vit.pos_embed.shape == (1, 1 + 32 * 32, 384)
+    assert torch.equal(vit.blocks[3].attn.qkv.weight, vit_reference.blocks[3].attn.qkv.weight)
 
 
 def test_new_pyramid_trains_at_the_head_learning_rate():
