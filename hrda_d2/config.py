@@ -8,6 +8,7 @@ from the original mmseg config fields to these keys.
 Keys are grouped by the part of the system that reads them:
 
 * ``MODEL.MIT``          MiT backbone (``modeling/backbone/mit.py``)
+* ``MODEL.TIMM``         any timm model / DINOv2 ViT (``modeling/backbone/timm_backbone.py``)
 * ``MODEL.SEM_SEG_HEAD`` DAFormer head (``modeling/heads/daformer_head.py``)
 * ``MODEL.HRDA``         multi-resolution meta-architecture (``modeling/meta_arch/hrda.py``)
 * ``TEST``               whole / slide inference
@@ -38,6 +39,23 @@ def _add_model_config(cfg: CN) -> None:
     cfg.MODEL.MIT.VARIANT = "mit_b5"  # mit_b0 ... mit_b5
     cfg.MODEL.MIT.DROP_PATH_RATE = 0.1
     cfg.MODEL.MIT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+
+    # MODEL.BACKBONE.NAME "build_timm_backbone": a timm model with outputs res2..res5 (strides 4..32)
+    cfg.MODEL.TIMM = CN()
+    cfg.MODEL.TIMM.NAME = "convnext_base"  # any timm name; plain ViTs (vit_*_patch14_dinov2) get a feature pyramid
+    # LOCAL timm-layout weights file (model.safetensors of huggingface.co/timm/<name>); "" = random init (or
+    # MODEL.WEIGHTS, e.g. a DINOv2 checkpoint converted by tools/convert_mmseg_checkpoint.py). Never downloaded.
+    cfg.MODEL.TIMM.WEIGHTS = ""
+    # hierarchical models: 4 feature_info indices for strides 4/8/16/32; plain ViTs: the 4 blocks (0-based) feeding
+    # res2..res5; [] = automatic (the levels of those strides / the last block of each quarter of the depth)
+    cfg.MODEL.TIMM.OUT_INDICES = []
+    cfg.MODEL.TIMM.DROP_PATH_RATE = 0.1
+    cfg.MODEL.TIMM.FREEZE_AT = 0  # 0 = train all; 1 = freeze the stem; k >= 2 = stem + stages up to res<k>
+    cfg.MODEL.TIMM.CHECKPOINT_ACTIVATIONS = False  # recompute blocks/stages in backward (timm grad checkpointing)
+    # plain ViTs: input size (H, W) whose token grid (H/16 x W/16) the position embedding is stored for (the
+    # converter resizes official DINOv2 embeddings to it); other sizes are resampled on the fly
+    cfg.MODEL.TIMM.IMG_SIZE = [512, 512]
+    cfg.MODEL.TIMM.PYRAMID_CHANNELS = 256  # plain ViTs: channels of the simple-feature-pyramid maps res2..res5
 
     # MODEL.SEM_SEG_HEAD exists in Detectron2's defaults; its DAFormer keys are added here
     cfg.MODEL.SEM_SEG_HEAD.NAME = "DAFormerHead"
@@ -130,6 +148,9 @@ def _add_uda_config(cfg: CN) -> None:
     cfg.UDA.FD.LAMBDA = 0.005  # 0 disables the ImageNet feature distance
     cfg.UDA.FD.CLASSES = [6, 7, 11, 12, 13, 14, 15, 16, 17, 18]
     cfg.UDA.FD.SCALE_MIN_RATIO = 0.75
+    # backbone map the feature distance compares ("" = the deepest, i.e. the smallest map: res5 of MiT);
+    # e.g. "vit_tokens" for the pretrained tokens of a plain ViT instead of its newly initialised pyramid
+    cfg.UDA.FD.FEATURE = ""
     cfg.UDA.AUG = CN()
     cfg.UDA.AUG.BLUR = True
     cfg.UDA.AUG.COLOR_JITTER_STRENGTH = 0.2
@@ -156,6 +177,9 @@ def _add_solver_config(cfg: CN) -> None:
     cfg.SOLVER.BETAS = [0.9, 0.999]
     cfg.SOLVER.WEIGHT_DECAY = 0.01
     cfg.SOLVER.HEAD_LR_MULTIPLIER = 10.0  # every parameter of the decode heads (norms included)
+    # further parameter-name prefixes (relative to the model) trained like the decode heads, e.g. the newly
+    # initialised feature pyramid of a plain ViT: ["backbone.simfp_"]
+    cfg.SOLVER.HEAD_LR_PARAM_PREFIXES = []
     cfg.SOLVER.BACKBONE_NORM_DECAY_MULTIPLIER = 0.0  # backbone LayerNorms get no weight decay
     cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupPolyLR"
     cfg.SOLVER.WARMUP_ITERS = 1500

@@ -88,3 +88,21 @@ def test_daformer_512_baselines(name, source, scale):
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*source_only.yaml")), ids=lambda p: p.name)
 def test_source_only_variants_disable_uda(path):
     assert not load(path.name).UDA.ENABLED
+
+
+def test_dinov2_configs_use_vfm_uda_optimizer_settings():
+    """VFM-UDA (tue-mps/vfm-uda uda_vit_hrda.yaml, training/uda_vit/uda_vit_hrda.py): encoder lr
+    5e-5 * sqrt(8) * 0.1, decoder 10x, weight decay 0.01 everywhere, warm-up from 1e-3 over 1500 iterations,
+    batch 8, 40k iterations; the HRDA settings stay."""
+    for name, arch in (("gtaHR2csHR_hrda_dinov2_vitb.yaml", "vit_base_patch14_dinov2"),
+                       ("gtaHR2csHR_hrda_dinov2_vitl.yaml", "vit_large_patch14_dinov2")):
+        cfg = load(name)
+        assert cfg.MODEL.BACKBONE.NAME == "build_timm_backbone" and cfg.MODEL.TIMM.NAME == arch
+        assert abs(cfg.SOLVER.BASE_LR - 5e-5 * 8 ** 0.5 * 0.1) < 1e-9 and cfg.SOLVER.HEAD_LR_MULTIPLIER == 10.0
+        assert cfg.SOLVER.BACKBONE_NORM_DECAY_MULTIPLIER == 1.0 and cfg.SOLVER.WEIGHT_DECAY == 0.01
+        assert cfg.SOLVER.WARMUP_FACTOR == 1e-3 and cfg.SOLVER.WARMUP_ITERS == 1500
+        assert cfg.SOLVER.IMS_PER_BATCH == 8 and cfg.SOLVER.MAX_ITER == 40000
+        assert list(cfg.SOLVER.HEAD_LR_PARAM_PREFIXES) == ["backbone.simfp_"]
+        assert sorted(cfg.MODEL.HRDA.SCALES) == [0.5, 1.0] and list(cfg.MODEL.HRDA.HR_CROP_SIZE) == [512, 512]
+        assert cfg.UDA.FD.FEATURE == "vit_tokens" and cfg.UDA.FD.LAMBDA == 0.0
+    assert load("gtaHR2csHR_hrda_dinov2_vitl.yaml").MODEL.TIMM.CHECKPOINT_ACTIVATIONS

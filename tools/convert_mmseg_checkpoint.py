@@ -1,10 +1,13 @@
 #!/usr/bin/env python
 """Convert an original SegFormer / DAFormer / HRDA checkpoint to a Detectron2 checkpoint of this project.
 
-    python tools/convert_mmseg_checkpoint.py IN OUT [--teacher] [--config-out CFG.yaml] [--allow-pickle]
+    python tools/convert_mmseg_checkpoint.py IN OUT [--teacher] [--config-out CFG.yaml] [--vit-img-size H W]
+                                          [--allow-pickle]
 
 IN may be an official SegFormer ImageNet file (``mit_b5.pth``: written as ``backbone.*``, the classifier is
-dropped), an HRDA/DAFormer DACS training checkpoint (student ``model.*`` by default, the EMA teacher
+dropped), an official DINOv2 backbone (``dinov2_vitb14_pretrain.pth``, ``..._reg4_pretrain.pth``: written as
+``backbone.net.vit.*`` of ``build_timm_backbone``, the position embedding resized for --vit-img-size), an
+HRDA/DAFormer DACS training checkpoint (student ``model.*`` by default, the EMA teacher
 ``ema_model.*`` with --teacher) or a bare HRDAEncoderDecoder/EncoderDecoder state dict. OUT is
 ``{"model": state_dict, "__author__": ..., "conversion": {...}}`` and loads with ``MODEL.WEIGHTS OUT``.
 --config-out translates the original config stored in the checkpoint (``meta["config"]``) into a YAML config
@@ -24,6 +27,7 @@ import torch
 
 from hrda_d2.checkpoint import CheckpointConversionError, ConvertedCheckpoint, convert_mmseg_checkpoint, \
     load_checkpoint_file
+from hrda_d2.checkpoint.dinov2_conversion import Dinov2ConvertedCheckpoint, dinov2_usage
 from hrda_d2.checkpoint.mmseg_config import MmsegConfigError, cfg_values_to_yaml, mmseg_config_to_cfg_values, \
     parse_mmseg_config_text
 from hrda_d2.utils.file_io import atomic_path
@@ -38,6 +42,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--teacher", action="store_true", help="take the EMA teacher (ema_model.*) of a DACS checkpoint")
     parser.add_argument("--config-out", type=Path, default=None, metavar="CFG.yaml",
                         help="also write this project's YAML config translated from the checkpoint's meta['config']")
+    parser.add_argument("--vit-img-size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"),
+                        help="DINOv2: MODEL.TIMM.IMG_SIZE of the training config (position grid H/16 x W/16)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="load IN with torch.load(weights_only=False); only for files you trust")
     return parser.parse_args(argv)
@@ -66,7 +72,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         obj = load_checkpoint_file(args.input, allow_pickle=args.allow_pickle)
-        result = convert_mmseg_checkpoint(obj, teacher=args.teacher, source=str(args.input))
+        result = convert_mmseg_checkpoint(obj, teacher=args.teacher, source=str(args.input),
+                                          vit_img_size=tuple(args.vit_img_size))
         yaml_text, notes = translate_config(result, args.output, args.input) if args.config_out else (None, [])
         checkpoint = {
             "model": result.state_dict,
@@ -87,6 +94,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     for note in notes:
         print(f"convert_mmseg_checkpoint: note: {note}", file=sys.stderr)
     print(result.summary())
+    if isinstance(result, Dinov2ConvertedCheckpoint):
+        print(dinov2_usage(result))
     print(f"wrote {args.output}" + (f" and {args.config_out}" if args.config_out else ""))
     return 0
 

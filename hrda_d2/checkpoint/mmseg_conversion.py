@@ -63,7 +63,9 @@ EXPECTED_LAYOUTS = (
     "  2. an HRDA or DAFormer DACS training checkpoint (iter_40000.pth): {'state_dict': {model.backbone.*,\n"
     "     model.decode_head.*, ema_model.*, imnet_model.*}, 'meta': {...}};\n"
     "  3. a bare HRDAEncoderDecoder / EncoderDecoder state dict {backbone.*, decode_head.*}, possibly under\n"
-    "     'state_dict' (mmseg's own save of a segmentor)."
+    "     'state_dict' (mmseg's own save of a segmentor);\n"
+    "  4. an official DINOv2 backbone (dinov2_vit{s,b,l}14[_reg4]_pretrain.pth): cls_token, pos_embed,\n"
+    "     patch_embed.proj.weight, blocks.<i>.ls1.gamma, ..., norm.bias (hrda_d2/checkpoint/dinov2_conversion.py)."
 )
 
 
@@ -359,7 +361,8 @@ def _convert_segmentor(
     return out, variant, head_info, att_info, is_hrda
 
 
-def convert_mmseg_checkpoint(obj: Any, teacher: bool = False, source: str = "checkpoint") -> ConvertedCheckpoint:
+def convert_mmseg_checkpoint(obj: Any, teacher: bool = False, source: str = "checkpoint",
+                             vit_img_size: Tuple[int, int] = (512, 512)) -> ConvertedCheckpoint:
     """Convert a loaded original checkpoint (see the module docstring for the layouts) to the Detectron2 layout.
 
     Args:
@@ -367,6 +370,7 @@ def convert_mmseg_checkpoint(obj: Any, teacher: bool = False, source: str = "che
         teacher: take the EMA teacher (``ema_model.*``) instead of the student (``model.*``) of a DACS
             training checkpoint; an error for layouts without a teacher.
         source: name of the file, used in error messages.
+        vit_img_size: ``MODEL.TIMM.IMG_SIZE`` a DINOv2 position embedding is resized for.
     Raises:
         CheckpointConversionError: unknown layout (the message lists the expected layouts and what was found),
             missing key families, inconsistent shapes, or ``teacher`` without a teacher in the file.
@@ -398,15 +402,26 @@ def convert_mmseg_checkpoint(obj: Any, teacher: bool = False, source: str = "che
         state = OrderedDict(("backbone." + k, v) for k, v in backbone.items())
         dropped = [k for k in sd if k.startswith("head.")]
         result = ConvertedCheckpoint(state, LAYOUT_SEGFORMER_IMAGENET, variant, "", None, None, meta, dropped)
+    elif _is_dinov2(sd):
+        _reject_teacher(teacher, source, "a DINOv2 backbone state dict")
+        from .dinov2_conversion import convert_dinov2_checkpoint  # it imports this module
+
+        result = convert_dinov2_checkpoint(sd, meta, vit_img_size, source)
     elif "backbone.patch_embed1.proj.weight" in sd or any(k.startswith("sem_seg_head.") for k in sd):
         raise CheckpointConversionError(
             f"{source}: already in this project's Detectron2 layout (backbone.* / sem_seg_head.* keys); "
             f"use it directly as MODEL.WEIGHTS"
         )
     else:
-        raise _unknown_layout(source, obj, "no MiT backbone keys found")
+        raise _unknown_layout(source, obj, "no MiT or DINOv2 backbone keys found")
     logger.info("%s converted:\n%s", source, result.summary())
     return result
+
+
+def _is_dinov2(sd: Mapping[str, torch.Tensor]) -> bool:
+    from .dinov2_conversion import is_dinov2_state_dict
+
+    return is_dinov2_state_dict(sd)
 
 
 def _reject_teacher(teacher: bool, source: str, what: str) -> None:

@@ -3,7 +3,8 @@
 mmcv's ``paramwise_cfg.custom_keys = {head: lr_mult 10, pos_block: decay_mult 0, norm: decay_mult 0}`` on
 the original module names amounts to:
 
-* every parameter of the decode heads (here: names under ``sem_seg_head.`` and ``scale_attention.``),
+* every parameter of the decode heads (here: names under ``sem_seg_head.`` and ``scale_attention.``, and under
+  the prefixes of ``SOLVER.HEAD_LR_PARAM_PREFIXES``, e.g. a ViT's new feature pyramid ``backbone.simfp_``),
   BatchNorm weights and biases included: ``lr = BASE_LR * HEAD_LR_MULTIPLIER``, ``weight_decay = WEIGHT_DECAY``;
 * every other parameter whose name contains ``norm`` (the MiT LayerNorms ``patch_embed*.norm``,
   ``block*.*.norm1/norm2``, ``block*.*.attn.norm``, ``norm1..4``): ``lr = BASE_LR``,
@@ -14,7 +15,7 @@ Parameters with equal ``(lr, weight_decay)`` share one param group (mmcv used on
 update is the same). Frozen parameters (``requires_grad`` False) are left out.
 """
 import logging
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 import torch
 from detectron2.solver.build import maybe_add_gradient_clipping, reduce_param_groups
@@ -34,11 +35,13 @@ def get_hrda_param_groups(
     weight_decay: float,
     head_lr_multiplier: float,
     norm_decay_multiplier: float,
+    head_prefixes: Sequence[str] = (),
 ) -> List[Dict[str, Any]]:
     """Param groups of the rules in the module docstring.
 
     Args:
         model: the student (an ``HRDA`` meta-architecture, possibly wrapped in DistributedDataParallel).
+        head_prefixes: name prefixes trained like the decode heads, besides ``DECODE_HEAD_PREFIXES``.
 
     Returns:
         A list of ``{"params", "param_names", "lr", "weight_decay"}`` dicts, one per distinct
@@ -47,10 +50,11 @@ def get_hrda_param_groups(
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         model = model.module
     per_parameter = []
+    heads = DECODE_HEAD_PREFIXES + tuple(head_prefixes)
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if name.startswith(DECODE_HEAD_PREFIXES):
+        if name.startswith(heads):
             lr, decay = base_lr * head_lr_multiplier, weight_decay
         elif "norm" in name:
             lr, decay = base_lr, weight_decay * norm_decay_multiplier
@@ -87,6 +91,7 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         weight_decay=solver.WEIGHT_DECAY,
         head_lr_multiplier=solver.HEAD_LR_MULTIPLIER,
         norm_decay_multiplier=solver.BACKBONE_NORM_DECAY_MULTIPLIER,
+        head_prefixes=tuple(solver.HEAD_LR_PARAM_PREFIXES),
     )
     optimizer_class = maybe_add_gradient_clipping(cfg, torch.optim.AdamW)
     return optimizer_class(groups, lr=solver.BASE_LR, betas=betas, weight_decay=solver.WEIGHT_DECAY, eps=1e-8)

@@ -85,6 +85,8 @@ class DACSStepTrainer(SimpleTrainer):
         alpha: ``UDA.ALPHA``. pseudo_threshold: ``UDA.PSEUDO_THRESHOLD``.
         pseudo_ignore_top, pseudo_ignore_bottom: ``UDA.PSEUDO_WEIGHT_IGNORE_TOP/BOTTOM``.
         fd_lambda, fd_classes, fd_min_ratio: ``UDA.FD.*``.
+        fd_feature: ``UDA.FD.FEATURE``, the backbone map of the feature distance ("" = the deepest, i.e. the
+            smallest map; res5 of MiT).
         num_classes, ignore_value: label space.
         amp_dtype: None (float32) or ``torch.bfloat16`` / ``torch.float16`` for autocast.
         grad_scaler: ``torch.amp.GradScaler`` for float16, else None.
@@ -109,6 +111,7 @@ class DACSStepTrainer(SimpleTrainer):
         fd_lambda: float = 0.005,
         fd_classes: Sequence[int] = (6, 7, 11, 12, 13, 14, 15, 16, 17, 18),
         fd_min_ratio: float = 0.75,
+        fd_feature: str = "",
         num_classes: int = 19,
         ignore_value: int = 255,
         amp_dtype: Optional[torch.dtype] = None,
@@ -132,6 +135,7 @@ class DACSStepTrainer(SimpleTrainer):
         self.fd_lambda = fd_lambda
         self.fd_classes = list(fd_classes)
         self.fd_min_ratio = fd_min_ratio
+        self.fd_feature = fd_feature
         self.num_classes = num_classes
         self.ignore_value = ignore_value
         self.amp_dtype = amp_dtype
@@ -178,6 +182,7 @@ class DACSStepTrainer(SimpleTrainer):
             fd_lambda=cfg.UDA.FD.LAMBDA,
             fd_classes=cfg.UDA.FD.CLASSES,
             fd_min_ratio=cfg.UDA.FD.SCALE_MIN_RATIO,
+            fd_feature=cfg.UDA.FD.FEATURE,
             num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             amp_dtype=amp_dtype,
@@ -272,13 +277,17 @@ class DACSStepTrainer(SimpleTrainer):
     def _feature_distance(
         self, source_images: torch.Tensor, source_labels: torch.Tensor, features: Dict[str, torch.Tensor]
     ) -> Tuple[torch.Tensor, int]:
-        """ImageNet feature distance on the last feature level (step 5)."""
+        """ImageNet feature distance on the map ``fd_feature`` (default: the deepest) (step 5)."""
         self.imnet_model.eval()
         with torch.no_grad(), self._autocast():
             imnet_features = self.imnet_model.extract_features(source_images)
-        last = list(features.keys())[-1]
+        name = self.fd_feature
+        if not name:  # the smallest map, the last of equal size (res5 of MiT: the original's last level)
+            name = min(reversed(list(features)), key=lambda k: features[k].shape[-2] * features[k].shape[-1])
+        elif name not in features:
+            raise KeyError(f"UDA.FD.FEATURE={name!r} is not a backbone output; the backbone returns {list(features)}")
         return imnet_feature_distance_loss(
-            features[last].float(), imnet_features[last].float(), source_labels, self.fd_classes, self.num_classes,
+            features[name].float(), imnet_features[name].float(), source_labels, self.fd_classes, self.num_classes,
             self.fd_min_ratio, self.fd_lambda, self.ignore_value)
 
     def _self_training(
