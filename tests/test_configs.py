@@ -106,3 +106,12 @@ def test_dinov2_configs_use_vfm_uda_optimizer_settings():
         assert sorted(cfg.MODEL.HRDA.SCALES) == [0.5, 1.0] and list(cfg.MODEL.HRDA.HR_CROP_SIZE) == [512, 512]
         assert cfg.UDA.FD.FEATURE == "vit_tokens" and cfg.UDA.FD.LAMBDA == 0.0
     assert load("gtaHR2csHR_hrda_dinov2_vitl.yaml").MODEL.TIMM.CHECKPOINT_ACTIVATIONS
+
+
+def test_dinov2_mic_configs_are_the_dinov2_configs_plus_mic():
+    for size in ("vitb", "vitl"):
+        mic, hrda = load(f"gtaHR2csHR_mic_hrda_dinov2_{size}.yaml"), load(f"gtaHR2csHR_hrda_dinov2_{size}.yaml")
+        assert mic.UDA.MIC.ENABLED and not hrda.UDA.MIC.ENABLED
+        assert (mic.UDA.MIC.MODE, mic.UDA.MIC.MASK_RATIO, mic.UDA.MIC.BLOCK_SIZE, mic.UDA.MIC.LAMBDA) == (
+            "separatetrgaug", 0.7, 64, 1.0)
+        assert mic.MODEL.TIMM.NAME == hrda.MODEL.TIMM.NAME and mic.SOLVER.BASE_LR == hrda.SOLVER.BASE_LR
