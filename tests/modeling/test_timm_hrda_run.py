@@ -24,6 +24,7 @@ import torch
 from hrda_d2.data.preparation import prepare_cityscapes, prepare_gta
 from hrda_d2.data.synthetic import generate_synthetic_datasets
 from tests.helpers.paths import REPO_ROOT
+from tests.helpers.training import SMALL_OPTS
 
 pytestmark = pytest.mark.slow
 
@@ -31,14 +32,7 @@ REPO = REPO_ROOT
 TRAIN_NET = str(REPO / "tools" / "train_net.py")
 CONFIG = str(REPO / "configs" / "demo_hrda.yaml")
 ITERS = 4
-OPTS = [
-    # the generated 64 x 128 images: 64 x 64 crops, detail crops / HR tiles 32 x 32, test windows 64 x 64
-    "INPUT.SOURCE.SCALE", "[128, 64]", "INPUT.SOURCE.CROP_SIZE", "[64, 64]",
-    "INPUT.TARGET.SCALE", "[128, 64]", "INPUT.TARGET.CROP_SIZE", "[64, 64]",
-    "INPUT.TARGET.VALID_MASK_SIZE", "[64, 128]", "INPUT.TARGET.PSEUDO_MARGINS", "[2, 8, 2, 2]",
-    "INPUT.TEST.SCALE", "[128, 64]", "MODEL.HRDA.HR_CROP_SIZE", "[32, 32]",
-    "TEST.SLIDE.CROP_SIZE", "[64, 64]", "TEST.SLIDE.STRIDE", "[32, 32]",
-    "DATASETS.RCS.MIN_PIXELS", "1", "DATALOADER.NUM_WORKERS", "0",
+OPTS = SMALL_OPTS + ["TEST.SLIDE.STRIDE", "[32, 32]"] + [  # overlapping test windows
     # the backbone under test
     "MODEL.BACKBONE.NAME", "build_timm_backbone", "MODEL.TIMM.NAME", "vit_small_patch14_dinov2",
     "MODEL.TIMM.DROP_PATH_RATE", "0.1", "MODEL.TIMM.IMG_SIZE", "[32, 32]", "MODEL.TIMM.PYRAMID_CHANNELS", "64",
