@@ -73,6 +73,9 @@ def _add_test_config(cfg: CN) -> None:
     cfg.TEST.SLIDE.CROP_SIZE = [1024, 1024]
     cfg.TEST.SLIDE.STRIDE = [512, 512]
     cfg.TEST.SLIDE.BATCHED = True
+    # compute each HR detail tile shared by overlapping test windows once (exact; only with eval-mode
+    # BatchNorm, i.e. at test time); False = every window runs all of its tiles, as the original does
+    cfg.TEST.SLIDE.REUSE_HR_TILES = True
     # which weights --eval-only evaluates: "student" (as the original test script) or "teacher"
     cfg.TEST.WEIGHTS_SOURCE = "student"
     # also report mIoU16 (Synthia's 16 classes) in evaluations (Synthia-source configs)
