@@ -26,7 +26,9 @@ have ``requires_grad=False``.
 Metrics: the loss terms go through Detectron2's ``write_metrics`` (``total_loss`` = their sum); accuracies,
 the pseudo-label confidence fraction, the EMA coefficient and the number of feature-distance cells are
 written to the event storage as non-loss scalars. A non-finite loss term stops training with a
-``FloatingPointError`` naming the term and the iteration.
+``FloatingPointError`` naming the term and the iteration. Reading a value on the host waits for the device,
+so both happen only every ``metrics_period`` iterations (SOLVER.METRICS_PERIOD) and at the last one; in
+between the step queues its work without a single host synchronisation.
 """
 from __future__ import annotations
 
@@ -87,6 +89,8 @@ class DACSTrainer(SimpleTrainer):
         grad_scaler: ``torch.amp.GradScaler`` for float16, else None.
         debug_interval: every this many iterations the step keeps its tensors in ``last_visuals`` for the
             debug-image hook (0 = never).
+        metrics_period: losses / metrics are read, checked for finiteness and written every this many
+            iterations (1 = every iteration), and at iteration ``max_iter - 1`` when ``max_iter`` is given.
     """
 
     def __init__(
@@ -110,6 +114,8 @@ class DACSTrainer(SimpleTrainer):
         amp_dtype: Optional[torch.dtype] = None,
         grad_scaler: Optional[torch.amp.GradScaler] = None,
         debug_interval: int = 0,
+        metrics_period: int = 1,
+        max_iter: Optional[int] = None,
     ) -> None:
         super().__init__(model, data_loader, optimizer)
         if teacher is not None and strong_augmentation is None:
@@ -129,6 +135,9 @@ class DACSTrainer(SimpleTrainer):
         self.amp_dtype = amp_dtype
         self.grad_scaler = grad_scaler
         self.debug_interval = debug_interval
+        self.metrics_period = max(int(metrics_period), 1)
+        self.max_iter = max_iter
+        self._metrics_step = True
         self.last_visuals: Optional[DACSStepVisuals] = None
         self._pending_rng_states: Optional[Dict[str, Any]] = None
         for frozen in (teacher, self.imnet_model):
@@ -150,7 +159,13 @@ class DACSTrainer(SimpleTrainer):
             return nullcontext()
         return torch.autocast(device_type=self.student.device.type, dtype=self.amp_dtype)
 
+    def _is_metrics_step(self) -> bool:
+        last = self.max_iter is not None and self.iter + 1 >= self.max_iter
+        return last or (self.iter + 1) % self.metrics_period == 0
+
     def _check_finite(self, losses: Dict[str, torch.Tensor]) -> None:
+        if not self._metrics_step:  # reading the losses would synchronise with the device
+            return
         for name, value in losses.items():
             if not torch.isfinite(value).all():
                 raise FloatingPointError(
@@ -185,7 +200,8 @@ class DACSTrainer(SimpleTrainer):
         student = self.student
         device = student.device
         self.optimizer.zero_grad(set_to_none=True)
-        metrics: Dict[str, float] = {}
+        self._metrics_step = self._is_metrics_step()
+        metrics: Dict[str, Any] = {}  # tensors stay on the device until a metrics step reads them
 
         # 1. EMA teacher update (start of the step), 2. augmentation decisions
         if self.uda_enabled:
@@ -198,11 +214,11 @@ class DACSTrainer(SimpleTrainer):
         with self._autocast():
             src_losses, src_out = self.model(images=src_images, sem_seg=src_labels, return_outputs=True)
         loss_dict = {f"loss_src_{k[len('loss_'):]}": v for k, v in src_losses.items()}
-        metrics.update({f"src_{k}": float(v) for k, v in src_out.metrics.items()})
+        metrics.update({f"src_{k}": v for k, v in src_out.metrics.items()})
         if self.uda_enabled and self.imnet_model is not None:
             fd_loss, num_cells = self._feature_distance(src_images, src_labels, src_out.features)
             loss_dict["loss_imnet_feat_dist"] = fd_loss
-            metrics["imnet_fd_cells"] = float(num_cells)
+            metrics["imnet_fd_cells"] = num_cells
         self._check_finite(loss_dict)
         self._backward(sum(loss_dict.values()))
 
@@ -218,8 +234,9 @@ class DACSTrainer(SimpleTrainer):
                 self.last_visuals = visuals
 
         self.after_backward()
-        self._write_metrics(loss_dict, data_time)
-        get_event_storage().put_scalars(**metrics)
+        if self._metrics_step:
+            self._write_metrics(loss_dict, data_time)
+            get_event_storage().put_scalars(**{k: float(v) for k, v in metrics.items()})
         self._optimizer_step()
 
     def _feature_distance(
@@ -241,7 +258,7 @@ class DACSTrainer(SimpleTrainer):
         src_images: torch.Tensor,
         src_labels: torch.Tensor,
         draws,
-    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, float], Optional[DACSStepVisuals]]:
+    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any], Optional[DACSStepVisuals]]:
         """Steps 5-7: pseudo-labels, ClassMix, strong augmentation, mixed forward."""
         device = src_images.device
         student = self.student
@@ -263,9 +280,9 @@ class DACSTrainer(SimpleTrainer):
             mix_losses, mix_out = self.model(
                 images=mixed_images, sem_seg=mixed_labels, weight=mixed_weight, return_outputs=True)
         losses = {f"loss_mix_{k[len('loss_'):]}": v for k, v in mix_losses.items()}
-        metrics = {f"mix_{k}": float(v) for k, v in mix_out.metrics.items()}
+        metrics = {f"mix_{k}": v for k, v in mix_out.metrics.items()}
         # the weight is one scalar (the confident fraction) wherever the margin mask is 1
-        metrics["pseudo_confident_fraction"] = float(pseudo_weight.max())
+        metrics["pseudo_confident_fraction"] = pseudo_weight.max()
 
         visuals = None
         if self.debug_interval > 0 and self.iter % self.debug_interval == 0:

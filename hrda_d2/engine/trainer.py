@@ -124,6 +124,8 @@ class HRDATrainer(DefaultTrainer):
             amp_dtype=amp_dtype,
             grad_scaler=grad_scaler,
             debug_interval=cfg.UDA.DEBUG_IMG_INTERVAL if uda else 0,
+            metrics_period=cfg.SOLVER.METRICS_PERIOD,
+            max_iter=cfg.SOLVER.MAX_ITER,
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         checkpointables = {"trainer": weakref.proxy(self)}

@@ -302,9 +302,11 @@ class HRDA(nn.Module):
     ) -> _ScaleOutputs:
         """Head calls in the original order (context, detail, attention), then ``fuse_scales``. ``hr_input``
         is the detail crop's features, the HR tiles' features, or already decoded HR logits."""
-        lr_logits = self.sem_seg_head(lr_features)
-        hr_logits = self._decode_hr(hr_input, lr_logits.shape[0])
+        # the fusion runs in float32 (cheap, stride-4 element-wise ops), also under bf16/fp16 autocast
+        lr_logits = self.sem_seg_head(lr_features).float()
+        hr_logits = self._decode_hr(hr_input, lr_logits.shape[0]).float()
         attention = self._attention(lr_features)
+        attention = attention.float() if isinstance(attention, Tensor) else attention
         fusion = fuse_scales(
             lr_logits,
             hr_logits,
