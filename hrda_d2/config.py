@@ -33,6 +33,9 @@ def _add_model_config(cfg: CN) -> None:
     cfg.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]
     cfg.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]
     cfg.MODEL.BACKBONE.NAME = "build_mit_backbone"
+    # torch.compile the backbone and the decode heads (in place: same parameter names); the first
+    # iteration / each new input shape pays the compile time. Off by default
+    cfg.MODEL.COMPILE = False
 
     cfg.MODEL.MIT = CN()
     cfg.MODEL.MIT.VARIANT = "mit_b5"  # mit_b0 ... mit_b5

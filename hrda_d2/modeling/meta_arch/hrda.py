@@ -108,6 +108,7 @@ class HRDA(nn.Module):
         test_stride: Sequence[int] = (512, 512),
         test_batched: bool = True,
         reuse_hr_tiles: bool = True,
+        compile_modules: bool = False,
     ):
         """
         Args:
@@ -132,6 +133,8 @@ class HRDA(nn.Module):
             test_batched: all test windows in one batch (else one window at a time).
             reuse_hr_tiles: slide inference computes each distinct HR tile of the overlapping windows once
                 (exact, see ``slide_inference``); False runs every window's tiles as the original does.
+            compile_modules: ``torch.compile`` the backbone and the heads in place (``nn.Module.compile``:
+                parameter names and checkpoints unchanged); each new input shape compiles once.
         """
         super().__init__()
         scales = sorted(float(s) for s in scales)
@@ -182,6 +185,10 @@ class HRDA(nn.Module):
                 raise ValueError("MODEL.HRDA.HR_SLIDE_INFERENCE needs MODEL.HRDA.HR_CROP_SIZE (the tile size)")
         elif scale_attention is not None:
             raise ValueError("a scale-attention head is only used with two scales (MODEL.HRDA.SCALES)")
+        if compile_modules:
+            for module in (self.backbone, self.sem_seg_head, self.scale_attention):
+                if module is not None:
+                    module.compile()
 
     @classmethod
     def from_config(cls, cfg):
@@ -227,6 +234,7 @@ class HRDA(nn.Module):
             "test_stride": list(cfg.TEST.SLIDE.STRIDE),
             "test_batched": cfg.TEST.SLIDE.BATCHED,
             "reuse_hr_tiles": cfg.TEST.SLIDE.REUSE_HR_TILES,
+            "compile_modules": cfg.MODEL.COMPILE,
         }
 
     # ------------------------------------------------------------------------------------------------------
