@@ -141,10 +141,10 @@ class Memory:
 def build_cfg(base: Optional[str], tiny: bool, variant: str, opts: Sequence[str], device: str):
     from hrda_d2.config import load_config
 
-    overrides = (TINY_OPTS if tiny else []) + _OFF + VARIANTS[variant]["opts"] + list(opts)
-    overrides += ["MODEL.DEVICE", device, "MODEL.WEIGHTS", "", "SOLVER.METRICS_PERIOD", str(10**9),
-                  "SOLVER.MAX_ITER", str(10**9), "UDA.DEBUG_IMG_INTERVAL", "0", "TEST.EVAL_PERIOD", "0",
-                  "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", tempfile.mkdtemp(prefix="hrda_bench_")]
+    fixed = ["MODEL.DEVICE", device, "MODEL.WEIGHTS", "", "SOLVER.METRICS_PERIOD", str(10**9),
+             "SOLVER.MAX_ITER", str(10**9), "UDA.DEBUG_IMG_INTERVAL", "0", "TEST.EVAL_PERIOD", "0",
+             "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", tempfile.mkdtemp(prefix="hrda_bench_")]
+    overrides = fixed + (TINY_OPTS if tiny else []) + _OFF + VARIANTS[variant]["opts"] + list(opts)
     return load_config(base or str(PAPER_CONFIG), overrides, freeze=True)
 
 
@@ -208,25 +208,31 @@ def _dacs_module():
     return dacs_trainer
 
 
-def phase_train(cfg, args) -> Dict[str, Any]:
+def synthetic_trainer(cfg):
+    """The project's trainer (``HRDATrainer``) on synthetic data, without hooks (no evaluation, no periodic
+    checkpoints): iteration ``i`` gets synthetic batch ``i % 2``, also after a resume."""
     import torch
-    from detectron2.utils.events import EventStorage
 
     from hrda_d2.engine.trainer import HRDATrainer
 
-    class BenchTrainer(HRDATrainer):
-        """The project's trainer on synthetic data, without hooks (no evaluation, no checkpoints)."""
-
+    class SyntheticTrainer(HRDATrainer):
         @classmethod
         def build_train_loader(cls, cfg, start_iter: int = 0):
             g = torch.Generator().manual_seed(0)
-            return itertools.cycle([(synthetic_batch(cfg, "source", g), synthetic_batch(cfg, "target", g))
-                                    for _ in range(2)])
+            pairs = [(synthetic_batch(cfg, "source", g), synthetic_batch(cfg, "target", g)) for _ in range(2)]
+            return itertools.islice(itertools.cycle(pairs), start_iter % 2, None)
 
         def build_hooks(self):
             return []
 
-    trainer = BenchTrainer(cfg)
+    return SyntheticTrainer(cfg)
+
+
+def phase_train(cfg, args) -> Dict[str, Any]:
+    import torch
+    from detectron2.utils.events import EventStorage
+
+    trainer = synthetic_trainer(cfg)
     step = trainer._trainer
     device = step.student.device
     memory = Memory(device)
@@ -249,10 +255,17 @@ def phase_train(cfg, args) -> Dict[str, Any]:
     dacs.ema_update_ = timed(dacs.ema_update_, "ema0", "ema1")
     dacs.class_mix_masks = timed(dacs.class_mix_masks, "mix0")
     step.teacher.generate_pseudo_label = timed(step.teacher.generate_pseudo_label, "pl0")
-    step.strong_augmentation = timed(step.strong_augmentation, "aug0", "aug1")
+    student_forward = step.student.forward
+
+    def forward(*a, **k):
+        if "weight" in k:  # the mixed forward
+            mark("mixed0")
+        return student_forward(*a, **k)
+
+    step.student.forward = forward
     step._optimizer_step = timed(step._optimizer_step, "opt0", "opt1")
     stages = {"ema": ("ema0", "ema1"), "source_fwd_bwd": ("ema1", "pl0"), "pseudo_labels": ("pl0", "mix0"),
-              "mix_augment": ("mix0", "aug1"), "mixed_fwd_bwd": ("aug1", "opt0"), "optimizer": ("opt0", "opt1")}
+              "mix_augment": ("mix0", "mixed0"), "mixed_fwd_bwd": ("mixed0", "opt0"), "optimizer": ("opt0", "opt1")}
 
     times: List[float] = []
     first = None
