@@ -4,23 +4,15 @@ import copy
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
+from tiny_configs import small_input_hrda_cfg
 
 import hrda_d2.modeling.activation_checkpointing as ac
-from hrda_d2 import add_hrda_config
 
 
 def tiny_model(**overrides):
-    cfg = add_hrda_config(get_cfg())
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.MIT.VARIANT = "mit_b0"
-    cfg.MODEL.MIT.DROP_PATH_RATE = 0.3  # drop-path and Dropout2d on: the recomputation must reuse the masks
-    cfg.MODEL.SEM_SEG_HEAD.EMBED_DIM = 32
-    cfg.MODEL.SEM_SEG_HEAD.DROPOUT = 0.3
-    cfg.MODEL.HRDA.ATTENTION_EMBED_DIM = 16
-    cfg.MODEL.HRDA.HR_CROP_SIZE = [64, 64]
-    cfg.merge_from_list([x for kv in overrides.items() for x in kv])
+    # drop-path and Dropout2d on: the recomputation must reuse the masks
+    cfg = small_input_hrda_cfg(**{"MODEL.MIT.DROP_PATH_RATE": 0.3, "MODEL.SEM_SEG_HEAD.DROPOUT": 0.3, **overrides})
     return build_model(cfg).train()
 
 
@@ -72,8 +64,7 @@ def test_checkpointed_training_step_equals_plain(head):
 
 
 def test_no_checkpointing_without_autograd_or_in_eval():
-    model = tiny_model(**{"MODEL.MIT.CHECKPOINT_ACTIVATIONS": True,
-                          "MODEL.SEM_SEG_HEAD.CHECKPOINT_ACTIVATIONS": True})
+    model = tiny_model(**{"MODEL.MIT.CHECKPOINT_ACTIVATIONS": True, "MODEL.SEM_SEG_HEAD.CHECKPOINT_ACTIVATIONS": True})
     assert model.backbone.checkpoint_activations and model.scale_attention.checkpoint_activations
     original, calls = ac.checkpoint, []
     ac.checkpoint = lambda *a, **k: calls.append(1) or original(*a, **k)

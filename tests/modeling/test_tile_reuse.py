@@ -6,10 +6,9 @@ tests/test_hrda_reference.py pins to the original) on a tiny MiT-b0 HRDA in eval
 """
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
+from tiny_configs import small_input_hrda_cfg
 
-from hrda_d2 import add_hrda_config
 from hrda_d2.modeling.meta_arch.tile_reuse import shared_tile_plan
 
 
@@ -51,19 +50,6 @@ def test_unaligned_windows_share_only_identical_boxes():
     assert all(len({i for i, _ in e}) == len(e) for e in small.window_tiles)
 
 
-def tiny_cfg(**overrides):
-    cfg = add_hrda_config(get_cfg())
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.MIT.VARIANT = "mit_b0"
-    cfg.MODEL.SEM_SEG_HEAD.EMBED_DIM = 32
-    cfg.MODEL.HRDA.ATTENTION_EMBED_DIM = 16
-    cfg.MODEL.HRDA.HR_CROP_SIZE = [64, 64]
-    cfg.TEST.SLIDE.CROP_SIZE = [128, 128]
-    cfg.TEST.SLIDE.STRIDE = [64, 64]
-    cfg.merge_from_list([x for kv in overrides.items() for x in kv])
-    return cfg
-
-
 def _randomise_bn(model):
     """Non-trivial running statistics, so that eval-mode BN is not the identity."""
     g = torch.Generator().manual_seed(5)
@@ -76,7 +62,7 @@ def _randomise_bn(model):
 @pytest.mark.parametrize("batched", [True, False])
 @pytest.mark.parametrize("hw", [(128, 256), (150, 230)])  # on the tile grid / shifted last windows
 def test_shared_tiles_equal_per_window_computation(batched, hw):
-    model = build_model(tiny_cfg(**{"TEST.SLIDE.BATCHED": batched})).eval()
+    model = build_model(small_input_hrda_cfg(**{"TEST.SLIDE.BATCHED": batched})).eval()
     _randomise_bn(model)
     images = torch.randn(2, 3, *hw)
     calls = []
@@ -100,10 +86,10 @@ def test_shared_tiles_equal_per_window_computation(batched, hw):
 
 
 def test_no_reuse_with_train_mode_batch_norm_or_blur():
-    model = build_model(tiny_cfg()).train()
+    model = build_model(small_input_hrda_cfg()).train()
     assert not model.tiles_can_be_shared  # BN on batch statistics: tiles depend on their batch
     model.eval()
     assert model.tiles_can_be_shared
     model.blur_hr_crop = True
     assert not model.tiles_can_be_shared
-    assert build_model(tiny_cfg(**{"TEST.SLIDE.REUSE_HR_TILES": False})).eval().tiles_can_be_shared is False
+    assert build_model(small_input_hrda_cfg(**{"TEST.SLIDE.REUSE_HR_TILES": False})).eval().tiles_can_be_shared is False

@@ -13,34 +13,20 @@ import itertools
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
+from tiny_configs import small_input_hrda_cfg
 
-from hrda_d2 import add_hrda_config
 from hrda_d2.engine.dacs_trainer import DACSTrainer
 
 ARGMAX_AGREEMENT = {"slide_inference": 0.99, "pseudo_label": 0.985}  # measured 99.42 % / 99.03 %
 MAX_PROB_DIFF = 0.05  # measured 0.028 / 0.031
 
 
-def tiny_cfg(**overrides):
-    cfg = add_hrda_config(get_cfg())
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.MIT.VARIANT = "mit_b0"
-    cfg.MODEL.SEM_SEG_HEAD.EMBED_DIM = 32
-    cfg.MODEL.HRDA.ATTENTION_EMBED_DIM = 16
-    cfg.MODEL.HRDA.HR_CROP_SIZE = [64, 64]
-    cfg.TEST.SLIDE.CROP_SIZE = [128, 128]
-    cfg.TEST.SLIDE.STRIDE = [64, 64]
-    cfg.merge_from_list([x for kv in overrides.items() for x in kv])
-    return cfg
-
-
 def confident_model():
     """Random weights with a classifier scaled up, so that predictions are not near-ties everywhere (as in a
     trained model); with the N(0, 0.01) init every pixel is an almost uniform tie that bf16 flips at random."""
-    model = build_model(tiny_cfg())
+    model = build_model(small_input_hrda_cfg())
     with torch.no_grad():
         model.sem_seg_head.conv_seg.weight.mul_(100.0)
     return model
@@ -90,7 +76,7 @@ def source_only_trainer(model, metrics_period=1, max_iter=None, amp_dtype=None, 
 
 
 def test_grad_scaler_state_is_checkpointed_and_restored():
-    model = build_model(tiny_cfg()).train()
+    model = build_model(small_input_hrda_cfg()).train()
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=1)
     trainer = source_only_trainer(model, amp_dtype=torch.float16, grad_scaler=scaler)
     with EventStorage(0):
@@ -100,13 +86,13 @@ def test_grad_scaler_state_is_checkpointed_and_restored():
     state = trainer.state_dict()
     assert state["grad_scaler"]["scale"] == scaler.get_scale() != 2.0 ** 10  # grew (or backed off)
     fresh_scaler = torch.amp.GradScaler("cpu")
-    fresh = source_only_trainer(build_model(tiny_cfg()).train(), amp_dtype=torch.float16, grad_scaler=fresh_scaler)
+    fresh = source_only_trainer(build_model(small_input_hrda_cfg()).train(), amp_dtype=torch.float16, grad_scaler=fresh_scaler)
     fresh.load_state_dict(state)
     assert fresh_scaler.state_dict() == scaler.state_dict()
 
 
 def test_no_host_reads_between_metrics_steps(monkeypatch):
-    model = build_model(tiny_cfg()).train()
+    model = build_model(small_input_hrda_cfg()).train()
     trainer = source_only_trainer(model, metrics_period=3, max_iter=5)
     reads = []
     for name in ("item", "__float__", "__bool__", "tolist"):
@@ -131,7 +117,7 @@ def test_no_host_reads_between_metrics_steps(monkeypatch):
 
 
 def test_metrics_period_one_reads_every_iteration():
-    trainer = source_only_trainer(build_model(tiny_cfg()).train(), metrics_period=1)
+    trainer = source_only_trainer(build_model(small_input_hrda_cfg()).train(), metrics_period=1)
     with EventStorage(0) as storage:
         for it in itertools.islice(itertools.count(), 2):
             trainer.iter = storage.iter = it
