@@ -18,8 +18,9 @@ size of that process; CUDA: ``torch.cuda.max_memory_allocated``). Phases:
 * ``infer``: slide inference (TEST.SLIDE windows, the test image of --image-size) and whole-image inference,
   images/s over --infer-runs runs after one warm-up.
 * ``fwdbwd``: ONE student training forward/backward with a fixed detail crop (train mode: dropout and
-  drop-path on), its time and how much it grows the peak memory over the memory before it; a per-parameter
-  gradient-norm fingerprint checks that a variant's gradients equal the baseline's.
+  drop-path on) and how much it grows the peak memory over the memory before it; then the median time of
+  --iters more such steps; a per-parameter gradient-norm fingerprint of the first step checks that a
+  variant's gradients equal the baseline's.
 
 FLOPs are counted with fvcore's ``FlopCountAnalysis`` (one multiply-add = one FLOP, fvcore's convention;
 ``F.scaled_dot_product_attention`` is counted as its two matrix products). Training FLOPs per iteration are
@@ -371,7 +372,8 @@ def phase_fwdbwd(cfg, args) -> Dict[str, Any]:
     first = step()
     peak = memory.peak_mb()
     fingerprint = [float(p.grad.double().norm()) for p in model.parameters()]
-    return {"first_s": first, "s": step(), "before_mb": before, "peak_mb": peak, "growth_mb": peak - before,
+    seconds = statistics.median(step() for _ in range(args.iters))
+    return {"first_s": first, "s": seconds, "before_mb": before, "peak_mb": peak, "growth_mb": peak - before,
             "grad_norms": fingerprint}
 
 
