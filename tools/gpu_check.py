@@ -161,6 +161,7 @@ def amp_losses() -> Dict[str, Any]:
 @check
 def fp16_resume() -> Dict[str, Any]:
     import torch
+    from detectron2.utils.env import seed_all_rng
 
     torch.use_deterministic_algorithms(True, warn_only=True)  # bilinear backward has no deterministic kernel
     bench = _benchmark_module()
@@ -169,7 +170,7 @@ def fp16_resume() -> Dict[str, Any]:
             def trainer(max_iter: int, out: str):
                 cfg = tiny_cfg("SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.DTYPE", "float16",
                                "SOLVER.MAX_ITER", str(max_iter), "OUTPUT_DIR", out)
-                torch.manual_seed(0)
+                seed_all_rng(cfg.SEED)  # Python, NumPy and torch: the same crops / mixing in both runs
                 return bench.synthetic_trainer(cfg)
 
             straight = trainer(2, f"{tmp}/straight")
@@ -238,7 +239,10 @@ def run_benchmark(args) -> Dict[str, Any]:
         cmd = [sys.executable, str(Path(__file__).with_name("benchmark.py")), "--device", "cuda",
                "--variants", args.variants, "--phases", "train,infer", "--iters", str(args.iters),
                "--warmup", "2", "--infer-runs", "3", "--json", str(out), "--timeout", str(args.benchmark_timeout)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.benchmark_timeout * 8)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.benchmark_timeout * 8)
+        except subprocess.TimeoutExpired:
+            return {"passed": False, "error": f"benchmark timed out after {args.benchmark_timeout * 8:g} s"}
         print(proc.stdout)
         if proc.returncode != 0:
             print(proc.stderr[-4000:], file=sys.stderr)

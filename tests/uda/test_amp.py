@@ -86,7 +86,8 @@ def test_grad_scaler_state_is_checkpointed_and_restored():
     state = trainer.state_dict()
     assert state["grad_scaler"]["scale"] == scaler.get_scale() != 2.0 ** 10  # grew (or backed off)
     fresh_scaler = torch.amp.GradScaler("cpu")
-    fresh = source_only_trainer(build_model(small_input_hrda_cfg()).train(), amp_dtype=torch.float16, grad_scaler=fresh_scaler)
+    fresh = source_only_trainer(build_model(small_input_hrda_cfg()).train(), amp_dtype=torch.float16,
+                                grad_scaler=fresh_scaler)
     fresh.load_state_dict(state)
     assert fresh_scaler.state_dict() == scaler.state_dict()
 
