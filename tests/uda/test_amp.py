@@ -5,7 +5,8 @@
   |delta prob| is bounded (both printed with -s). Measured (torch 2.14 CPU): slide inference 99.42 %,
   max |delta prob| 0.028; pseudo-labels 99.03 %, 0.031. Random weights put many pixels near a class tie
   (an effect of the weights, not of where the project casts: with the heads or the stem in float32 the
-  agreement moves by < 0.2 points), so the issue's 99.5 % target for a trained model is not asserted here;
+  agreement moves by < 0.2 points). The 99.5 % target is asserted on a tiny model trained for 80 steps on a
+  learnable synthetic task (slow test; measured 99.73 % / max |delta prob| 0.0024 in slide inference);
 * the fp16 GradScaler's state is part of the trainer's checkpoint state and restored on resume;
 * between metrics steps the DACS step reads no tensor on the host (no ``item`` / ``float(tensor)``).
 """
@@ -13,6 +14,7 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from tiny_configs import small_input_hrda_cfg
@@ -60,6 +62,36 @@ def test_bfloat16_agrees_with_float32(path):
     agreement, prob_diff = compare(fp32, bf16.float() if bf16.dtype != torch.float32 else bf16)
     assert agreement >= ARGMAX_AGREEMENT[path], f"{path}: argmax agreement {agreement:.4%}"
     assert prob_diff <= MAX_PROB_DIFF, f"{path}: max |delta prob| {prob_diff:.4f}"
+
+
+def synthetic_segmentation(generator, colours, n=2, hw=(128, 192)):
+    """Images whose pixels are a per-class colour plus noise, on a blocky random class map (learnable)."""
+    classes = torch.randint(0, 19, (n, hw[0] // 16, hw[1] // 16), generator=generator)
+    labels = F.interpolate(classes[:, None].float(), size=hw, mode="nearest")[:, 0].long()
+    images = colours[labels].permute(0, 3, 1, 2) + 0.3 * torch.randn(n, 3, *hw, generator=generator)
+    return images, labels
+
+
+@pytest.mark.slow
+def test_bfloat16_agreement_of_a_trained_tiny_model():
+    model = build_model(small_input_hrda_cfg(**{"MODEL.MIT.DROP_PATH_RATE": 0.0})).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(0)
+    colours = torch.rand(19, 3, generator=torch.Generator().manual_seed(7)) * 4 - 2
+    for _ in range(80):
+        images, labels = synthetic_segmentation(g, colours)
+        optimizer.zero_grad()
+        sum(model.forward_train(images, labels).values()).backward()
+        optimizer.step()
+    images, labels = synthetic_segmentation(torch.Generator().manual_seed(5), colours)
+    model.eval()
+    with torch.no_grad():
+        fp32 = model.slide_inference(images)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model.slide_inference(images)
+    assert (fp32.argmax(1) == labels).float().mean() > 0.5  # it learned something: predictions are not ties
+    agreement, prob_diff = compare(fp32, bf16)
+    assert agreement >= 0.995 and prob_diff <= 0.02, (agreement, prob_diff)
 
 
 def source_only_trainer(model, metrics_period=1, max_iter=None, amp_dtype=None, grad_scaler=None):
