@@ -1,7 +1,7 @@
 # hrda_d2 — the two set-up commands are `make demo` and `make test`; both create the environment on
 # first use (scripts/setup_env.sh: a cached virtual environment keyed by the requirements' hash,
 # linked as ./.venv).
-.PHONY: env test test-all demo clean-env
+.PHONY: env test test-all demo clean-env gpu-check
 
 PY := .venv/bin/python
 
@@ -20,3 +20,9 @@ demo: env
 
 clean-env:
 	rm -f .venv
+
+# CUDA machine only: GPU correctness checks + paper-size benchmark (tools/gpu_check.py; JSON report
+# gpu_check_report.json). Uses the existing environment and installs nothing; exits 2 without a GPU.
+gpu-check:
+	@test -x $(PY) || { echo "gpu-check: $(PY) not found; create the environment first (make env)"; exit 2; }
+	$(PY) tools/gpu_check.py $(GPU_CHECK_ARGS)

@@ -34,11 +34,17 @@ def _add_model_config(cfg: CN) -> None:
     cfg.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]
     cfg.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]
     cfg.MODEL.BACKBONE.NAME = "build_mit_backbone"
+    # torch.compile the backbone and the decode heads (in place: same parameter names); the first
+    # iteration / each new input shape pays the compile time. Off by default
+    cfg.MODEL.COMPILE = False
 
     cfg.MODEL.MIT = CN()
     cfg.MODEL.MIT.VARIANT = "mit_b5"  # mit_b0 ... mit_b5
     cfg.MODEL.MIT.DROP_PATH_RATE = 0.1
     cfg.MODEL.MIT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    # recompute each transformer block's activations in the backward pass of training forwards instead of
+    # storing them: exact (same gradients, same dropout / drop-path masks), less memory, ~1 extra forward
+    cfg.MODEL.MIT.CHECKPOINT_ACTIVATIONS = False
 
     # MODEL.BACKBONE.NAME "build_timm_backbone": a timm model with outputs res2..res5 (strides 4..32)
     cfg.MODEL.TIMM = CN()
@@ -69,6 +75,8 @@ def _add_model_config(cfg: CN) -> None:
     cfg.MODEL.SEM_SEG_HEAD.NORM = "BN"
     # loss weight of the plain (single-scale) DAFormer model; HRDA uses its own weights below
     cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 1.0
+    # the same for the decode heads (main and scale-attention head; BN running statistics stay exact)
+    cfg.MODEL.SEM_SEG_HEAD.CHECKPOINT_ACTIVATIONS = False
 
     cfg.MODEL.HRDA = CN()
     cfg.MODEL.HRDA.SCALES = [1.0, 0.5]  # [1.0] = plain single-scale DAFormer
@@ -91,6 +99,9 @@ def _add_test_config(cfg: CN) -> None:
     cfg.TEST.SLIDE.CROP_SIZE = [1024, 1024]
     cfg.TEST.SLIDE.STRIDE = [512, 512]
     cfg.TEST.SLIDE.BATCHED = True
+    # compute each HR detail tile shared by overlapping test windows once (exact; only with eval-mode
+    # BatchNorm, i.e. at test time); False = every window runs all of its tiles, as the original does
+    cfg.TEST.SLIDE.REUSE_HR_TILES = True
     # which weights --eval-only evaluates: "student" (as the original test script) or "teacher"
     cfg.TEST.WEIGHTS_SOURCE = "student"
     # also report mIoU16 (Synthia's 16 classes) in evaluations (Synthia-source configs)
@@ -193,6 +204,10 @@ def _add_solver_config(cfg: CN) -> None:
     cfg.SOLVER.CLIP_GRADIENTS.ENABLED = False
     cfg.SOLVER.AMP.ENABLED = False
     cfg.SOLVER.AMP.DTYPE = "bfloat16"  # "bfloat16" | "float16"
+    # iterations between host reads of the step's losses/metrics (each read waits for the GPU): they are
+    # checked for NaN/inf and written to the event storage only then (and at the last iteration);
+    # 1 = every iteration. 20 = Detectron2's logging period
+    cfg.SOLVER.METRICS_PERIOD = 20
     cfg.TEST.EVAL_PERIOD = 4000
     cfg.SEED = 1
 

@@ -30,7 +30,9 @@ have ``requires_grad=False``.
 Metrics: the loss terms go through Detectron2's ``write_metrics`` (``total_loss`` = their sum); accuracies,
 the pseudo-label confidence fraction, the EMA coefficient and the number of feature-distance cells are
 written to the event storage as non-loss scalars. A non-finite loss term stops training with a
-``FloatingPointError`` naming the term and the iteration.
+``FloatingPointError`` naming the term and the iteration. Reading a value on the host waits for the device,
+so both happen only every ``metrics_period`` iterations (SOLVER.METRICS_PERIOD) and at the last one; in
+between the step queues its work without a single host synchronisation.
 """
 from __future__ import annotations
 
@@ -92,6 +94,9 @@ class DACSStepTrainer(SimpleTrainer):
         grad_scaler: ``torch.amp.GradScaler`` for float16, else None.
         debug_interval: every this many iterations the step keeps its tensors in :attr:`visuals` for the
             debug-image hook (0 = never).
+        metrics_period: losses / metrics are read, checked for finiteness and written every this many
+            iterations (1 = every iteration), at iteration ``max_iter - 1`` when ``max_iter`` is given and at every
+            ``checkpoint_period``-th iteration (``SOLVER.CHECKPOINT_PERIOD``; 0 = no checkpoints).
         mic: MIC's masked image consistency (MIC step), or None (``UDA.MIC.ENABLED False``); needs a teacher.
     """
 
@@ -117,6 +122,9 @@ class DACSStepTrainer(SimpleTrainer):
         amp_dtype: Optional[torch.dtype] = None,
         grad_scaler: Optional[torch.amp.GradScaler] = None,
         debug_interval: int = 0,
+        metrics_period: int = 1,
+        max_iter: Optional[int] = None,
+        checkpoint_period: int = 0,
         mic: Optional[MaskedImageConsistency] = None,
     ) -> None:
         super().__init__(model, data_loader, optimizer)
@@ -141,6 +149,10 @@ class DACSStepTrainer(SimpleTrainer):
         self.amp_dtype = amp_dtype
         self.grad_scaler = grad_scaler
         self.debug_interval = debug_interval
+        self.metrics_period = max(int(metrics_period), 1)
+        self.max_iter = max_iter
+        self.checkpoint_period = int(checkpoint_period)
+        self._metrics_step = True
         self._visuals: Optional[DACSStepVisuals] = None
         self._pending_rng_states: Optional[Dict[str, Any]] = None
         for frozen in (teacher, self.imnet_model):
@@ -188,6 +200,9 @@ class DACSStepTrainer(SimpleTrainer):
             amp_dtype=amp_dtype,
             grad_scaler=torch.amp.GradScaler(device_type) if amp_dtype == torch.float16 else None,
             debug_interval=cfg.UDA.DEBUG_IMG_INTERVAL if uda else 0,
+            metrics_period=cfg.SOLVER.METRICS_PERIOD,
+            max_iter=cfg.SOLVER.MAX_ITER,
+            checkpoint_period=cfg.SOLVER.CHECKPOINT_PERIOD,
             mic=MaskedImageConsistency(cfg) if uda and cfg.UDA.MIC.ENABLED else None,
         )
 
@@ -196,7 +211,17 @@ class DACSStepTrainer(SimpleTrainer):
             return nullcontext()
         return torch.autocast(device_type=self.student.device.type, dtype=self.amp_dtype)
 
+    def _is_metrics_step(self) -> bool:
+        """Metrics period, the last iteration, and every checkpoint iteration (so no checkpoint is written from an
+        iteration whose losses were not checked for finiteness)."""
+        done = self.iter + 1
+        last = self.max_iter is not None and done >= self.max_iter
+        at_checkpoint = self.checkpoint_period > 0 and done % self.checkpoint_period == 0
+        return last or at_checkpoint or done % self.metrics_period == 0
+
     def _check_finite(self, losses: Dict[str, torch.Tensor]) -> None:
+        if not self._metrics_step:  # reading the losses would synchronise with the device
+            return
         for name, value in losses.items():
             if not torch.isfinite(value).all():
                 raise FloatingPointError(
@@ -232,7 +257,8 @@ class DACSStepTrainer(SimpleTrainer):
         device = student.device
         self.optimizer.zero_grad(set_to_none=True)
         self._visuals = None
-        metrics: Dict[str, float] = {}
+        self._metrics_step = self._is_metrics_step()
+        metrics: Dict[str, Any] = {}  # tensors stay on the device until a metrics step reads them
 
         # step 1: EMA teacher update (start of the step); step 3: augmentation decisions
         if self.uda_enabled:
@@ -245,11 +271,11 @@ class DACSStepTrainer(SimpleTrainer):
         with self._autocast():
             source_losses, source_out = self.model(images=source_images, sem_seg=source_labels, return_outputs=True)
         loss_dict = {f"loss_src_{k[len('loss_'):]}": v for k, v in source_losses.items()}
-        metrics.update({f"src_{k}": float(v) for k, v in source_out.metrics.items()})
+        metrics.update({f"src_{k}": v for k, v in source_out.metrics.items()})
         if self.uda_enabled and self.imnet_model is not None:
             fd_loss, num_cells = self._feature_distance(source_images, source_labels, source_out.features)
             loss_dict["loss_imnet_feat_dist"] = fd_loss
-            metrics["imnet_fd_cells"] = float(num_cells)
+            metrics["imnet_fd_cells"] = num_cells
         self._check_finite(loss_dict)
         self._backward(sum(loss_dict.values()))
 
@@ -270,8 +296,9 @@ class DACSStepTrainer(SimpleTrainer):
                 self._visuals = visuals
 
         self.after_backward()
-        self._write_metrics(loss_dict, data_time)
-        get_event_storage().put_scalars(**metrics)
+        if self._metrics_step:
+            self._write_metrics(loss_dict, data_time)
+            get_event_storage().put_scalars(**{k: float(v) for k, v in metrics.items()})
         self._optimizer_step()
 
     def _feature_distance(
@@ -297,7 +324,7 @@ class DACSStepTrainer(SimpleTrainer):
         source_images: torch.Tensor,
         source_labels: torch.Tensor,
         draws,
-    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, float], Optional[DACSStepVisuals], Tuple[torch.Tensor, ...]]:
+    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any], Optional[DACSStepVisuals], Tuple[torch.Tensor, ...]]:
         """Steps 6-9: pseudo-labels, ClassMix masks, mixing + strong augmentation, mixed forward. The last item
         returned is ``(target images, pseudo_label, pseudo_weight)`` for MIC (the weight after the margin mask)."""
         device = source_images.device
@@ -320,9 +347,9 @@ class DACSStepTrainer(SimpleTrainer):
             mix_losses, mix_out = self.model(
                 images=mixed_images, sem_seg=mixed_labels, weight=mixed_weight, return_outputs=True)
         losses = {f"loss_mix_{k[len('loss_'):]}": v for k, v in mix_losses.items()}
-        metrics = {f"mix_{k}": float(v) for k, v in mix_out.metrics.items()}
+        metrics = {f"mix_{k}": v for k, v in mix_out.metrics.items()}
         # the weight is one scalar (the confident fraction) wherever the margin mask is 1
-        metrics["pseudo_confident_fraction"] = float(pseudo_weight.max())
+        metrics["pseudo_confident_fraction"] = pseudo_weight.max()
 
         visuals = None
         if self.debug_interval > 0 and self.iter % self.debug_interval == 0:

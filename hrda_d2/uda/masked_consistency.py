@@ -211,5 +211,5 @@ class MaskedImageConsistency:
             if name == "loss_sem_seg":
                 value = self.loss_lambda * value
             losses[f"loss_masked_{name[len('loss_'):]}"] = value
-        metrics = {f"masked_{k}": float(v) for k, v in outputs.metrics.items()}
+        metrics = dict((f"masked_{k}", v) for k, v in outputs.metrics.items())  # read on metrics steps only
         return losses, metrics

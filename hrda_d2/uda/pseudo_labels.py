@@ -51,9 +51,9 @@ def pseudo_labels_from_logits(
         )
     probs = torch.softmax(logits.detach().float(), dim=1)
     max_prob, pseudo_label = torch.max(probs, dim=1)
-    num_confident = int(torch.sum(max_prob >= threshold).item())
-    confident_fraction = num_confident / max_prob.numel()
-    pseudo_weight = torch.full_like(max_prob, confident_fraction)
+    # count / numel in float64 on the device (no host synchronisation), rounded to float32 like a Python float
+    confident_fraction = torch.sum(max_prob >= threshold, dtype=torch.float64) / max_prob.numel()
+    pseudo_weight = confident_fraction.to(max_prob.dtype).expand_as(max_prob).clone()
     if ignore_top > 0:
         pseudo_weight[:, :ignore_top, :] = 0
     if ignore_bottom > 0:

@@ -30,6 +30,7 @@ SMALL_OPTS = [
     "INPUT.TEST.SCALE", "[128, 64]", "MODEL.HRDA.HR_CROP_SIZE", "[32, 32]",
     "TEST.SLIDE.CROP_SIZE", "[64, 64]", "TEST.SLIDE.STRIDE", "[64, 64]",
     "DATASETS.RCS.MIN_PIXELS", "1", "DATALOADER.NUM_WORKERS", "0",
+    "SOLVER.METRICS_PERIOD", "1",  # every iteration's losses in the event storage, every one checked
 ]
 # the paper's loss terms (§4.3, §7.2): fused-scale CE + HR-crop CE (HR_LOSS_WEIGHT 0.1; LR weight 0 -> no term)
 SOURCE_TERMS = {"loss_src_sem_seg", "loss_src_sem_seg_hr"}

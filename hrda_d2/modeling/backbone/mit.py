@@ -20,6 +20,8 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
+from ..activation_checkpointing import checkpointed_call, should_checkpoint
+
 __all__ = [
     "MIT_VARIANTS",
     "MIT_STAGE_NAMES",
@@ -203,6 +205,7 @@ class MixVisionTransformer(Backbone):
         drop_path_rate: float = 0.1,
         in_channels: int = 3,
         out_features: Sequence[str] = MIT_STAGE_NAMES,
+        checkpoint_activations: bool = False,
     ):
         """
         Args:
@@ -211,6 +214,8 @@ class MixVisionTransformer(Backbone):
             drop_path_rate: stochastic depth of the last block (linear schedule from 0, docs/method.md §2.2).
             in_channels: image channels.
             out_features: subset of ``("res2", "res3", "res4", "res5")`` returned by ``forward``.
+            checkpoint_activations: in training forwards with autograd on, recompute every transformer block's
+                activations in the backward pass instead of storing them (same gradients, less memory).
         """
         super().__init__()
         settings = (embed_dims, num_heads, depths, mlp_ratios, sr_ratios)
@@ -225,6 +230,7 @@ class MixVisionTransformer(Backbone):
         self._out_feature_channels = dict(zip(MIT_STAGE_NAMES, self.embed_dims))
         self._out_feature_strides = dict(zip(MIT_STAGE_NAMES, MIT_STAGE_STRIDES))
         self._num_stages = MIT_STAGE_NAMES.index(self._out_features[-1]) + 1
+        self.checkpoint_activations = bool(checkpoint_activations)
 
         dpr = drop_path_schedule(drop_path_rate, sum(self.depths))
         prev_dim = in_channels
@@ -257,16 +263,21 @@ class MixVisionTransformer(Backbone):
             "drop_path_rate": cfg.MODEL.MIT.DROP_PATH_RATE,
             "in_channels": in_channels,
             "out_features": tuple(cfg.MODEL.MIT.OUT_FEATURES),
+            "checkpoint_activations": cfg.MODEL.MIT.CHECKPOINT_ACTIVATIONS,
         }
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         if x.dim() != 4:
             raise ValueError(f"MiT expects N x C x H x W images, got shape {tuple(x.shape)}")
         outputs = {}
+        use_checkpoint = should_checkpoint(self.checkpoint_activations, self)
         for s in range(self._num_stages):
             x, height, width = getattr(self, f"patch_embed{s + 1}")(x)
             for block in getattr(self, f"block{s + 1}"):
-                x = block(x, height, width)
+                if use_checkpoint:
+                    x = checkpointed_call(block, x, height, width, module=block)
+                else:
+                    x = block(x, height, width)
             x = _tokens_to_map(getattr(self, f"norm{s + 1}")(x), height, width).contiguous()
             if MIT_STAGE_NAMES[s] in self._out_features:
                 outputs[MIT_STAGE_NAMES[s]] = x

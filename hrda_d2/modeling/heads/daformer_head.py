@@ -14,6 +14,8 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..activation_checkpointing import checkpointed_call, should_checkpoint
+
 __all__ = ["DAFormerHead", "ConvNormReLU", "DepthwiseSeparableConvNormReLU", "SeparableASPPFusion", "MLPEmbedding"]
 
 
@@ -153,6 +155,7 @@ class DAFormerHead(nn.Module):
         aspp_dilations: Sequence[int] = (1, 6, 12, 18),
         dropout: float = 0.1,
         norm: str = "BN",
+        checkpoint_activations: bool = False,
     ):
         """
         Args:
@@ -165,6 +168,8 @@ class DAFormerHead(nn.Module):
             aspp_dilations: ASPP branch dilations (fusion "aspp" only).
             dropout: ``Dropout2d`` probability before ``conv_seg``.
             norm: Detectron2 norm name for ``get_norm`` ("BN", "SyncBN", "" for none, ...).
+            checkpoint_activations: in training forwards with autograd on, recompute the head's activations
+                (the stride-4 embeddings and fusion) in the backward pass; same gradients and BN statistics.
         """
         super().__init__()
         missing = [name for name in in_features if name not in input_shape]
@@ -176,6 +181,7 @@ class DAFormerHead(nn.Module):
         if fusion not in FUSION_TYPES:
             raise ValueError(f"MODEL.SEM_SEG_HEAD.FUSION is {fusion!r}; use one of {FUSION_TYPES}.")
         self.in_features = list(in_features)
+        self.checkpoint_activations = bool(checkpoint_activations)
         self.num_classes = num_classes
         self.embed_layers = nn.ModuleDict(
             {
@@ -206,11 +212,18 @@ class DAFormerHead(nn.Module):
             "aspp_dilations": list(head.ASPP_DILATIONS),
             "dropout": head.DROPOUT,
             "norm": head.NORM,
+            "checkpoint_activations": head.CHECKPOINT_ACTIVATIONS,
         }
 
     def forward(self, features: Dict[str, Tensor]) -> Tensor:
         """features: backbone maps by name -> logits ``N x num_classes x H_0 x W_0`` (size of the first map)."""
         maps = [features[name] for name in self.in_features]
+        if should_checkpoint(self.checkpoint_activations, self):
+            return checkpointed_call(self._decode, *maps, module=self)
+        return self._decode(*maps)
+
+    def _decode(self, *maps: Tensor) -> Tensor:
+        """The head on the maps of ``in_features`` (in that order)."""
         out_size = maps[0].shape[-2:]
         embedded = []
         for i, x in enumerate(maps):

@@ -98,6 +98,7 @@ def merge_windows(
         ``B x C x H x W`` (float32 or wider): the sum of the windows covering each pixel divided by their number.
     """
     h, w = int(canvas_hw[0]), int(canvas_hw[1])
+    _check_coverage(boxes, h, w)  # on the host, from the boxes: no device synchronisation
     preds = count = None
     n_windows = 0
     for logits, (y1, y2, x1, x2) in zip(window_logits, boxes):
@@ -110,9 +111,15 @@ def merge_windows(
         n_windows += 1
     if preds is None or n_windows != len(boxes):
         raise ValueError(f"got {n_windows} window predictions for {len(boxes)} boxes")
-    if bool((count == 0).any()):
-        raise RuntimeError(f"sliding windows {list(boxes)} leave pixels of the {h}x{w} canvas uncovered")
     return preds / count
+
+
+def _check_coverage(boxes: Sequence[Sequence[int]], h: int, w: int) -> None:
+    covered = np.zeros((h, w), dtype=bool)
+    for y1, y2, x1, x2 in boxes:
+        covered[max(y1, 0):y2, max(x1, 0):x2] = True
+    if not covered.all():
+        raise RuntimeError(f"sliding windows {list(boxes)} leave pixels of the {h}x{w} canvas uncovered")
 
 
 def stack_windows(images: Tensor, boxes: Sequence[Sequence[int]]) -> Tensor:

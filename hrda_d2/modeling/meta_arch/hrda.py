@@ -27,6 +27,7 @@ from ..pixel_normalizer import PixelNormalizer
 from ..losses import pixel_accuracy, pixel_weighted_cross_entropy, resize_to_labels
 from .crop_utils import CropBox, crop, merge_windows, random_crop_box, scale_box, sliding_window_boxes, stack_windows
 from .scale_fusion import FusedScales, fuse_scales
+from .tile_reuse import shared_tile_plan
 
 __all__ = ["HRDA", "HRDATrainOutputs", "TiledFeatures"]
 
@@ -106,6 +107,8 @@ class HRDA(nn.Module):
         test_crop_size: Sequence[int] = (1024, 1024),
         test_stride: Sequence[int] = (512, 512),
         test_batched: bool = True,
+        reuse_hr_tiles: bool = True,
+        compile_modules: bool = False,
     ):
         """
         Args:
@@ -128,6 +131,10 @@ class HRDA(nn.Module):
             test_mode: "slide" or "whole".
             test_crop_size, test_stride: test windows ``(h, w)``.
             test_batched: all test windows in one batch (else one window at a time).
+            reuse_hr_tiles: slide inference computes each distinct HR tile of the overlapping windows once
+                (exact, see ``slide_inference``); False runs every window's tiles as the original does.
+            compile_modules: ``torch.compile`` the backbone and the heads in place (``nn.Module.compile``:
+                parameter names and checkpoints unchanged); each new input shape compiles once.
         """
         super().__init__()
         scales = sorted(float(s) for s in scales)
@@ -162,6 +169,7 @@ class HRDA(nn.Module):
         self.test_crop_size = _as_pair(test_crop_size, "TEST.SLIDE.CROP_SIZE")
         self.test_stride = _as_pair(test_stride, "TEST.SLIDE.STRIDE")
         self.test_batched = bool(test_batched)
+        self.reuse_hr_tiles = bool(reuse_hr_tiles)
 
         if self.is_multi_scale:
             if self.feature_scale not in self.scales:
@@ -176,6 +184,10 @@ class HRDA(nn.Module):
                 raise ValueError("MODEL.HRDA.HR_SLIDE_INFERENCE needs MODEL.HRDA.HR_CROP_SIZE (the tile size)")
         elif scale_attention is not None:
             raise ValueError("a scale-attention head is only used with two scales (MODEL.HRDA.SCALES)")
+        if compile_modules:
+            for module in (self.backbone, self.sem_seg_head, self.scale_attention):
+                if module is not None:
+                    module.compile()
 
     @classmethod
     def from_config(cls, cfg):
@@ -220,6 +232,8 @@ class HRDA(nn.Module):
             "test_crop_size": list(cfg.TEST.SLIDE.CROP_SIZE),
             "test_stride": list(cfg.TEST.SLIDE.STRIDE),
             "test_batched": cfg.TEST.SLIDE.BATCHED,
+            "reuse_hr_tiles": cfg.TEST.SLIDE.REUSE_HR_TILES,
+            "compile_modules": cfg.MODEL.COMPILE,
         }
 
     # ------------------------------------------------------------------------------------------------------
@@ -266,13 +280,18 @@ class HRDA(nn.Module):
         Tile boxes are mapped to logit pixels with ``int(c / output_stride)``; the canvas is
         ``(max y2, max x2)`` of the mapped boxes (docs/method.md §5.2).
         """
+        if isinstance(hr_input, Tensor):  # already decoded (shared tiles of slide inference)
+            return hr_input
         if not isinstance(hr_input, TiledFeatures):
             return self.sem_seg_head(hr_input)
         logits = self.sem_seg_head(hr_input.features)
-        boxes = [scale_box(box, self.output_stride) for box in hr_input.boxes]
+        return self._merge_tiles(logits.split(batch_size), hr_input.boxes)
+
+    def _merge_tiles(self, tile_logits: Sequence[Tensor], boxes: Sequence[CropBox]) -> Tensor:
+        """Average tile logits (each ``N x C x h_t x w_t``) on the HR-logit canvas of their image (§5.2)."""
+        boxes = [scale_box(box, self.output_stride) for box in boxes]
         canvas = (max(b[1] for b in boxes), max(b[3] for b in boxes))
-        tiles = logits.split(batch_size)
-        return merge_windows((self._fit_to_box(t, b) for t, b in zip(tiles, boxes)), boxes, canvas)
+        return merge_windows((self._fit_to_box(t, b) for t, b in zip(tile_logits, boxes)), boxes, canvas)
 
     @staticmethod
     def _fit_to_box(tile_logits: Tensor, box: CropBox) -> Tensor:
@@ -286,13 +305,16 @@ class HRDA(nn.Module):
     def _decode_scales(
         self,
         lr_features: Dict[str, Tensor],
-        hr_input: Union[Dict[str, Tensor], TiledFeatures],
+        hr_input: Union[Dict[str, Tensor], TiledFeatures, Tensor],
         crop_box: Optional[CropBox],
     ) -> _ScaleOutputs:
-        """Head calls in the original order (context, detail, attention), then ``fuse_scales``."""
-        lr_logits = self.sem_seg_head(lr_features)
-        hr_logits = self._decode_hr(hr_input, lr_logits.shape[0])
+        """Head calls in the original order (context, detail, attention), then ``fuse_scales``. ``hr_input``
+        is the detail crop's features, the HR tiles' features, or already decoded HR logits."""
+        # the fusion runs in float32 (cheap, stride-4 element-wise ops), also under bf16/fp16 autocast
+        lr_logits = self.sem_seg_head(lr_features).float()
+        hr_logits = self._decode_hr(hr_input, lr_logits.shape[0]).float()
         attention = self._attention(lr_features)
+        attention = attention.float() if isinstance(attention, Tensor) else attention
         fusion = fuse_scales(
             lr_logits,
             hr_logits,
@@ -415,26 +437,34 @@ class HRDA(nn.Module):
     # ------------------------------------------------------------------------------------------------------
     # inference
     # ------------------------------------------------------------------------------------------------------
-    def _inference_scales(self, images: Tensor) -> _ScaleOutputs:
+    @property
+    def hr_tile_stride(self) -> Tuple[int, int]:
+        """Stride of the HR inference tiles: half the tile (HR_SLIDE_OVERLAPPING) or the tile itself."""
+        tile = self.hr_crop_size
+        return tuple(c // 2 for c in tile) if self.hr_slide_overlapping else tile  # type: ignore[return-value]
+
+    def _inference_scales(self, images: Tensor, hr_logits: Optional[Tensor] = None) -> _ScaleOutputs:
         """Context branch on the resized image; detail branch on HR tiles (one backbone and one head call for
-        all tiles) or on the whole HR image; no crop box, so no attention masking (docs/method.md §4.4)."""
+        all tiles) or on the whole HR image, unless ``hr_logits`` (``N x C x H/4 x W/4``, the merged HR tiles)
+        are given; no crop box, so no attention masking (docs/method.md §4.4)."""
         lr_features = self.backbone(self._rescale(images, self.lr_scale))
-        hr_images = self._detail_image(images)
-        hr_input: Union[Dict[str, Tensor], TiledFeatures]
-        if self.hr_slide_inference:
-            tile = self.hr_crop_size
-            stride = tuple(c // 2 for c in tile) if self.hr_slide_overlapping else tile
-            boxes = sliding_window_boxes(hr_images.shape[-2:], tile, stride)
+        hr_input: Union[Dict[str, Tensor], TiledFeatures, Tensor]
+        if hr_logits is not None:
+            hr_input = hr_logits
+        elif self.hr_slide_inference:
+            hr_images = self._detail_image(images)
+            boxes = sliding_window_boxes(hr_images.shape[-2:], self.hr_crop_size, self.hr_tile_stride)
             hr_input = TiledFeatures(self.backbone(stack_windows(hr_images, boxes)), boxes)
         else:
-            hr_input = self.backbone(hr_images)
+            hr_input = self.backbone(self._detail_image(images))
         return self._decode_scales(lr_features, hr_input, None)
 
-    def whole_inference(self, images: Tensor) -> Tensor:
+    def whole_inference(self, images: Tensor, hr_logits: Optional[Tensor] = None) -> Tensor:
         """Logits ``N x C x H x W`` of the whole normalised image (mmseg ``encode_decode``): the fused HRDA
-        prediction (or the single-scale head output) bilinearly resized to the input size."""
+        prediction (or the single-scale head output) bilinearly resized to the input size. ``hr_logits``:
+        see ``_inference_scales`` (two scales only)."""
         if self.is_multi_scale:
-            logits = self._inference_scales(images).fusion.fused
+            logits = self._inference_scales(images, hr_logits).fusion.fused
         else:
             logits = self.sem_seg_head(self.backbone(images))
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
@@ -449,8 +479,15 @@ class HRDA(nn.Module):
 
     def slide_inference(self, images: Tensor) -> Tensor:
         """Sliding-window logits ``N x C x H x W``: TEST.SLIDE windows (shrunk to small images), each through
-        ``whole_inference`` (all at once when TEST.SLIDE.BATCHED), averaged with a count matrix."""
+        ``whole_inference`` (all at once when TEST.SLIDE.BATCHED), averaged with a count matrix.
+
+        With TEST.SLIDE.REUSE_HR_TILES the HR tiles that several windows share are computed once (see
+        ``tiles_can_be_shared``); the result equals the per-window computation up to float rounding of a
+        different batch composition.
+        """
         boxes = sliding_window_boxes(images.shape[-2:], self.test_crop_size, self.test_stride)
+        if self.tiles_can_be_shared:
+            return merge_windows(self._shared_tile_windows(images, boxes), boxes, images.shape[-2:])
         if self.test_batched:
             window_logits: Iterator[Tensor] = iter(
                 self.whole_inference(stack_windows(images, boxes)).split(images.shape[0])
@@ -468,6 +505,53 @@ class HRDA(nn.Module):
             return window_fn(images)
         boxes = sliding_window_boxes(images.shape[-2:], self.test_crop_size, self.test_stride)
         return merge_windows((window_fn(crop(images, box)) for box in boxes), boxes, images.shape[-2:])
+
+    @property
+    def tiles_can_be_shared(self) -> bool:
+        """Whether slide inference may share HR tiles between windows exactly: REUSE_HR_TILES is on, two scales
+        with HR slide inference and no HR blur (a blurred window is not a crop of the blurred image), and no
+        BatchNorm of the backbone / main head in train mode (with batch statistics a tile's logits would
+        depend on the other tiles of its batch, as for the teacher's pseudo-labels, docs/method.md §7.2)."""
+        if not (self.reuse_hr_tiles and self.is_multi_scale and self.hr_slide_inference and not self.blur_hr_crop):
+            return False
+        modules = list(self.backbone.modules()) + list(self.sem_seg_head.modules())
+        return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in modules)
+
+    def _shared_tile_windows(self, images: Tensor, boxes: Sequence[CropBox]) -> Iterator[Tensor]:
+        """Per-window logits (``N x C x h x w``, window order) of slide inference with shared HR tiles.
+
+        Every distinct tile (``shared_tile_plan``) goes through backbone and main head once: all of them in
+        one batch with TEST.SLIDE.BATCHED, else window by window (only the tiles not computed yet; a tile's
+        logits are dropped after the last window using them). Each window's HR logits are its tiles' logits
+        averaged in its own tile order and boxes (``_merge_tiles``), exactly as the window's own pass would;
+        the context branch, attention and fusion then run per window as in ``whole_inference``.
+        """
+        plan = shared_tile_plan(boxes, self.hr_crop_size, self.hr_tile_stride)
+        n = images.shape[0]
+
+        def decode_tiles(indices: Sequence[int]) -> List[Tensor]:
+            tiles = stack_windows(images, [plan.tiles[i] for i in indices])
+            return list(self.sem_seg_head(self.backbone(tiles)).split(n))
+
+        def window_hr(tile_logits: Dict[int, Tensor], entries) -> Tensor:
+            return self._merge_tiles([tile_logits[i] for i, _ in entries], [rel for _, rel in entries])
+
+        if self.test_batched:
+            tile_logits = dict(enumerate(decode_tiles(range(len(plan.tiles)))))
+            hr_logits = torch.cat([window_hr(tile_logits, entries) for entries in plan.window_tiles])
+            del tile_logits
+            yield from self.whole_inference(stack_windows(images, boxes), hr_logits).split(n)
+            return
+        last_use = {i: w for w, entries in enumerate(plan.window_tiles) for i, _ in entries}
+        cache: Dict[int, Tensor] = {}
+        for w, (box, entries) in enumerate(zip(boxes, plan.window_tiles)):
+            missing = list(dict.fromkeys(i for i, _ in entries if i not in cache))
+            if missing:
+                cache.update(zip(missing, decode_tiles(missing)))
+            hr_logits = window_hr(cache, entries)
+            for i in {i for i, _ in entries if last_use[i] == w}:
+                del cache[i]
+            yield self.whole_inference(crop(images, box), hr_logits)
 
     def inference(self, images: Tensor, output_size: Optional[Sequence[int]] = None) -> Tensor:
         """TEST.MODE inference of normalised images -> logits, bilinearly resized to ``output_size`` if given
