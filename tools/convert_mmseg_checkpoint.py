@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Convert an original SegFormer / DAFormer / HRDA checkpoint to a Detectron2 checkpoint of this project.
 
-    python tools/convert_mmseg_checkpoint.py IN OUT [--teacher] [--config-out CFG.yaml] [--allow-pickle]
+    python tools/convert_mmseg_checkpoint.py IN OUT [--teacher] [--config-out CFG.yaml] [--allow-pickle] [--force]
 
 IN may be an official SegFormer ImageNet file (``mit_b5.pth``: written as ``backbone.*``, the classifier is
 dropped), an HRDA/DAFormer DACS training checkpoint (student ``model.*`` by default, the EMA teacher
@@ -10,8 +10,9 @@ dropped), an HRDA/DAFormer DACS training checkpoint (student ``model.*`` by defa
 --config-out translates the original config stored in the checkpoint (``meta["config"]``) into a YAML config
 of this project with ``MODEL.WEIGHTS OUT``.
 
-Files are written atomically (temporary file + rename). On any error the message goes to stderr, the exit
-status is 1 and no output file is written.
+Files are written atomically (temporary file + rename) with the usual permissions (0666 minus the umask). OUT
+(and CFG.yaml) must not be IN, and an existing one is replaced only with --force. On any error the message goes
+to stderr, the exit status is 1 and no output file is written.
 """
 import argparse
 import contextlib
@@ -40,7 +41,24 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="also write this project's YAML config translated from the checkpoint's meta['config']")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="load IN with torch.load(weights_only=False); only for files you trust")
+    parser.add_argument("--force", action="store_true", help="replace OUT / CFG.yaml if they exist")
     return parser.parse_args(argv)
+
+
+def check_paths(source: Path, outputs: List[Path], force: bool) -> None:
+    """Refuse an input that is a folder, an output that is the input (also through links or another spelling of
+    the path) and, without ``force``, an existing output."""
+    if source.is_dir():
+        raise CheckpointConversionError(f"{source} is a directory; give the checkpoint file inside it")
+    for out in outputs:
+        if out.is_dir():
+            raise CheckpointConversionError(f"output {out} is a directory; give a file name")
+        same = out.resolve() == source.resolve() or (out.exists() and source.exists() and out.samefile(source))
+        if same:
+            raise CheckpointConversionError(f"output {out} is the input {source}; converting in place would destroy "
+                                            f"the original: give another output file")
+        if out.exists() and not force:
+            raise CheckpointConversionError(f"output {out} exists; add --force to replace it")
 
 
 def translate_config(result: ConvertedCheckpoint, weights: Path, source: Path) -> Tuple[str, List[str]]:
@@ -65,6 +83,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        check_paths(args.input, [args.output] + ([args.config_out] if args.config_out else []), args.force)
         obj = load_checkpoint_file(args.input, allow_pickle=args.allow_pickle)
         result = convert_mmseg_checkpoint(obj, teacher=args.teacher, source=str(args.input))
         yaml_text, notes = translate_config(result, args.output, args.input) if args.config_out else (None, [])

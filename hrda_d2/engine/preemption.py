@@ -13,7 +13,9 @@ into a request that is served at the end of the current iteration, after every o
 3. :class:`TrainingInterrupted` (a ``SystemExit`` with status ``128 + signal number``, 143 for SIGTERM, the
    shell's convention for "ended by a signal") ends the process after the log line that names the checkpoint.
 
-A second signal while the first is pending ends the process at once, with the handler that was installed before
+The data-loader workers ignore these signals (:func:`ignore_signals_in_loader_workers`, applied by the
+trainer's loader builders): a cluster signals every process of the job, and a worker that died would fail the
+step. A second signal while the first is pending ends the process at once, with the handler that was installed before
 (SIGINT: ``KeyboardInterrupt``, SIGTERM: the default termination).
 """
 from __future__ import annotations
@@ -22,13 +24,13 @@ import logging
 import os
 import signal
 import threading
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-__all__ = ["PreemptionHook", "TrainingInterrupted", "parse_signals"]
+__all__ = ["PreemptionHook", "TrainingInterrupted", "ignore_signals_in_loader_workers", "parse_signals"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,31 @@ def parse_signals(names: Sequence[str], key: str = "SOLVER.PREEMPTION_SIGNALS") 
             raise ValueError(f"{key}: {name!r} is not a signal that can be caught (e.g. SIGTERM, SIGINT, SIGUSR1)")
         out.append(sig)
     return out
+
+
+class _IgnoreSignalsThenInit:
+    """``worker_init_fn`` of a data-loader worker: ignore ``signals``, then run the loader's own init function.
+    (torch's workers install a C handler that dies on SIGTERM; a signal sent to the process group must reach
+    only the training process, which stops cleanly; the workers end with it.)"""
+
+    def __init__(self, signals: Sequence[int], init_fn: Optional[Callable[[int], None]]):
+        self.signals = [int(s) for s in signals]
+        self.init_fn = init_fn
+
+    def __call__(self, worker_id: int) -> None:
+        for sig in self.signals:
+            signal.signal(sig, signal.SIG_IGN)
+        if self.init_fn is not None:
+            self.init_fn(worker_id)
+
+
+def ignore_signals_in_loader_workers(loader: Any, signals: Sequence[int]) -> None:
+    """Make the worker processes of a ``torch.utils.data.DataLoader`` ignore ``signals`` (no-op for other
+    objects, loaders without workers, or no signals)."""
+    if not signals or not isinstance(loader, torch.utils.data.DataLoader) or loader.num_workers == 0:
+        return
+    if not isinstance(loader.worker_init_fn, _IgnoreSignalsThenInit):
+        loader.worker_init_fn = _IgnoreSignalsThenInit(signals, loader.worker_init_fn)
 
 
 def _any_rank(value: int) -> int:

@@ -34,7 +34,7 @@ from ..uda import DACSStepTrainer
 from ..utils.file_io import atomic_write_text, remove_stale_partial_files
 from ..utils.rng import preserve_rng_states
 from .hooks import DebugImageHook
-from .preemption import PreemptionHook
+from .preemption import PreemptionHook, ignore_signals_in_loader_workers, parse_signals
 
 __all__ = ["HRDATrainer", "SourceOnlyPairs", "broadcast_from_main_process"]
 
@@ -200,13 +200,22 @@ class HRDATrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0):
+        """The (source, target) pairs; the loader workers ignore ``SOLVER.PREEMPTION_SIGNALS``."""
+        signals = parse_signals(cfg.SOLVER.PREEMPTION_SIGNALS)
         if cfg.UDA.ENABLED:
-            return build_uda_train_loader(cfg, start_iter=start_iter)
-        return SourceOnlyPairs(build_source_only_train_loader(cfg, start_iter=start_iter))
+            pairs = build_uda_train_loader(cfg, start_iter=start_iter)
+            for loader in (pairs.source_loader, pairs.target_loader):
+                ignore_signals_in_loader_workers(loader, signals)
+            return pairs
+        source_loader = build_source_only_train_loader(cfg, start_iter=start_iter)
+        ignore_signals_in_loader_workers(source_loader, signals)
+        return SourceOnlyPairs(source_loader)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        return build_test_loader(cfg, dataset_name)
+        loader = build_test_loader(cfg, dataset_name)
+        ignore_signals_in_loader_workers(loader, parse_signals(cfg.SOLVER.PREEMPTION_SIGNALS))
+        return loader
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder: Optional[str] = None):
