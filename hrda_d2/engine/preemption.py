@@ -20,7 +20,9 @@ step. A second signal while the first is pending ends the process at once, with 
 """
 from __future__ import annotations
 
+import atexit
 import logging
+import multiprocessing
 import os
 import signal
 import threading
@@ -75,13 +77,31 @@ class _IgnoreSignalsThenInit:
             self.init_fn(worker_id)
 
 
+def _kill_daemonic_children() -> None:
+    """At exit: end the daemonic children (loader workers) with SIGKILL. multiprocessing's own exit handler ends
+    them with SIGTERM, which workers of :func:`ignore_signals_in_loader_workers` ignore; it would then wait for
+    them forever. (Registered after multiprocessing's handler, so it runs before it.)"""
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+            child.join(timeout=5)
+
+
 def ignore_signals_in_loader_workers(loader: Any, signals: Sequence[int]) -> None:
     """Make the worker processes of a ``torch.utils.data.DataLoader`` ignore ``signals`` (no-op for other
-    objects, loaders without workers, or no signals)."""
+    objects, loaders without workers, or no signals). Loader workers still end with their loader, and at the
+    latest when this process exits."""
+    global _exit_handler_registered
     if not signals or not isinstance(loader, torch.utils.data.DataLoader) or loader.num_workers == 0:
         return
     if not isinstance(loader.worker_init_fn, _IgnoreSignalsThenInit):
         loader.worker_init_fn = _IgnoreSignalsThenInit(signals, loader.worker_init_fn)
+    if not _exit_handler_registered:
+        atexit.register(_kill_daemonic_children)
+        _exit_handler_registered = True
+
+
+_exit_handler_registered = False
 
 
 def _any_rank(value: int) -> int:
