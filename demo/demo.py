@@ -153,9 +153,11 @@ def window_count(demo: VisualizationDemo, image: np.ndarray) -> Tuple[int, Tuple
 
 
 @contextlib.contextmanager
-def progress_log(what: str, interval: float = PROGRESS_INTERVAL_S) -> Iterator[None]:
-    """Log ``<what>: still running after N s`` every ``interval`` seconds until the block ends (a daemon thread:
-    the prediction is one call that cannot report from inside); one line at the end if it took that long."""
+def progress_log(what: str, interval: Optional[float] = None) -> Iterator[None]:
+    """Log ``<what>: still running after N s`` every ``interval`` seconds (default ``PROGRESS_INTERVAL_S``) until
+    the block ends (a daemon thread: the prediction is one call that cannot report from inside); one line at the
+    end if it took that long."""
+    interval = PROGRESS_INTERVAL_S if interval is None else interval
     start = time.monotonic()
     done = threading.Event()
 
