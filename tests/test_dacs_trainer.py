@@ -46,22 +46,14 @@ from hrda_d2.data.datasets import BUILTIN_SPLITS, register_builtin_split, regist
 from hrda_d2.data.datasets.preparation import prepare_cityscapes, prepare_gta
 from hrda_d2.data.datasets.synthetic import generate_synthetic_datasets
 from hrda_d2.engine.trainer import HRDATrainer
+from tiny_configs import TINY_TRAIN_OPTS
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_NET = str(REPO / "tools" / "train_net.py")
 DEMO_CONFIG = str(REPO / "configs" / "demo_hrda.yaml")
 NAME_PREFIX = "dacs_trainer_test"
 
-# configs/demo_hrda.yaml shrunk: 64x64 crops of the 64x128 generated images, 32x32 HR crops / tiles (the
-# smallest MiT input), test slide windows 64x64, all RCS classes eligible with so few pixels
-SMALL_OPTS = [
-    "INPUT.SOURCE.SCALE", "[128, 64]", "INPUT.SOURCE.CROP_SIZE", "[64, 64]",
-    "INPUT.TARGET.SCALE", "[128, 64]", "INPUT.TARGET.CROP_SIZE", "[64, 64]",
-    "INPUT.TARGET.VALID_MASK_SIZE", "[64, 128]", "INPUT.TARGET.PSEUDO_MARGINS", "[2, 8, 2, 2]",
-    "INPUT.TEST.SCALE", "[128, 64]", "MODEL.HRDA.HR_CROP_SIZE", "[32, 32]",
-    "TEST.SLIDE.CROP_SIZE", "[64, 64]", "TEST.SLIDE.STRIDE", "[64, 64]",
-    "DATASETS.RCS.MIN_PIXELS", "1", "DATALOADER.NUM_WORKERS", "0",
-]
+SMALL_OPTS = TINY_TRAIN_OPTS  # configs/demo_hrda.yaml shrunk to the 64x128 generated images (tiny_configs.py)
 # the paper's loss terms (§4.3, §7.2): fused-scale CE + HR-crop CE (HR_LOSS_WEIGHT 0.1; LR weight 0 -> no term)
 SOURCE_TERMS = {"loss_src_sem_seg", "loss_src_sem_seg_hr"}
 MIX_TERMS = {"loss_mix_sem_seg", "loss_mix_sem_seg_hr"}

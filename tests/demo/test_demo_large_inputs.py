@@ -1,14 +1,13 @@
 """demo/demo.py on inputs that take long: one warning with the size and the memory to expect, and progress lines
 while an image is predicted (issue 14, item 9). The thresholds are lowered so that a small image triggers them."""
-import contextlib
 import importlib.util
-import logging
 from pathlib import Path
-from typing import Iterator, List
 
 import cv2
 import numpy as np
 import pytest
+
+from run_helpers import captured_log
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "demo_hrda.yaml"
@@ -20,19 +19,6 @@ def demo():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@contextlib.contextmanager
-def captured(logger_name: str) -> Iterator[List[str]]:
-    messages: List[str] = []
-    handler = logging.Handler(logging.DEBUG)
-    handler.emit = lambda record: messages.append(record.getMessage())
-    logger = logging.getLogger(logger_name)
-    logger.addHandler(handler)
-    try:
-        yield messages
-    finally:
-        logger.removeHandler(handler)
 
 
 def test_large_image_warns_once_and_reports_progress(demo, tmp_path, monkeypatch):
@@ -47,7 +33,7 @@ def test_large_image_warns_once_and_reports_progress(demo, tmp_path, monkeypatch
     expected_bytes = 4 * 19 * height * width * 4
     monkeypatch.setattr(demo, "LARGE_IMAGE_BYTES", expected_bytes - 1)
     monkeypatch.setattr(demo, "PROGRESS_INTERVAL_S", 0.02)
-    with captured("demo") as messages:
+    with captured_log("demo") as messages:
         status = demo.main(["--config-file", str(CONFIG), "--input"] + images + ["--output", str(tmp_path / "out"),
                             "--opts", "MODEL.DEVICE", "cpu", "INPUT.TEST.SCALE", "[128, 64]",
                             "TEST.SLIDE.CROP_SIZE", "[64, 64]", "TEST.SLIDE.STRIDE", "[64, 64]"])

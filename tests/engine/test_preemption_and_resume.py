@@ -6,13 +6,10 @@ every process of a job) at an iteration between two periodic checkpoints; the ru
 iteration with exit status 143 and a checkpoint, and ``--resume`` must end with the student and teacher of an
 uninterrupted run, bit for bit.
 """
-import contextlib
-import logging
 import multiprocessing
 import os
 import random
 import signal
-from typing import Iterator, List
 
 import pytest
 import torch
@@ -23,21 +20,11 @@ from detectron2.utils.env import seed_all_rng
 
 from hrda_d2 import add_hrda_config
 from hrda_d2.data.datasets import BUILTIN_SPLITS, register_builtin_split, register_cityscapes_root
-from hrda_d2.data.datasets.preparation import prepare_cityscapes, prepare_gta
-from hrda_d2.data.datasets.synthetic import generate_synthetic_datasets
 from hrda_d2.engine.preemption import PreemptionHook, TrainingInterrupted
 from hrda_d2.engine.trainer import HRDATrainer
+from run_helpers import captured_log, prepared_replicas
+from tiny_configs import TINY_TRAIN_OPTS
 
-# the SMALL_OPTS of tests/test_dacs_trainer.py (on main: tests/helpers/training.py; import it from there once
-# merged): configs/demo_hrda.yaml shrunk to 64x64 crops of the 64x128 generated images, 32x32 HR crops
-TINY_TRAIN_OPTS = [
-    "INPUT.SOURCE.SCALE", "[128, 64]", "INPUT.SOURCE.CROP_SIZE", "[64, 64]",
-    "INPUT.TARGET.SCALE", "[128, 64]", "INPUT.TARGET.CROP_SIZE", "[64, 64]",
-    "INPUT.TARGET.VALID_MASK_SIZE", "[64, 128]", "INPUT.TARGET.PSEUDO_MARGINS", "[2, 8, 2, 2]",
-    "INPUT.TEST.SCALE", "[128, 64]", "MODEL.HRDA.HR_CROP_SIZE", "[32, 32]",
-    "TEST.SLIDE.CROP_SIZE", "[64, 64]", "TEST.SLIDE.STRIDE", "[64, 64]",
-    "DATASETS.RCS.MIN_PIXELS", "1", "DATALOADER.NUM_WORKERS", "0",
-]
 PREFIX = "preemption_test"
 DEMO_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "demo_hrda.yaml")
 MAX_ITER, PERIOD = 6, 3  # periodic checkpoints after iterations 2 and 5 (+ model_final)
@@ -45,26 +32,10 @@ RUN_OPTS = ["SOLVER.MAX_ITER", str(MAX_ITER), "SOLVER.CHECKPOINT_PERIOD", str(PE
             "DATASETS.TEST", "()", "UDA.DEBUG_IMG_INTERVAL", "0", "UDA.FD.LAMBDA", "0.005"]
 
 
-@contextlib.contextmanager
-def captured(logger_name: str) -> Iterator[List[str]]:
-    """Messages logged to ``logger_name`` or below (also when Detectron2 turned its propagation off)."""
-    messages: List[str] = []
-    handler = logging.Handler(logging.DEBUG)
-    handler.emit = lambda record: messages.append(record.getMessage())
-    logger = logging.getLogger(logger_name)
-    logger.addHandler(handler)
-    try:
-        yield messages
-    finally:
-        logger.removeHandler(handler)
-
-
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("preemption_data")
-    generated = generate_synthetic_datasets(str(root), num_train=4, num_val=2, height=64, width=128, seed=0)
-    prepare_gta(generated.gta, nproc=1)
-    prepare_cityscapes(generated.cityscapes, nproc=1)
+    generated = prepared_replicas(root, num_train=4, num_val=2)
     for name in (f"{PREFIX}_gta_train", f"{PREFIX}_cityscapes_train", f"{PREFIX}_cityscapes_val"):
         if name in DatasetCatalog.list():
             DatasetCatalog.remove(name)
@@ -154,7 +125,7 @@ def test_unknown_signal_name_is_a_config_error(tmp_path):
 
 def test_resume_of_a_finished_run_says_so(data_root, reference):
     ref_dir = reference[0]
-    with captured("hrda_d2.engine.trainer") as messages:
+    with captured_log("hrda_d2.engine.trainer") as messages:
         trainer = new_trainer(make_cfg(ref_dir))
         trainer.resume_or_load(resume=True)
     assert trainer.start_iter == MAX_ITER
@@ -163,7 +134,7 @@ def test_resume_of_a_finished_run_says_so(data_root, reference):
 
 
 def test_resume_without_checkpoint_says_so_and_starts_at_zero(data_root, tmp_path):
-    with captured("hrda_d2.engine.trainer") as messages:
+    with captured_log("hrda_d2.engine.trainer") as messages:
         trainer = new_trainer(make_cfg(tmp_path))
         trainer.resume_or_load(resume=True)
     assert trainer.start_iter == 0
@@ -177,7 +148,7 @@ def test_imagenet_weights_are_tolerated_and_reported_once(data_root, tmp_path):
     source = new_trainer(make_cfg(tmp_path / "source"))
     path = tmp_path / "imagenet.pth"
     torch.save({"model": {k: v for k, v in source.student.state_dict().items() if k.startswith("backbone.")}}, path)
-    with captured("fvcore.common.checkpoint") as messages:
+    with captured_log("fvcore.common.checkpoint") as messages:
         trainer = new_trainer(make_cfg(tmp_path / "run", "MODEL.WEIGHTS", str(path)))
         trainer.resume_or_load(resume=False)
     reports = [m for m in messages if "not found in the checkpoint" in m]

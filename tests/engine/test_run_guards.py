@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 
 from hrda_d2 import load_config
-from hrda_d2.data.datasets.preparation import prepare_cityscapes, prepare_gta
-from hrda_d2.data.datasets.synthetic import generate_synthetic_datasets
 from hrda_d2.engine.output_lock import LOCK_FILE_NAME, OutputDirInUseError, OutputDirLock
+from run_helpers import prepared_replicas
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_NET = REPO / "tools" / "train_net.py"
@@ -110,9 +109,7 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path):
 @pytest.fixture(scope="module")
 def empty_images_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("empty_images")
-    generated = generate_synthetic_datasets(str(root), num_train=2, num_val=1, height=64, width=128, seed=0)
-    prepare_gta(generated.gta, nproc=1)
-    prepare_cityscapes(generated.cityscapes, nproc=1)
+    prepared_replicas(root, num_train=2, num_val=1)
     for image in sorted((root / "gta" / "images").iterdir()):
         image.write_bytes(b"")
     return root
