@@ -98,15 +98,18 @@ def test_sigterm_checkpoints_and_resume_is_bit_exact(data_root, reference, tmp_p
     first.register_hooks([SignalAt(at)])
     with pytest.raises(TrainingInterrupted) as stop:
         first.train()
+    code, message, stopped_at = stop.value.code, str(stop.value), first.iter
+    # drop the trainer (and its loader workers) now: the traceback would keep it alive until a garbage
+    # collection, whose finalizer order makes torch wait 5 s for each worker
+    del stop, first
     checkpoint = tmp_path / f"model_{at:07d}.pth"
-    assert stop.value.code == 128 + signal.SIGTERM, "exit status 143"
-    assert str(stop.value) == (f"Training interrupted by SIGTERM after iteration {at} (of {MAX_ITER}); checkpoint "
-                               f"written to {checkpoint}. Continue with the same command and --resume.")
-    assert first.iter == at
+    assert code == 128 + signal.SIGTERM, "exit status 143"
+    assert message == (f"Training interrupted by SIGTERM after iteration {at} (of {MAX_ITER}); checkpoint "
+                       f"written to {checkpoint}. Continue with the same command and --resume.")
+    assert stopped_at == at
     assert (tmp_path / "last_checkpoint").read_text() == checkpoint.name
     assert torch.load(checkpoint, map_location="cpu", weights_only=False)["iteration"] == at
     assert signal.getsignal(signal.SIGTERM) is handler_before, "the previous handler is restored"
-    del first
 
     second = new_trainer(cfg, seed=4321)  # everything must come from the checkpoint
     second.resume_or_load(resume=True)
