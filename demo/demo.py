@@ -146,7 +146,8 @@ def window_count(demo: VisualizationDemo, image: np.ndarray) -> Tuple[int, Tuple
     """(number of test windows, rescaled (h, w)) the model will run on ``image`` (1 in "whole" mode)."""
     predictor = demo.predictor
     transform = predictor.mapper.rescale.get_transform(image)
-    size = (int(transform.new_h), int(transform.new_w))
+    height, width = image.shape[:2]  # a NoOpTransform (the image has the test scale) keeps them
+    size = (int(getattr(transform, "new_h", height)), int(getattr(transform, "new_w", width)))
     if predictor.model.test_mode == "whole":
         return 1, size
     return len(sliding_window_boxes(size, predictor.model.test_crop_size, predictor.model.test_stride)), size

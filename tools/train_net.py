@@ -20,6 +20,7 @@ import signal
 import hrda_d2  # noqa: F401  (first: registers the components, quiets fvcore's import warnings)
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
+from torch.multiprocessing import ProcessExitedException
 
 from hrda_d2 import load_config
 from hrda_d2.checkpoint import CheckpointLoadError, load_model_weights
@@ -82,5 +83,8 @@ if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     if args.num_gpus > 1 and not args.eval_only:
         _keep_launcher_alive(args)
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    try:
+        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,))
+    except ProcessExitedException as e:  # a rank's status (143: pre-empted) becomes the launcher's
+        raise SystemExit(e.exit_code if e.exit_code > 0 else 128 - e.exit_code) from None

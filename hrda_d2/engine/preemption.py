@@ -20,9 +20,9 @@ step. A second signal while the first is pending ends the process at once, with 
 """
 from __future__ import annotations
 
-import atexit
 import logging
 import multiprocessing
+import multiprocessing.util
 import os
 import signal
 import threading
@@ -78,9 +78,10 @@ class _IgnoreSignalsThenInit:
 
 
 def _kill_daemonic_children() -> None:
-    """At exit: end the daemonic children (loader workers) with SIGKILL. multiprocessing's own exit handler ends
-    them with SIGTERM, which workers of :func:`ignore_signals_in_loader_workers` ignore; it would then wait for
-    them forever. (Registered after multiprocessing's handler, so it runs before it.)"""
+    """At exit: end the daemonic children (loader workers) with SIGKILL. multiprocessing's exit function (at the
+    exit of the main process and of every process it started, e.g. the ranks of ``launch``) ends them with
+    SIGTERM, which workers of :func:`ignore_signals_in_loader_workers` ignore, and then waits for them forever.
+    It runs the finalizers with an exit priority first: this is one."""
     for child in multiprocessing.active_children():
         if child.daemon:
             child.kill()
@@ -97,7 +98,7 @@ def ignore_signals_in_loader_workers(loader: Any, signals: Sequence[int]) -> Non
     if not isinstance(loader.worker_init_fn, _IgnoreSignalsThenInit):
         loader.worker_init_fn = _IgnoreSignalsThenInit(signals, loader.worker_init_fn)
     if not _exit_handler_registered:
-        atexit.register(_kill_daemonic_children)
+        multiprocessing.util.Finalize(None, _kill_daemonic_children, exitpriority=100)
         _exit_handler_registered = True
 
 
