@@ -13,20 +13,31 @@ a class colour, as the original's --show-dir --opacity 1); --hrda-out lr/hr/atte
 prediction, the detail prediction or the scale attention (grey, white = detail), like the original's
 tools/test.py --hrda-out LR/HR/ATT. Videos are read and written frame by frame with OpenCV (.mp4: mp4v,
 .avi: MJPG). --opts sets config keys, e.g. MODEL.WEIGHTS model.pth MODEL.DEVICE cpu.
+
+MODEL.WEIGHTS must fit the model exactly (every key, every shape): predicting with partly random weights is an
+error. Very large images (the prediction is upsampled to the full image size: about 4 copies of
+classes x H x W float32) get one warning with the memory to expect, and images that take longer than
+PROGRESS_INTERVAL_S seconds log how long they have been running and over how many slide windows.
 """
 import argparse
+import contextlib
 import glob
 import logging
 import os
 import sys
-from typing import Dict, List, Optional, Tuple
+import threading
+import time
+from typing import Dict, Iterator, List, Optional, Tuple
 
+import hrda_d2  # noqa: F401  (first: registers the components, quiets fvcore's import warnings)
 import cv2
+import numpy as np
 import tqdm
 from detectron2.utils.logger import setup_logger
 
 from hrda_d2 import load_config
 from hrda_d2.data.image_io import read_rgb_image
+from hrda_d2.modeling.meta_arch.crop_utils import sliding_window_boxes
 from hrda_d2.utils.predictor import HRDA_OUTPUTS
 from hrda_d2.utils.visualization import VisualizationDemo
 
@@ -102,14 +113,85 @@ def image_outputs(inputs: List[Tuple[str, str]], output: str) -> Dict[str, str]:
     return targets
 
 
+PROGRESS_INTERVAL_S = 5.0  # an image still being predicted after this many seconds logs its progress
+LARGE_IMAGE_BYTES = 2 << 30  # expected prediction memory that earns the one warning
+_PREDICTION_COPIES = 4  # upsampled logits, softmax / argmax temporaries, overlay: measured 7 GB at 24 MP, 19 classes
+
+
+def expected_prediction_bytes(height: int, width: int, num_classes: int) -> int:
+    """Memory the full-size prediction of an ``height x width`` image needs (besides the model): the
+    ``num_classes x H x W`` float32 logits upsampled to the image size and its temporaries."""
+    return _PREDICTION_COPIES * num_classes * height * width * 4
+
+
+class LargeImageWarning:
+    """Logs once per run when an image's prediction will need more than ``LARGE_IMAGE_BYTES``."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.warned = False
+
+    def check(self, path: str, image: np.ndarray) -> None:
+        height, width = image.shape[:2]
+        needed = expected_prediction_bytes(height, width, self.num_classes)
+        if self.warned or needed < LARGE_IMAGE_BYTES:
+            return
+        self.warned = True
+        logger.warning("%s is %dx%d (%.1f megapixels): its full-size prediction needs about %.1f GB of memory and "
+                       "may take minutes on a CPU; downscale very large images first if memory is short "
+                       "(warned once)", path, width, height, height * width / 1e6, needed / 1e9)
+
+
+def window_count(demo: VisualizationDemo, image: np.ndarray) -> Tuple[int, Tuple[int, int]]:
+    """(number of test windows, rescaled (h, w)) the model will run on ``image`` (1 in "whole" mode)."""
+    predictor = demo.predictor
+    transform = predictor.mapper.rescale.get_transform(image)
+    height, width = image.shape[:2]  # a NoOpTransform (the image has the test scale) keeps them
+    size = (int(getattr(transform, "new_h", height)), int(getattr(transform, "new_w", width)))
+    if predictor.model.test_mode == "whole":
+        return 1, size
+    return len(sliding_window_boxes(size, predictor.model.test_crop_size, predictor.model.test_stride)), size
+
+
+@contextlib.contextmanager
+def progress_log(what: str, interval: Optional[float] = None) -> Iterator[None]:
+    """Log ``<what>: still running after N s`` every ``interval`` seconds (default ``PROGRESS_INTERVAL_S``) until
+    the block ends (a daemon thread: the prediction is one call that cannot report from inside); one line at the
+    end if it took that long."""
+    interval = PROGRESS_INTERVAL_S if interval is None else interval
+    start = time.monotonic()
+    done = threading.Event()
+
+    def report() -> None:
+        while not done.wait(interval):
+            logger.info("%s: still running after %.0f s", what, time.monotonic() - start)
+
+    thread = threading.Thread(target=report, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        elapsed = time.monotonic() - start
+        if elapsed >= interval:
+            logger.info("%s: done in %.1f s", what, elapsed)
+
+
 def run_images(demo: VisualizationDemo, inputs: List[Tuple[str, str]], output: str) -> Tuple[int, List[str]]:
     """Write one picture per input; returns (number written, failed input paths)."""
     targets = image_outputs(inputs, output)
     written, failed = 0, []
+    large = LargeImageWarning(demo.predictor.cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
     for path, _ in tqdm.tqdm(inputs, desc="demo", unit="image", disable=len(inputs) < 2):
         try:
             image = read_rgb_image(path)
-            _, picture = demo.run_on_image(image)
+            large.check(path, image)
+            windows, size = window_count(demo, image)
+            what = (f"predicting {path} ({image.shape[1]}x{image.shape[0]}, {windows} slide window(s) on the "
+                    f"{size[1]}x{size[0]} test scale)")
+            with progress_log(what):
+                _, picture = demo.run_on_image(image)
         except (OSError, ValueError, RuntimeError, cv2.error) as e:
             logger.error("cannot predict input '%s': %s", path, e)
             failed.append(path)

@@ -14,13 +14,14 @@ Keys are grouped by the part of the system that reads them:
 * ``TEST``               whole / slide inference
 * ``INPUT``              dataset mappers (``data/dataset_mappers``)
 * ``DATASETS``           source/target splits, rare class sampling (``data/samplers``)
-* ``UDA``                DACS self-training (``engine/``), MIC (``UDA.MIC``, ``uda/``)
-* ``SOLVER``             AdamW, warm-up + poly schedule, AMP, clipping
+* ``UDA``                DACS self-training and MIC (``uda/``, ``UDA.MIC``)
+* ``SOLVER``             AdamW, warm-up + poly schedule, AMP, clipping, checkpoints kept, pre-emption signals
 """
 import logging
 import os
 from typing import Sequence
 
+import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
@@ -201,6 +202,12 @@ def _add_solver_config(cfg: CN) -> None:
     cfg.SOLVER.MAX_ITER = 40000
     cfg.SOLVER.IMS_PER_BATCH = 2  # source images per step (and as many target images)
     cfg.SOLVER.CHECKPOINT_PERIOD = 40000
+    # keep only the newest N periodic checkpoints (Detectron2's PeriodicCheckpointer max_to_keep; model_final
+    # and pre-emption checkpoints are never deleted); 0 keeps all
+    cfg.SOLVER.CHECKPOINT_MAX_KEEP = 0
+    # signals that stop training after the current iteration with a checkpoint and exit status 128 + signal
+    # (engine/preemption.py; SLURM: --signal=TERM@120); [] lets them act as usual (SIGTERM kills at once)
+    cfg.SOLVER.PREEMPTION_SIGNALS = ["SIGTERM", "SIGINT", "SIGUSR1"]
     cfg.SOLVER.CLIP_GRADIENTS.ENABLED = False
     cfg.SOLVER.AMP.ENABLED = False
     cfg.SOLVER.AMP.DTYPE = "bfloat16"  # "bfloat16" | "float16"
@@ -227,11 +234,22 @@ def add_hrda_config(cfg: CN) -> CN:
     return cfg
 
 
+def _yaml_error_message(error: "yaml.YAMLError", config_file: str) -> str:
+    """``<file>, line L, column C: <problem>`` of a YAML parser error, without the parser's traceback."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    problem = "; ".join(str(p) for p in (getattr(error, "context", None), getattr(error, "problem", None)) if p)
+    if mark is None:
+        return f"Config file {config_file} is not valid YAML: {problem or error}"
+    name = mark.name if mark.name and not mark.name.startswith("<") else config_file
+    return (f"Config file {name}, line {mark.line + 1}, column {mark.column + 1}: YAML syntax error: "
+            f"{problem or error}")
+
+
 def load_config(config_file: str, opts: Sequence[str] = (), freeze: bool = True) -> CN:
     """Detectron2 config with every hrda_d2 key, merged from ``config_file`` and ``KEY VALUE`` overrides.
 
-    A missing file or an unknown / ill-typed key raises ``SystemExit`` with a message naming it (for the
-    command-line tools). ``MODEL.DEVICE`` falls back to "cpu" (with a warning) when CUDA is not available.
+    A missing file, a YAML syntax error (file, line and column) or an unknown / ill-typed key raises
+    ``SystemExit`` with a message naming it (for the command-line tools). ``MODEL.DEVICE`` falls back to "cpu" (with a warning) when CUDA is not available.
     """
     cfg = add_hrda_config(get_cfg())
     if not os.path.isfile(config_file):
@@ -239,6 +257,8 @@ def load_config(config_file: str, opts: Sequence[str] = (), freeze: bool = True)
     try:
         cfg.merge_from_file(config_file)
         cfg.merge_from_list(list(opts))
+    except yaml.YAMLError as e:  # a _BASE_ file may be the broken one: the parser's mark names it
+        raise SystemExit(_yaml_error_message(e, config_file)) from None
     except (KeyError, AssertionError, ValueError) as e:
         raise SystemExit(f"Invalid config ({config_file} or command-line overrides): {e}\n"
                          f"Every valid key is defined in hrda_d2/config.py (add_hrda_config).") from e

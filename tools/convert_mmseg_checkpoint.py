@@ -2,7 +2,7 @@
 """Convert an original SegFormer / DAFormer / HRDA checkpoint to a Detectron2 checkpoint of this project.
 
     python tools/convert_mmseg_checkpoint.py IN OUT [--teacher] [--config-out CFG.yaml] [--vit-img-size H W]
-                                          [--allow-pickle]
+                                          [--allow-pickle] [--force]
 
 IN may be an official SegFormer ImageNet file (``mit_b5.pth``: written as ``backbone.*``, the classifier is
 dropped), an official DINOv2 backbone (``dinov2_vitb14_pretrain.pth``, ``..._reg4_pretrain.pth``: written as
@@ -13,8 +13,9 @@ HRDA/DAFormer DACS training checkpoint (student ``model.*`` by default, the EMA 
 --config-out translates the original config stored in the checkpoint (``meta["config"]``) into a YAML config
 of this project with ``MODEL.WEIGHTS OUT``.
 
-Files are written atomically (temporary file + rename). On any error the message goes to stderr, the exit
-status is 1 and no output file is written.
+Files are written atomically (temporary file + rename) with the usual permissions (0666 minus the umask). OUT
+(and CFG.yaml) must not be IN, and an existing one is replaced only with --force. On any error the message goes
+to stderr, the exit status is 1 and no output file is written.
 """
 import argparse
 import contextlib
@@ -46,7 +47,24 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="DINOv2: MODEL.TIMM.IMG_SIZE of the training config (position grid H/16 x W/16)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="load IN with torch.load(weights_only=False); only for files you trust")
+    parser.add_argument("--force", action="store_true", help="replace OUT / CFG.yaml if they exist")
     return parser.parse_args(argv)
+
+
+def check_paths(source: Path, outputs: List[Path], force: bool) -> None:
+    """Refuse an input that is a folder, an output that is the input (also through links or another spelling of
+    the path) and, without ``force``, an existing output."""
+    if source.is_dir():
+        raise CheckpointConversionError(f"{source} is a directory; give the checkpoint file inside it")
+    for out in outputs:
+        if out.is_dir():
+            raise CheckpointConversionError(f"output {out} is a directory; give a file name")
+        same = out.resolve() == source.resolve() or (out.exists() and source.exists() and out.samefile(source))
+        if same:
+            raise CheckpointConversionError(f"output {out} is the input {source}; converting in place would destroy "
+                                            f"the original: give another output file")
+        if out.exists() and not force:
+            raise CheckpointConversionError(f"output {out} exists; add --force to replace it")
 
 
 def translate_config(result: ConvertedCheckpoint, weights: Path, source: Path) -> Tuple[str, List[str]]:
@@ -71,6 +89,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        check_paths(args.input, [args.output] + ([args.config_out] if args.config_out else []), args.force)
         obj = load_checkpoint_file(args.input, allow_pickle=args.allow_pickle)
         result = convert_mmseg_checkpoint(obj, teacher=args.teacher, source=str(args.input),
                                           vit_img_size=tuple(args.vit_img_size))

@@ -3,7 +3,10 @@ original SegFormer / mmseg / HRDA layouts to them."""
 from .detection_checkpoint import (
     WEIGHTS_SOURCES,
     AtomicDetectionCheckpointer,
+    CheckpointLoadError,
+    IncompatibleCheckpointError,
     TeacherWeightsCheckpointer,
+    checkpoint_file_is_intact,
     load_model_weights,
 )
 from .mmseg_conversion import (
@@ -14,10 +17,15 @@ from .mmseg_conversion import (
     detect_mit_variant,
     load_checkpoint_file,
     mit_state_dict_shapes,
+    original_layout,
 )
 
 __all__ = [
     "AtomicDetectionCheckpointer",
+    "CheckpointLoadError",
+    "IncompatibleCheckpointError",
+    "checkpoint_file_is_intact",
+    "original_layout",
     "TeacherWeightsCheckpointer",
     "WEIGHTS_SOURCES",
     "load_model_weights",

@@ -42,6 +42,7 @@ __all__ = [
     "detect_mit_variant",
     "load_checkpoint_file",
     "mit_state_dict_shapes",
+    "original_layout",
 ]
 
 logger = logging.getLogger(__name__)
@@ -359,6 +360,25 @@ def _convert_segmentor(
         head_info, att_info = _summarize_daformer_head(decode, dims, f"{source} decode_head"), None
         out.update(("sem_seg_head." + k, v) for k, v in decode.items())
     return out, variant, head_info, att_info, is_hrda
+
+
+def original_layout(obj: Any) -> Optional[str]:
+    """A short description of ``obj`` (what ``torch.load`` returned) if it is an ORIGINAL checkpoint that
+    :func:`convert_mmseg_checkpoint` converts (DACS training checkpoint, mmseg segmentor state dict, SegFormer
+    ImageNet MiT weights), else None (this project's layout, or an unknown one). Only key names are read."""
+    try:
+        sd, _ = _unwrap(obj, "")
+    except CheckpointConversionError:
+        return None
+    if any(k.startswith((STUDENT_PREFIX, TEACHER_PREFIX)) for k in sd):
+        return "an mmseg DACS training checkpoint (model.* / ema_model.* keys)"
+    if any(k.startswith("backbone.") for k in sd) and any(k.startswith("decode_head.") for k in sd):
+        return "an mmseg segmentor state dict (backbone.* / decode_head.* keys)"
+    if "patch_embed1.proj.weight" in sd:
+        return "an official SegFormer ImageNet MiT file (patch_embed1.* / block1.* keys)"
+    if _is_dinov2(sd):
+        return "an official DINOv2 backbone file (cls_token / pos_embed / blocks.* keys)"
+    return None
 
 
 def convert_mmseg_checkpoint(obj: Any, teacher: bool = False, source: str = "checkpoint",

@@ -4,6 +4,8 @@ Images are decoded with OpenCV (the decoder of the original's ``LoadImageFromFil
 ``H x W x 3`` uint8 RGB. Labels are decoded with Pillow (as the original's ``LoadAnnotations``) and
 returned as ``H x W`` uint8 train ids (255 = ignore).
 """
+import os
+
 import cv2
 import numpy as np
 import torch
@@ -19,7 +21,7 @@ _JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
 def read_rgb_image(file_name: str) -> np.ndarray:
     """Read an image file as ``H x W x 3`` uint8 RGB.
 
-    Raises ``OSError`` naming the file if it is missing, not an image, or truncated (OpenCV refuses
+    Raises ``OSError`` naming the file if it is missing, empty, not an image, or truncated (OpenCV refuses
     truncated PNGs; for JPEGs, which OpenCV would decode partially, the end-of-image marker is checked).
     """
     try:
@@ -27,6 +29,9 @@ def read_rgb_image(file_name: str) -> np.ndarray:
             data = f.read()
     except OSError as e:
         raise OSError(f"cannot read image file {file_name}: {e}") from e
+    if not data:
+        raise OSError(f"image file {file_name} is empty (0 bytes): an interrupted copy or download; re-download or "
+                      "re-generate it")
     if data.startswith(_JPEG_START) and not data.rstrip(b"\x00").endswith(_JPEG_END):
         raise OSError(f"image file {file_name} is a truncated JPEG (no end-of-image marker); re-download it")
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
@@ -57,9 +62,12 @@ def read_label(file_name: str, num_classes: int, ignore_value: int = 255) -> np.
     """Read a train-id label PNG as ``H x W`` uint8.
 
     The file must be single-channel (Pillow mode L, P or I/I;16); its values must be train ids
-    ``0 .. num_classes - 1`` or ``ignore_value``. Raises ``OSError`` (unreadable, corrupt, truncated)
+    ``0 .. num_classes - 1`` or ``ignore_value``. Raises ``OSError`` (unreadable, empty, corrupt, truncated)
     or ``ValueError`` (wrong mode, bad value), each naming the file.
     """
+    if os.path.isfile(file_name) and os.path.getsize(file_name) == 0:
+        raise OSError(f"label file {file_name} is empty (0 bytes): an interrupted copy or conversion; re-run the "
+                      "dataset's prepare script (datasets/prepare_*.py) or re-download it")
     try:
         with Image.open(file_name) as img:
             if img.mode not in _LABEL_MODES:

@@ -103,5 +103,5 @@ class DebugImageHook(HookBase):
                 ])
             panel = _grid(rows)
             panel.save(os.path.join(self._dir, f"{self.trainer.iter + 1:06d}_{i}.png"))
-            storage.put_image(f"dacs_debug/{i}", torch.from_numpy(np.asarray(panel)).permute(2, 0, 1).float() / 255)
+            storage.put_image(f"dacs_debug/{i}", torch.from_numpy(np.array(panel)).permute(2, 0, 1).float() / 255)
         logger.info(f"Wrote DACS debug panels to {self._dir}")

@@ -18,7 +18,6 @@ import weakref
 from typing import Optional
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.evaluation import DatasetEvaluators
@@ -26,15 +25,16 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..checkpoint import AtomicDetectionCheckpointer
+from ..checkpoint import AtomicDetectionCheckpointer, load_model_weights
 from ..data.build import build_test_loader, build_train_loader
 from ..data.datasets.cityscapes_classes import SYNTHIA_MIOU16_CLASSES
 from ..evaluation import OfficialCityscapesSemSegEvaluator, SemSegMIoUEvaluator, SemSegPredictionWriter
 from ..solver import build_lr_scheduler, build_optimizer
 from ..uda import DACSStepTrainer
-from ..utils.file_io import remove_stale_partial_files
+from ..utils.file_io import atomic_write_text, remove_stale_partial_files
 from ..utils.rng import preserve_rng_states
 from .hooks import DebugImageHook
+from .preemption import PreemptionHook, ignore_signals_in_loader_workers, parse_signals
 
 __all__ = ["HRDATrainer", "broadcast_from_main_process"]
 
@@ -114,17 +114,27 @@ class HRDATrainer(DefaultTrainer):
         student and the ImageNet model load it (the teacher is a copy of the student at iteration 0)."""
         if comm.is_main_process() and self.cfg.OUTPUT_DIR and os.path.isdir(self.cfg.OUTPUT_DIR):
             remove_stale_partial_files(self.cfg.OUTPUT_DIR)
-        if resume and self.checkpointer.has_checkpoint():
-            self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=True)
+        path = self.checkpointer.resume_file() if resume else ""
+        if path:
+            self.checkpointer.load(path)
             self.start_iter = self.iter + 1
             self._trainer.reset_data_loader(lambda: self.build_train_loader(self.cfg, start_iter=self.start_iter))
-            logger.info(f"Resumed from {self.checkpointer.get_checkpoint_file()} at iteration {self.start_iter}")
+            logger.info(f"Resumed from {path} at iteration {self.start_iter}")
+            if self.start_iter >= self.max_iter:
+                logger.warning(
+                    f"--resume: {path} is at iteration {self.start_iter} >= SOLVER.MAX_ITER {self.max_iter}: this "
+                    f"run is complete and trains nothing more (only the final evaluation runs). Raise "
+                    f"SOLVER.MAX_ITER to train longer, or choose a new OUTPUT_DIR for a new run.")
             return
+        if resume:  # Detectron2's --resume: continue if possible, else start (the same command on every requeue)
+            logger.warning(f"--resume: no checkpoint in OUTPUT_DIR {self.cfg.OUTPUT_DIR} (no last_checkpoint "
+                           f"file): starting from iteration 0" + (f" with MODEL.WEIGHTS {self.cfg.MODEL.WEIGHTS}"
+                                                                 if self.cfg.MODEL.WEIGHTS else ""))
         weights = self.cfg.MODEL.WEIGHTS
         if weights:
-            self.checkpointer.load(weights, checkpointables=[])
-            if self.imnet_model is not None:
-                DetectionCheckpointer(self.imnet_model).load(weights)
+            self.checkpointer.load(weights, checkpointables=[])  # tolerant (new head); Detectron2 logs the keys
+            if self.imnet_model is not None:  # same file, same keys: not reported twice
+                load_model_weights(self.imnet_model, weights, strict=False, log_incompatible=False)
         else:
             logger.warning("MODEL.WEIGHTS is empty: training starts from random weights (no ImageNet backbone)")
         if self.imnet_model is not None:
@@ -141,18 +151,34 @@ class HRDATrainer(DefaultTrainer):
         if not comm.is_main_process():
             position = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook))
             ret.insert(position, hooks.PeriodicCheckpointer(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD))
+        elif self.cfg.SOLVER.CHECKPOINT_MAX_KEEP > 0:  # only the writing process deletes old files
+            for hook in ret:
+                if isinstance(hook, hooks.PeriodicCheckpointer):
+                    hook.max_to_keep = self.cfg.SOLVER.CHECKPOINT_MAX_KEEP
         if self.cfg.UDA.ENABLED and self.cfg.UDA.DEBUG_IMG_INTERVAL > 0 and comm.is_main_process():
             colors = MetadataCatalog.get(self.cfg.DATASETS.SOURCE[0]).get("stuff_colors")
             position = next(i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter))
             ret.insert(position, DebugImageHook(self.cfg.OUTPUT_DIR, colors))
+        if self.cfg.SOLVER.PREEMPTION_SIGNALS:  # last: it saves the state the other hooks leave
+            ret.append(PreemptionHook.from_config(self.cfg))
         return ret
 
     # ------------------------------------------------------------------------------------------------------
     @classmethod
     def build_model(cls, cfg, log: bool = True):
+        """Detectron2's ``build_model``; with ``log``, one summary line, and the architecture (hundreds of lines)
+        written to ``OUTPUT_DIR/model.txt`` by the main process instead of the console."""
         model = build_model(cfg)
         if log:
-            logger.info(f"Model:\n{model}")
+            num_params = sum(p.numel() for p in model.parameters())
+            where = ""
+            if cfg.OUTPUT_DIR and comm.is_main_process():
+                os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+                where = os.path.join(cfg.OUTPUT_DIR, "model.txt")
+                atomic_write_text(where, f"{model}\n")
+                where = f"; architecture written to {where}"
+            logger.info(f"Model: {cfg.MODEL.META_ARCHITECTURE} ({cfg.MODEL.MIT.VARIANT}, "
+                        f"{num_params / 1e6:.2f} M parameters){where}")
         return model
 
     @classmethod
@@ -165,11 +191,19 @@ class HRDATrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0):
-        return build_train_loader(cfg, start_iter=start_iter)
+        """The (source, target) pairs; the loader workers ignore ``SOLVER.PREEMPTION_SIGNALS``."""
+        pairs = build_train_loader(cfg, start_iter=start_iter)
+        signals = parse_signals(cfg.SOLVER.PREEMPTION_SIGNALS)
+        for loader in (pairs.source_loader, pairs.target_loader):
+            if loader is not None:
+                ignore_signals_in_loader_workers(loader, signals)
+        return pairs
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        return build_test_loader(cfg, dataset_name)
+        loader = build_test_loader(cfg, dataset_name)
+        ignore_signals_in_loader_workers(loader, parse_signals(cfg.SOLVER.PREEMPTION_SIGNALS))
+        return loader
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder: Optional[str] = None):

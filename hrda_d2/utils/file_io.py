@@ -9,13 +9,15 @@ leaves are never read and :func:`remove_stale_partial_files` deletes them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import logging
 import os
 import re
 from typing import Any, Iterator, List
 
-__all__ = ["atomic_path", "atomic_torch_save", "atomic_write_text", "remove_stale_partial_files"]
+__all__ = ["DiskFullError", "atomic_path", "atomic_torch_save", "atomic_write_text", "process_is_running",
+           "remove_stale_partial_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +51,35 @@ def atomic_path(path: str, suffix: str = "", hidden: bool = False) -> Iterator[s
             os.remove(tmp)
 
 
+class DiskFullError(OSError):
+    """Writing a file failed for lack of space (``ENOSPC``, ``EDQUOT``); ``path`` was left as it was."""
+
+    def __init__(self, message: str, path: str):
+        super().__init__(message)
+        self.errno = errno.ENOSPC
+        self.path = path
+
+
+# torch's zip writer reports a short write of its own C++ stream as "unexpected pos <written> vs <expected>"
+_TORCH_SHORT_WRITE = "unexpected pos"
+
+
 def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save(obj, path)``, atomically."""
+    """``torch.save(obj, path)``, atomically. Raises :class:`DiskFullError` naming ``path`` when the disk (or
+    quota) is full; the temporary file is removed and ``path`` keeps its previous content."""
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            # through a Python file object, so that a full disk surfaces as OSError(ENOSPC), not as a bare
+            # RuntimeError of torch's own stream
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+    except (OSError, RuntimeError) as e:
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT) if isinstance(e, OSError) else _TORCH_SHORT_WRITE in str(e)
+        if not full:
+            raise
+        raise DiskFullError(f"no space left on device writing {path} ({e})", path) from e
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -64,7 +89,8 @@ def atomic_write_text(path: str, text: str) -> None:
             f.write(text)
 
 
-def _process_alive(pid: int) -> bool:
+def process_is_running(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (also one of another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -80,7 +106,7 @@ def remove_stale_partial_files(folder: str) -> List[str]:
     removed = []
     for path in sorted(glob.glob(os.path.join(glob.escape(folder), "*.tmp-*"))):
         match = _PARTIAL_NAME.search(path)
-        if match is None or int(match.group(1)) == os.getpid() or _process_alive(int(match.group(1))):
+        if match is None or int(match.group(1)) == os.getpid() or process_is_running(int(match.group(1))):
             continue
         os.remove(path)
         removed.append(path)

@@ -10,7 +10,8 @@ image's own size, through the same steps as ``tools/train_net.py --eval-only``: 
 * ``"fused"``: the HRDA prediction (the model's normal output);
 * ``"lr"`` / ``"hr"``: the model built with ``MODEL.HRDA.FIXED_ATTENTION`` 0.0 / 1.0, i.e. the upsampled
   context (LR) prediction only / the slide-merged detail (HR) prediction only, through the same sliding
-  windows; the scale-attention weights of the checkpoint are not used (Detectron2 logs them as unused keys);
+  windows; the scale-attention weights of the checkpoint are not used (the only keys the strict loading
+  lets the model lack);
 * ``"attention"``: ``sum_c(att_c * softmax(fused)_c)`` of every test window (``HRDA.forward_scales``),
   merged over the windows like the logits, in ``[0, 1]``.
 """
@@ -79,7 +80,8 @@ class SemSegPredictor:
             if hrda_out in _FIXED_ATTENTION_OF:
                 logger.info("--hrda-out %s: the model runs with MODEL.HRDA.FIXED_ATTENTION %s, so the checkpoint's "
                             "scale_attention.* weights are not used", hrda_out, _FIXED_ATTENTION_OF[hrda_out])
-            load_model_weights(self.model, weights, self.cfg.TEST.WEIGHTS_SOURCE)
+            unused = ("scale_attention.",) if hrda_out in _FIXED_ATTENTION_OF else ()
+            load_model_weights(self.model, weights, self.cfg.TEST.WEIGHTS_SOURCE, allowed_unexpected=unused)
         else:
             logger.warning("MODEL.WEIGHTS is empty: predicting with randomly initialised weights")
 

@@ -1,4 +1,4 @@
-"""MIC in the DACS step (docs/method.md §17.1) on generated data with the tiny HRDA of tests/test_dacs_trainer.py.
+"""MIC in the DACS step (docs/method.md §17.1) on generated data with the tiny HRDA of tests/helpers/training.py.
 
 * ``UDA.MIC.ENABLED False`` is the step without MIC: with MIC on, the first iteration's source / mix losses
   are bit-identical and the RNG streams when MIC starts are exactly those at the end of the MIC-free step (MIC
