@@ -13,52 +13,21 @@ import signal
 
 import pytest
 import torch
-from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import HookBase
-from detectron2.utils.env import seed_all_rng
 
-from hrda_d2 import add_hrda_config
-from hrda_d2.data.datasets import BUILTIN_SPLITS, register_builtin_split, register_cityscapes_root
 from hrda_d2.engine.preemption import PreemptionHook, TrainingInterrupted
-from hrda_d2.engine.trainer import HRDATrainer
-from tests.helpers.run_helpers import captured_log, prepared_replicas
-from tests.helpers.training import SMALL_OPTS as TINY_TRAIN_OPTS
+from tests.helpers.run_helpers import captured_log
+from tests.helpers.training import build_trainer
+from tests.helpers.training import make_cfg as make_training_cfg
 
-PREFIX = "preemption_test"
-DEMO_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "demo_hrda.yaml")
 MAX_ITER, PERIOD = 6, 3  # periodic checkpoints after iterations 2 and 5 (+ model_final)
 RUN_OPTS = ["SOLVER.MAX_ITER", str(MAX_ITER), "SOLVER.CHECKPOINT_PERIOD", str(PERIOD), "TEST.EVAL_PERIOD", "0",
             "DATASETS.TEST", "()", "UDA.DEBUG_IMG_INTERVAL", "0", "UDA.FD.LAMBDA", "0.005"]
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("preemption_data")
-    generated = prepared_replicas(root, num_train=4, num_val=2)
-    for name in (f"{PREFIX}_gta_train", f"{PREFIX}_cityscapes_train", f"{PREFIX}_cityscapes_val"):
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
-    gta = next(split for split in BUILTIN_SPLITS if split.name == "gta_train")
-    register_builtin_split(gta, str(root), name=f"{PREFIX}_gta_train")
-    register_cityscapes_root(generated.cityscapes, f"{PREFIX}_cityscapes")
-    return root
-
-
 def make_cfg(output_dir, *opts):
-    cfg = add_hrda_config(get_cfg())
-    cfg.merge_from_file(DEMO_CONFIG)
-    cfg.merge_from_list(TINY_TRAIN_OPTS + [
-        "DATASETS.SOURCE", f"('{PREFIX}_gta_train',)", "DATASETS.TARGET", f"('{PREFIX}_cityscapes_train',)",
-        "OUTPUT_DIR", str(output_dir)] + RUN_OPTS + list(opts))
-    cfg.freeze()
-    return cfg
-
-
-def new_trainer(cfg, seed=None) -> HRDATrainer:
-    seed_all_rng(cfg.SEED if seed is None else seed)  # as default_setup does
-    return HRDATrainer(cfg)
+    """The shared tiny training config (tests/helpers/training.py) with this module's run settings."""
+    return make_training_cfg(output_dir, *RUN_OPTS, *opts)
 
 
 def weights(module) -> dict:
@@ -69,7 +38,7 @@ def weights(module) -> dict:
 def reference(data_root, tmp_path_factory):
     """The uninterrupted run (1 loader worker): (output dir, final student, final teacher)."""
     out = tmp_path_factory.mktemp("reference")
-    trainer = new_trainer(make_cfg(out, "DATALOADER.NUM_WORKERS", "1"))
+    trainer = build_trainer(make_cfg(out, "DATALOADER.NUM_WORKERS", "1"))
     trainer.resume_or_load(resume=False)
     trainer.train()
     return out, weights(trainer.student), weights(trainer.teacher)
@@ -93,7 +62,7 @@ def test_sigterm_checkpoints_and_resume_is_bit_exact(data_root, reference, tmp_p
     at = random.randint(PERIOD, MAX_ITER - 2)  # strictly between the checkpoints after iterations 2 and 5
     cfg = make_cfg(tmp_path, "DATALOADER.NUM_WORKERS", "1")
     handler_before = signal.getsignal(signal.SIGTERM)
-    first = new_trainer(cfg)
+    first = build_trainer(cfg)
     first.resume_or_load(resume=False)
     first.register_hooks([SignalAt(at)])
     with pytest.raises(TrainingInterrupted) as stop:
@@ -111,7 +80,7 @@ def test_sigterm_checkpoints_and_resume_is_bit_exact(data_root, reference, tmp_p
     assert torch.load(checkpoint, map_location="cpu", weights_only=False)["iteration"] == at
     assert signal.getsignal(signal.SIGTERM) is handler_before, "the previous handler is restored"
 
-    second = new_trainer(cfg, seed=4321)  # everything must come from the checkpoint
+    second = build_trainer(cfg, seed=4321)  # everything must come from the checkpoint
     second.resume_or_load(resume=True)
     assert second.start_iter == at + 1
     second.train()
@@ -129,7 +98,7 @@ def test_unknown_signal_name_is_a_config_error(tmp_path):
 def test_resume_of_a_finished_run_says_so(data_root, reference):
     ref_dir = reference[0]
     with captured_log("hrda_d2.engine.trainer") as messages:
-        trainer = new_trainer(make_cfg(ref_dir))
+        trainer = build_trainer(make_cfg(ref_dir))
         trainer.resume_or_load(resume=True)
     assert trainer.start_iter == MAX_ITER
     assert any(f"model_final.pth is at iteration {MAX_ITER} >= SOLVER.MAX_ITER {MAX_ITER}: this run is complete"
@@ -138,7 +107,7 @@ def test_resume_of_a_finished_run_says_so(data_root, reference):
 
 def test_resume_without_checkpoint_says_so_and_starts_at_zero(data_root, tmp_path):
     with captured_log("hrda_d2.engine.trainer") as messages:
-        trainer = new_trainer(make_cfg(tmp_path))
+        trainer = build_trainer(make_cfg(tmp_path))
         trainer.resume_or_load(resume=True)
     assert trainer.start_iter == 0
     assert any(f"--resume: no checkpoint in OUTPUT_DIR {tmp_path} (no last_checkpoint file): starting from "
@@ -148,11 +117,11 @@ def test_resume_without_checkpoint_says_so_and_starts_at_zero(data_root, tmp_pat
 def test_imagenet_weights_are_tolerated_and_reported_once(data_root, tmp_path):
     """MODEL.WEIGHTS with backbone weights only (student and ImageNet model load it): the head's keys are
     reported once, not an error."""
-    source = new_trainer(make_cfg(tmp_path / "source"))
+    source = build_trainer(make_cfg(tmp_path / "source"))
     path = tmp_path / "imagenet.pth"
     torch.save({"model": {k: v for k, v in source.student.state_dict().items() if k.startswith("backbone.")}}, path)
     with captured_log("fvcore.common.checkpoint") as messages:
-        trainer = new_trainer(make_cfg(tmp_path / "run", "MODEL.WEIGHTS", str(path)))
+        trainer = build_trainer(make_cfg(tmp_path / "run", "MODEL.WEIGHTS", str(path)))
         trainer.resume_or_load(resume=False)
     reports = [m for m in messages if "not found in the checkpoint" in m]
     assert len(reports) == 1 and "sem_seg_head" in reports[0], messages
@@ -163,7 +132,7 @@ def test_imagenet_weights_are_tolerated_and_reported_once(data_root, tmp_path):
 def test_checkpoint_max_keep_bounds_the_periodic_files(data_root, tmp_path):
     cfg = make_cfg(tmp_path, "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "1", "SOLVER.CHECKPOINT_MAX_KEEP", "1",
                    "UDA.FD.LAMBDA", "0.0")
-    trainer = new_trainer(cfg)
+    trainer = build_trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
     assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["model_0000002.pth", "model_final.pth"]

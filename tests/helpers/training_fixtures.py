@@ -5,8 +5,7 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from hrda_d2.data.datasets import BUILTIN_SPLITS, register_builtin_split, register_cityscapes_root
-from hrda_d2.data.preparation import prepare_cityscapes, prepare_gta
-from hrda_d2.data.synthetic import generate_synthetic_datasets
+from tests.helpers.run_helpers import prepared_replicas
 from tests.helpers.training import (
     RecordStep,
     NAME_PREFIX,
@@ -28,9 +27,7 @@ def data_root(tmp_path_factory):
     """Generated GTA-like / Cityscapes-like data (4 train, 2 val images, Cityscapes-like 64x128), prepared,
     and registered under test names (the builtin names are bound to $DETECTRON2_DATASETS at import)."""
     root = tmp_path_factory.mktemp("dacs_data")
-    generated = generate_synthetic_datasets(str(root), num_train=4, num_val=2, height=64, width=128, seed=0)
-    prepare_gta(generated.gta, nproc=1)
-    prepare_cityscapes(generated.cityscapes, nproc=1)
+    generated = prepared_replicas(root, num_train=4, num_val=2)
     names = [f"{NAME_PREFIX}_gta_train", f"{NAME_PREFIX}_cityscapes_train", f"{NAME_PREFIX}_cityscapes_val"]
     for name in names:
         if name in DatasetCatalog.list():

@@ -21,9 +21,8 @@ import sys
 import pytest
 import torch
 
-from hrda_d2.data.preparation import prepare_cityscapes, prepare_gta
-from hrda_d2.data.synthetic import generate_synthetic_datasets
 from tests.helpers.paths import REPO_ROOT
+from tests.helpers.run_helpers import prepared_replicas
 from tests.helpers.training import SMALL_OPTS
 
 pytestmark = pytest.mark.slow
@@ -47,9 +46,7 @@ OPTS = SMALL_OPTS + ["TEST.SLIDE.STRIDE", "[32, 32]"] + [  # overlapping test wi
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("timm_data")
-    generated = generate_synthetic_datasets(str(root), num_train=4, num_val=2, height=64, width=128, seed=0)
-    prepare_gta(generated.gta, nproc=1)
-    prepare_cityscapes(generated.cityscapes, nproc=1)
+    prepared_replicas(root, num_train=4, num_val=2)
     return root
 
 
