@@ -38,8 +38,8 @@ from detectron2.utils.logger import setup_logger
 from hrda_d2 import load_config
 from hrda_d2.data.image_io import read_rgb_image
 from hrda_d2.modeling.meta_arch.crop_utils import sliding_window_boxes
-from hrda_d2.utils.predictor import HRDA_OUTPUTS
-from hrda_d2.utils.visualization import VisualizationDemo
+from hrda_d2.engine.predictor import HRDA_OUTPUTS
+from predictor import VisualizationDemo  # demo/predictor.py (this script's folder is first on sys.path)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG"}  # what OpenCV's own (FFmpeg) writer can encode everywhere

@@ -3,7 +3,7 @@
 Importing this package registers every component with Detectron2:
 
 * ``BACKBONE_REGISTRY``:      ``build_mit_backbone`` (MiT-b0 ... MiT-b5)
-* ``SEM_SEG_HEADS_REGISTRY``: ``DAFormerHead``
+* ``SEM_SEG_HEADS_REGISTRY``: ``DAFormerHead`` (single scale), ``HRDAHead`` (multi-resolution, wraps one)
 * ``META_ARCH_REGISTRY``:     ``HRDA``
 * ``DatasetCatalog``:         GTA, Synthia, ACDC, Dark Zurich splits (Cityscapes uses Detectron2's own)
 """

@@ -9,8 +9,9 @@ Keys are grouped by the part of the system that reads them:
 
 * ``MODEL.MIT``          MiT backbone (``modeling/backbone/mit.py``)
 * ``MODEL.TIMM``         any timm model / DINOv2 ViT (``modeling/backbone/timm_backbone.py``)
-* ``MODEL.SEM_SEG_HEAD`` DAFormer head (``modeling/heads/daformer_head.py``)
-* ``MODEL.HRDA``         multi-resolution meta-architecture (``modeling/meta_arch/hrda.py``)
+* ``MODEL.SEM_SEG_HEAD`` the single-scale head, DAFormer (``modeling/heads/daformer_head.py``)
+* ``MODEL.HRDA``         multi-resolution meta-architecture and its head (``modeling/meta_arch/hrda.py``,
+                         ``hrda_head.py``)
 * ``TEST``               whole / slide inference
 * ``INPUT``              dataset mappers (``data/dataset_mappers``)
 * ``DATASETS``           source/target splits, rare class sampling (``data/samplers``)
@@ -25,9 +26,13 @@ import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-__all__ = ["add_hrda_config", "load_config"]
+__all__ = ["MIC_MODE_NAMES", "add_hrda_config", "load_config"]
 
 logger = logging.getLogger(__name__)
+
+# values of UDA.MIC.MODE (the original MIC's ``mask_mode``s, docs/method.md §17.2); what each one masks is
+# hrda_d2/uda/masked_consistency.py's table. Shared with the original-config translation (checkpoint/mmseg_config.py)
+MIC_MODE_NAMES = ("separate", "separateaug", "separatesrc", "separatesrcaug", "separatetrg", "separatetrgaug")
 
 
 def _add_model_config(cfg: CN) -> None:
@@ -81,6 +86,9 @@ def _add_model_config(cfg: CN) -> None:
 
     cfg.MODEL.HRDA = CN()
     cfg.MODEL.HRDA.SCALES = [1.0, 0.5]  # [1.0] = plain single-scale DAFormer
+    # the registered multi-resolution head of two-scale models (modeling/meta_arch/hrda_head.py); it wraps the
+    # single-scale head MODEL.SEM_SEG_HEAD.NAME and builds a scale attention of the same type
+    cfg.MODEL.HRDA.HEAD_NAME = "HRDAHead"
     cfg.MODEL.HRDA.HR_CROP_SIZE = [512, 512]
     cfg.MODEL.HRDA.CROP_COORD_DIVISIBLE = 8
     cfg.MODEL.HRDA.FEATURE_SCALE = 0.5  # scale whose features feed the ImageNet feature distance

@@ -115,3 +115,10 @@ def test_dinov2_mic_configs_are_the_dinov2_configs_plus_mic():
         assert (mic.UDA.MIC.MODE, mic.UDA.MIC.MASK_RATIO, mic.UDA.MIC.BLOCK_SIZE, mic.UDA.MIC.LAMBDA) == (
             "separatetrgaug", 0.7, 64, 1.0)
         assert mic.MODEL.TIMM.NAME == hrda.MODEL.TIMM.NAME and mic.SOLVER.BASE_LR == hrda.SOLVER.BASE_LR
+
+
+def test_config_layer_lists_exactly_the_implemented_mic_modes():
+    from hrda_d2.config import MIC_MODE_NAMES
+    from hrda_d2.uda import MIC_MODES
+
+    assert sorted(MIC_MODE_NAMES) == sorted(MIC_MODES)

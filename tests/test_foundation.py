@@ -47,7 +47,7 @@ def test_import_registers_every_component():
 
     assert "build_mit_backbone" in BACKBONE_REGISTRY
     assert "HRDA" in META_ARCH_REGISTRY
-    assert "DAFormerHead" in SEM_SEG_HEADS_REGISTRY
+    assert "DAFormerHead" in SEM_SEG_HEADS_REGISTRY and "HRDAHead" in SEM_SEG_HEADS_REGISTRY
     registered = set(DatasetCatalog.list())
     for split in ["gta_train", "synthia_train", "acdc_train", "acdc_val", "darkzurich_train", "darkzurich_val",
                   "cityscapes_fine_sem_seg_train", "cityscapes_fine_sem_seg_val"]:
@@ -62,4 +62,6 @@ def test_model_builds_from_the_config_registry():
     model = build_model(tiny_hrda_cfg())
     assert type(model).__name__ == "HRDA"
     assert type(model.backbone).__name__ == "MixVisionTransformer"
-    assert type(model.sem_seg_head).__name__ == "DAFormerHead"
+    assert type(model.sem_seg_head).__name__ == "HRDAHead"  # MODEL.HRDA.HEAD_NAME, from SEM_SEG_HEADS_REGISTRY
+    assert type(model.sem_seg_head.head).__name__ == "DAFormerHead"  # MODEL.SEM_SEG_HEAD.NAME
+    assert type(model.sem_seg_head.scale_attention).__name__ == "DAFormerHead"

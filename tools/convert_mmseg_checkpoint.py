@@ -26,7 +26,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from hrda_d2.checkpoint import CheckpointConversionError, ConvertedCheckpoint, convert_mmseg_checkpoint, \
+from hrda_d2.checkpoint import CheckpointConversionError, ConvertedCheckpoint, convert_checkpoint, \
     load_checkpoint_file
 from hrda_d2.checkpoint.dinov2_conversion import Dinov2ConvertedCheckpoint, dinov2_usage
 from hrda_d2.checkpoint.mmseg_config import MmsegConfigError, cfg_values_to_yaml, mmseg_config_to_cfg_values, \
@@ -74,9 +74,9 @@ def translate_config(result: ConvertedCheckpoint, weights: Path, source: Path) -
         raise MmsegConfigError(f"{source}: --config-out needs the original config text in meta['config'], "
                                f"but the file has {'no meta' if result.meta is None else 'no meta[config]'}")
     values, notes = mmseg_config_to_cfg_values(parse_mmseg_config_text(text), weights=str(weights))
-    if values["MODEL.MIT.VARIANT"] != result.mit_variant:
+    if values["MODEL.MIT.VARIANT"] != result.backbone:
         raise MmsegConfigError(f"{source}: meta['config'] says {values['MODEL.MIT.VARIANT']}, "
-                               f"the weights are {result.mit_variant}")
+                               f"the weights are {result.backbone}")
     head_classes = result.sem_seg_head.num_classes if result.sem_seg_head else None
     if head_classes is not None and values.get("MODEL.SEM_SEG_HEAD.NUM_CLASSES") != head_classes:
         raise MmsegConfigError(f"{source}: meta['config'] has num_classes={values.get('MODEL.SEM_SEG_HEAD.NUM_CLASSES')}, "
@@ -91,13 +91,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         check_paths(args.input, [args.output] + ([args.config_out] if args.config_out else []), args.force)
         obj = load_checkpoint_file(args.input, allow_pickle=args.allow_pickle)
-        result = convert_mmseg_checkpoint(obj, teacher=args.teacher, source=str(args.input),
-                                          vit_img_size=tuple(args.vit_img_size))
+        result = convert_checkpoint(obj, teacher=args.teacher, source=str(args.input),
+                                    vit_img_size=tuple(args.vit_img_size))
         yaml_text, notes = translate_config(result, args.output, args.input) if args.config_out else (None, [])
         checkpoint = {
             "model": result.state_dict,
             "__author__": AUTHOR,
-            "conversion": {"source": str(args.input), "layout": result.layout, "mit_variant": result.mit_variant,
+            "conversion": {"source": str(args.input), "layout": result.layout, "backbone": result.backbone,
                            "weights": result.source_prefix or "(no prefix)"},
         }
         # both files are renamed into place only once both are written

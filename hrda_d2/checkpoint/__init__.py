@@ -1,5 +1,20 @@
 """Checkpoints: this project's files (atomic writing, student / teacher loading) and the conversion of the
-original SegFormer / mmseg / HRDA layouts to them."""
+original SegFormer / mmseg / HRDA / DINOv2 layouts to them.
+
+* :mod:`.detection_checkpoint`: the checkpointers and :func:`load_model_weights`;
+* :mod:`.conversion`: the conversion dispatcher (file reading, layout detection, :func:`convert_checkpoint`);
+* :mod:`.conversion_types`: the types every conversion shares;
+* leaves: :mod:`.mmseg_conversion` (MiT / DAFormer / HRDA), :mod:`.dinov2_conversion` (DINOv2 ViTs);
+* :mod:`.mmseg_config`: the stored original config text -> this project's config.
+"""
+from .conversion import (
+    convert_checkpoint,
+    convert_mmseg_checkpoint,
+    load_checkpoint_file,
+    original_layout,
+    unwrap_state_dict,
+)
+from .conversion_types import CheckpointConversionError, ConvertedCheckpoint, HeadSummary
 from .detection_checkpoint import (
     WEIGHTS_SOURCES,
     AtomicDetectionCheckpointer,
@@ -9,16 +24,7 @@ from .detection_checkpoint import (
     checkpoint_file_is_intact,
     load_model_weights,
 )
-from .mmseg_conversion import (
-    CheckpointConversionError,
-    ConvertedCheckpoint,
-    HeadSummary,
-    convert_mmseg_checkpoint,
-    detect_mit_variant,
-    load_checkpoint_file,
-    mit_state_dict_shapes,
-    original_layout,
-)
+from .mmseg_conversion import detect_mit_variant, mit_state_dict_shapes
 
 __all__ = [
     "AtomicDetectionCheckpointer",
@@ -32,8 +38,10 @@ __all__ = [
     "CheckpointConversionError",
     "ConvertedCheckpoint",
     "HeadSummary",
+    "convert_checkpoint",
     "convert_mmseg_checkpoint",
     "detect_mit_variant",
     "load_checkpoint_file",
     "mit_state_dict_shapes",
+    "unwrap_state_dict",
 ]

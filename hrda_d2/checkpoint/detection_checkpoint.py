@@ -24,7 +24,8 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from ..utils.file_io import DiskFullError, atomic_torch_save, atomic_write_text
-from .mmseg_conversion import original_layout
+from .conversion import original_layout
+from .legacy_layout import upgrade_head_keys
 
 __all__ = [
     "AtomicDetectionCheckpointer",
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS_SOURCES = ("student", "teacher")
 _CONVERTER = "tools/convert_mmseg_checkpoint.py"
+_MODEL_ENTRIES = ("model", "teacher", "imnet_model")  # the models a training checkpoint of this project holds
 
 
 class CheckpointLoadError(ValueError):
@@ -99,6 +101,10 @@ class _NamedFileLoading:
                 f"{filename} is {layout}, which this project cannot load directly: convert it first with "
                 f"`python {_CONVERTER} {filename} converted.pth` (add --teacher for the EMA teacher of a training "
                 f"checkpoint) and give converted.pth as MODEL.WEIGHTS.")
+        model_keys = list(self.model.state_dict())
+        for entry in _MODEL_ENTRIES:  # student, EMA teacher and ImageNet model share the architecture
+            if isinstance(data.get(entry), dict):
+                upgrade_head_keys(data[entry], model_keys, f"{filename} [{entry}]")
         return data
 
     def _load_model(self, checkpoint: Any):

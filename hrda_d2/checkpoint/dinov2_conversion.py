@@ -40,10 +40,11 @@ import torch
 from timm.layers import resample_abs_pos_embed
 
 from ..modeling.backbone.timm_backbone import VIT_TOKEN_STRIDE, VIT_TRUNK_PREFIX
-from .mmseg_conversion import CheckpointConversionError, ConvertedCheckpoint
+from .conversion_types import CheckpointConversionError, ConversionRequest, ConvertedCheckpoint, OriginalLayout
 
 __all__ = [
     "DINOV2_ARCHS",
+    "LAYOUTS",
     "LAYOUT_DINOV2",
     "Dinov2Arch",
     "Dinov2ConversionError",
@@ -86,7 +87,7 @@ class Dinov2ConversionError(CheckpointConversionError):
 
 @dataclass
 class Dinov2ConvertedCheckpoint(ConvertedCheckpoint):
-    """:class:`ConvertedCheckpoint` of a DINOv2 file (``mit_variant`` holds the timm model name) with the
+    """:class:`ConvertedCheckpoint` of a DINOv2 file (``backbone`` holds the timm model name) with the
     position-embedding grids before and after resizing."""
 
     old_grid: Tuple[int, int] = (0, 0)
@@ -200,7 +201,7 @@ def convert_dinov2_checkpoint(
     sd: Mapping[str, torch.Tensor], meta: Optional[Mapping[str, Any]] = None,
     img_size: Sequence[int] = DEFAULT_IMG_SIZE, source: str = "checkpoint",
 ) -> "Dinov2ConvertedCheckpoint":
-    """:func:`convert_dinov2_state_dict` as the converter's result (``mit_variant`` holds the timm name;
+    """:func:`convert_dinov2_state_dict` as the converter's result (``backbone`` holds the timm name;
     ``dropped_keys`` the unused ``mask_token``)."""
     state, name, old_grid, new_grid = convert_dinov2_state_dict(sd, img_size, source)
     dropped = [k for k in sd if k == "mask_token"]
@@ -212,5 +213,22 @@ def dinov2_usage(result: Dinov2ConvertedCheckpoint) -> str:
     """The config keys a converted DINOv2 checkpoint is used with (printed by the CLI)."""
     (old_h, old_w), (new_h, new_w) = result.old_grid, result.new_grid
     return (f"position embedding {old_h}x{old_w} -> {new_h}x{new_w} tokens; train with MODEL.BACKBONE.NAME "
-            f"build_timm_backbone MODEL.TIMM.NAME {result.mit_variant} MODEL.TIMM.IMG_SIZE "
+            f"build_timm_backbone MODEL.TIMM.NAME {result.backbone} MODEL.TIMM.IMG_SIZE "
             f"[{new_h * VIT_TOKEN_STRIDE}, {new_w * VIT_TOKEN_STRIDE}] MODEL.WEIGHTS <this file>")
+
+
+def _convert_layout(sd: Mapping[str, torch.Tensor], meta: Optional[Mapping[str, Any]],
+                    request: ConversionRequest) -> "Dinov2ConvertedCheckpoint":
+    return convert_dinov2_checkpoint(sd, meta, request.vit_img_size, request.source)
+
+
+LAYOUTS = (
+    OriginalLayout(
+        name=LAYOUT_DINOV2,
+        expected="an official DINOv2 backbone (dinov2_vit{s,b,l}14[_reg4]_pretrain.pth): cls_token, pos_embed,\n"
+                 "     patch_embed.proj.weight, blocks.<i>.ls1.gamma, ..., norm.bias (hrda_d2/checkpoint/dinov2_conversion.py)",
+        description="an official DINOv2 backbone file (cls_token / pos_embed / blocks.* keys)",
+        detect=is_dinov2_state_dict,
+        convert=_convert_layout,
+    ),
+)

@@ -17,9 +17,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import yaml
 from detectron2.config import CfgNode, get_cfg
 
-from ..config import add_hrda_config
+from ..config import MIC_MODE_NAMES, add_hrda_config
 from ..modeling.backbone.mit import MIT_VARIANTS
-from ..uda.masked_consistency import MIC_MODES
 
 __all__ = ["MmsegConfigError", "cfg_values_to_yaml", "mmseg_config_to_cfg_values", "parse_mmseg_config_text"]
 
@@ -285,8 +284,8 @@ def _translate_mic(t: _Translation, uda: Mapping[str, Any]) -> None:
     t.values["UDA.MIC.ENABLED"] = mode is not None
     if mode is None:
         return
-    if mode not in MIC_MODES:
-        raise _unsupported(f"uda.mask_mode={mode!r} (MIC modes implemented: {sorted(MIC_MODES)})")
+    if mode not in MIC_MODE_NAMES:
+        raise _unsupported(f"uda.mask_mode={mode!r} (MIC modes implemented: {sorted(MIC_MODE_NAMES)})")
     if uda.get("source_only", False):
         raise _unsupported("MIC with uda.source_only=True (MIC here trains on the DACS pseudo-labels)")
     for field, meaning in (("mask_alpha", "EMA teacher"), ("mask_pseudo_threshold", "pseudo-label threshold")):

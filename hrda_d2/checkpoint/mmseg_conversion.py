@@ -1,48 +1,52 @@
-"""Detect the layout of an original (SegFormer / mmseg / HRDA) checkpoint and convert it to this project's
-Detectron2 layout (docs/method.md §13, model contract):
+"""Leaf converter: original SegFormer / mmseg / HRDA / DAFormer checkpoints -> this project's layout
+(docs/method.md §13, model contract). The dispatcher (:mod:`.conversion`) calls it through :data:`LAYOUTS`.
 
 ==================================================  ===========================================
 original key                                        Detectron2 key
 ==================================================  ===========================================
 SegFormer ImageNet file ``X`` (``head.*`` dropped)  ``backbone.X``
 ``<p>backbone.X``                                   ``backbone.X``
-``<p>decode_head.head.X`` (HRDAHead)                ``sem_seg_head.X``
-``<p>decode_head.scale_attention.X`` (HRDAHead)     ``scale_attention.X``
+``<p>decode_head.head.X`` (HRDAHead)                ``sem_seg_head.head.X``
+``<p>decode_head.scale_attention.X`` (HRDAHead)     ``sem_seg_head.scale_attention.X``
 ``<p>decode_head.X`` (plain DAFormer head)          ``sem_seg_head.X``
 ==================================================  ===========================================
+
+i.e. ``decode_head.`` becomes ``sem_seg_head.``: the HRDA meta-architecture holds the registered ``HRDAHead``
+(single-scale head ``head`` + ``scale_attention``) as its ``sem_seg_head``, as the original's
+``HRDAEncoderDecoder`` holds its ``HRDAHead`` as ``decode_head``.
 
 ``<p>`` is ``model.`` (student, default) or ``ema_model.`` (EMA teacher) in a DACS training checkpoint
 (``{"state_dict": ..., "meta": ...}``; ``imnet_model.*`` is dropped) and empty in a bare segmentor state dict
 (``HRDAEncoderDecoder`` / ``EncoderDecoder``, optionally wrapped in ``{"state_dict": ...}``). BatchNorm buffers are
-kept. Every function here is pure: it reads mappings and returns new ones; files are read by
-:func:`load_checkpoint_file` and written by ``tools/convert_mmseg_checkpoint.py``.
+kept. Every function here is pure: it reads mappings and returns new ones.
 """
 import logging
-import pickle
 import re
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, List, Mapping, Optional, Tuple, Union
+from typing import Any, Mapping, Optional, Tuple
 
 import torch
 
 from ..modeling.backbone.mit import MIT_VARIANTS, MiTVariant
+from .conversion_types import (
+    CheckpointConversionError,
+    ConversionRequest,
+    ConvertedCheckpoint,
+    HeadSummary,
+    OriginalLayout,
+    first_items,
+    split_prefix,
+)
 
 __all__ = [
-    "CheckpointConversionError",
-    "ConvertedCheckpoint",
-    "HeadSummary",
+    "LAYOUTS",
     "LAYOUT_SEGFORMER_IMAGENET",
     "LAYOUT_HRDA_TRAINING",
     "LAYOUT_DAFORMER_TRAINING",
     "LAYOUT_HRDA_SEGMENTOR",
     "LAYOUT_DAFORMER_SEGMENTOR",
-    "convert_mmseg_checkpoint",
     "detect_mit_variant",
-    "load_checkpoint_file",
     "mit_state_dict_shapes",
-    "original_layout",
 ]
 
 logger = logging.getLogger(__name__)
@@ -57,88 +61,7 @@ STUDENT_PREFIX = "model."
 TEACHER_PREFIX = "ema_model."
 IMAGENET_MODEL_PREFIX = "imnet_model."
 _UDA_PREFIXES = (STUDENT_PREFIX, TEACHER_PREFIX, IMAGENET_MODEL_PREFIX)
-
-EXPECTED_LAYOUTS = (
-    "  1. official SegFormer ImageNet MiT weights (mit_b0.pth ... mit_b5.pth): a plain state dict with keys\n"
-    "     patch_embed1.proj.weight, block1.0.attn.q.weight, ..., norm4.bias (+ head.weight, head.bias);\n"
-    "  2. an HRDA or DAFormer DACS training checkpoint (iter_40000.pth): {'state_dict': {model.backbone.*,\n"
-    "     model.decode_head.*, ema_model.*, imnet_model.*}, 'meta': {...}};\n"
-    "  3. a bare HRDAEncoderDecoder / EncoderDecoder state dict {backbone.*, decode_head.*}, possibly under\n"
-    "     'state_dict' (mmseg's own save of a segmentor);\n"
-    "  4. an official DINOv2 backbone (dinov2_vit{s,b,l}14[_reg4]_pretrain.pth): cls_token, pos_embed,\n"
-    "     patch_embed.proj.weight, blocks.<i>.ls1.gamma, ..., norm.bias (hrda_d2/checkpoint/dinov2_conversion.py)."
-)
-
-
-class CheckpointConversionError(ValueError):
-    """The file is not a checkpoint layout the converter knows, or it is inconsistent."""
-
-
-@dataclass(frozen=True)
-class HeadSummary:
-    """What a DAFormer head's weights say about its configuration."""
-
-    num_classes: int
-    embed_dim: int
-    channels: int
-    fusion: str  # "aspp" (depthwise-separable ASPP) | "conv"
-    num_aspp_branches: int = 0
-
-
-@dataclass
-class ConvertedCheckpoint:
-    """Result of :func:`convert_mmseg_checkpoint`.
-
-    ``state_dict`` holds ``backbone.*``, ``sem_seg_head.*`` and ``scale_attention.*`` keys (the latter two only
-    when present in the source); ``source_prefix`` is ``"model."`` / ``"ema_model."`` for a training checkpoint,
-    ``""`` otherwise; ``meta`` is the source file's ``meta`` dict (or None); ``dropped_keys`` lists source keys
-    not converted (ImageNet classifier, the other models of a DACS checkpoint).
-    """
-
-    state_dict: "OrderedDict[str, torch.Tensor]"
-    layout: str
-    mit_variant: str
-    source_prefix: str = ""
-    sem_seg_head: Optional[HeadSummary] = None
-    scale_attention: Optional[HeadSummary] = None
-    meta: Optional[Mapping[str, Any]] = None
-    dropped_keys: List[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        """One line per fact, for logs and the CLI."""
-        lines = [
-            f"layout: {self.layout}",
-            f"weights: {self.source_prefix or '(no prefix)'}",
-            f"backbone: {self.mit_variant}",
-            f"sem_seg_head: {self.sem_seg_head}",
-            f"scale_attention: {self.scale_attention}",
-            f"tensors written: {len(self.state_dict)}, source keys dropped: {len(self.dropped_keys)}",
-        ]
-        return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# reading
-# ------------------------------------------------------------------------------------------------------------
-def load_checkpoint_file(path: Union[str, Path], allow_pickle: bool = False) -> Any:
-    """``torch.load`` on CPU; ``weights_only`` unless ``allow_pickle`` (only for files you trust).
-
-    Raises CheckpointConversionError naming the file when it cannot be read.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointConversionError(f"{path}: no such file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except Exception as e:  # torch raises RuntimeError / UnpicklingError / EOFError / ... for bad files
-        hint = "" if allow_pickle or not isinstance(e, pickle.UnpicklingError) else (
-            " It stores Python objects other than tensors and containers; if you trust the file, retry with "
-            "allow_pickle=True (CLI: --allow-pickle)."
-        )
-        raise CheckpointConversionError(
-            f"{path}: cannot be read as a torch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:300]})."
-            f"{hint}"
-        ) from e
+_HRDA_HEAD_PARTS = ("head", "scale_attention")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -179,12 +102,6 @@ def mit_state_dict_shapes(variant: MiTVariant, in_channels: int = 3) -> "Ordered
     return shapes
 
 
-def _first(items, n: int = 8) -> str:
-    items = list(items)
-    more = f" ... (+{len(items) - n} more)" if len(items) > n else ""
-    return ", ".join(str(i) for i in items[:n]) + more
-
-
 def detect_mit_variant(backbone: Mapping[str, torch.Tensor], where: str = "backbone") -> str:
     """Name of the MiT variant (``mit_b0`` ... ``mit_b5``) of a backbone state dict (official key names).
 
@@ -196,7 +113,7 @@ def detect_mit_variant(backbone: Mapping[str, torch.Tensor], where: str = "backb
     except KeyError as e:
         raise CheckpointConversionError(
             f"{where}: MiT key {e.args[0]!r} is missing (every stage needs patch_embed<s>.proj.weight); "
-            f"keys found: {_first(backbone)}"
+            f"keys found: {first_items(backbone)}"
         ) from None
     depths = []
     for s in range(1, 5):
@@ -220,8 +137,8 @@ def detect_mit_variant(backbone: Mapping[str, torch.Tensor], where: str = "backb
              if k in backbone and tuple(backbone[k].shape) != v]
     if missing or unexpected or wrong:
         raise CheckpointConversionError(
-            f"{where}: inconsistent {name} weights: missing [{_first(missing)}], unexpected [{_first(unexpected)}], "
-            f"wrong shapes [{_first(wrong)}]"
+            f"{where}: inconsistent {name} weights: missing [{first_items(missing)}], unexpected [{first_items(unexpected)}], "
+            f"wrong shapes [{first_items(wrong)}]"
         )
     return name
 
@@ -237,8 +154,8 @@ def _summarize_daformer_head(
     required += ["conv_seg.weight", "conv_seg.bias"]
     missing = [k for k in required if k not in head]
     if missing:
-        raise CheckpointConversionError(f"{where}: DAFormer head keys missing: [{_first(missing)}]; "
-                                        f"keys found: [{_first(head)}]")
+        raise CheckpointConversionError(f"{where}: DAFormer head keys missing: [{first_items(missing)}]; "
+                                        f"keys found: [{first_items(head)}]")
     embed = {int(head[f"embed_layers.{i}.proj.weight"].shape[0]) for i in range(len(in_channels))}
     embed_in = tuple(int(head[f"embed_layers.{i}.proj.weight"].shape[1]) for i in range(len(in_channels)))
     if len(embed) != 1 or embed_in != in_channels:
@@ -263,7 +180,7 @@ def _summarize_daformer_head(
         fuse = [k for k in head if k.startswith("fuse_layer.")]
         raise CheckpointConversionError(
             f"{where}: unsupported fusion layer (expected fuse_layer.aspp_modules.* or fuse_layer.conv.*), "
-            f"found [{_first(fuse)}]"
+            f"found [{first_items(fuse)}]"
         )
     seg = head["conv_seg.weight"]
     if conv_in != fused_in or seg.dim() != 4 or int(seg.shape[1]) != channels:
@@ -275,52 +192,8 @@ def _summarize_daformer_head(
 
 
 # ------------------------------------------------------------------------------------------------------------
-# layout detection and conversion
+# segmentors and the three layouts
 # ------------------------------------------------------------------------------------------------------------
-def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    )
-
-
-def _describe(obj: Any) -> str:
-    if not isinstance(obj, Mapping):
-        return f"a {type(obj).__name__}"
-    text = f"a dict with top-level keys [{_first(map(repr, obj))}]"
-    for wrapper in ("state_dict", "model"):
-        inner = obj.get(wrapper)
-        if isinstance(inner, Mapping):
-            text += f"; '{wrapper}' holds {len(inner)} entries, first keys [{_first(inner, 6)}]"
-    return text
-
-
-def _unknown_layout(source: str, obj: Any, reason: str) -> CheckpointConversionError:
-    return CheckpointConversionError(
-        f"{source}: not a checkpoint layout this converter knows ({reason}).\nExpected one of:\n{EXPECTED_LAYOUTS}\n"
-        f"Found: {_describe(obj)}."
-    )
-
-
-def _split_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> "OrderedDict[str, torch.Tensor]":
-    return OrderedDict((k[len(prefix):], v) for k, v in sd.items() if k.startswith(prefix))
-
-
-def _unwrap(obj: Any, source: str) -> Tuple["OrderedDict[str, torch.Tensor]", Optional[Mapping[str, Any]]]:
-    """(state dict, meta) of a loaded file: ``{'state_dict': sd, 'meta': ...}``, ``{'model': sd}`` or ``sd``."""
-    if _is_state_dict(obj):
-        sd, meta = obj, None
-    elif isinstance(obj, Mapping) and _is_state_dict(obj.get("state_dict")):
-        sd, meta = obj["state_dict"], obj.get("meta")
-    elif isinstance(obj, Mapping) and _is_state_dict(obj.get("model")):
-        sd, meta = obj["model"], obj.get("meta")
-    else:
-        raise _unknown_layout(source, obj, "no state dict of tensors at the top level, under 'state_dict' or 'model'")
-    sd = OrderedDict(sd)
-    if all(k.startswith("module.") for k in sd):  # a DataParallel wrapper saved as is
-        sd = _split_prefix(sd, "module.")
-    return sd, (meta if isinstance(meta, Mapping) else None)
-
-
 def _convert_segmentor(
     seg: Mapping[str, torch.Tensor], source: str
 ) -> Tuple["OrderedDict[str, torch.Tensor]", str, Optional[HeadSummary], Optional[HeadSummary], bool]:
@@ -330,23 +203,20 @@ def _convert_segmentor(
         raise CheckpointConversionError(
             f"{source}: unsupported segmentor parts {others} (only backbone.* and decode_head.* can be converted)"
         )
-    backbone = _split_prefix(seg, "backbone.")
+    backbone = split_prefix(seg, "backbone.")
     variant = detect_mit_variant(backbone, where=f"{source} backbone")
     dims = MIT_VARIANTS[variant].embed_dims
-    decode = _split_prefix(seg, "decode_head.")
+    decode = split_prefix(seg, "decode_head.")
     is_hrda = any(k.startswith("head.") for k in decode)
-    out = OrderedDict(("backbone." + k, v) for k, v in backbone.items())
     if is_hrda:
-        parts = {"head": "sem_seg_head", "scale_attention": "scale_attention"}
-        leftover = sorted({k.split(".")[0] for k in decode if k.split(".")[0] not in parts})
+        leftover = sorted({k.split(".")[0] for k in decode if k.split(".")[0] not in _HRDA_HEAD_PARTS})
         if leftover:
             raise CheckpointConversionError(
                 f"{source}: HRDAHead with unsupported parts {leftover} (expected decode_head.head.* and "
                 f"decode_head.scale_attention.*)"
             )
-        head = _split_prefix(decode, "head.")
-        attention = _split_prefix(decode, "scale_attention.")
-        head_info = _summarize_daformer_head(head, dims, f"{source} decode_head.head")
+        head_info = _summarize_daformer_head(split_prefix(decode, "head."), dims, f"{source} decode_head.head")
+        attention = split_prefix(decode, "scale_attention.")
         att_info = _summarize_daformer_head(attention, dims, f"{source} decode_head.scale_attention") \
             if attention else None
         if att_info is not None and att_info.num_classes not in (1, head_info.num_classes):
@@ -354,98 +224,89 @@ def _convert_segmentor(
                 f"{source}: scale attention predicts {att_info.num_classes} channels; expected 1 or "
                 f"{head_info.num_classes} (the number of classes)"
             )
-        out.update(("sem_seg_head." + k, v) for k, v in head.items())
-        out.update(("scale_attention." + k, v) for k, v in attention.items())
     else:
         head_info, att_info = _summarize_daformer_head(decode, dims, f"{source} decode_head"), None
-        out.update(("sem_seg_head." + k, v) for k, v in decode.items())
+    out = OrderedDict(("backbone." + k, v) for k, v in backbone.items())
+    out.update(("sem_seg_head." + k, v) for k, v in decode.items())
     return out, variant, head_info, att_info, is_hrda
 
 
-def original_layout(obj: Any) -> Optional[str]:
-    """A short description of ``obj`` (what ``torch.load`` returned) if it is an ORIGINAL checkpoint that
-    :func:`convert_mmseg_checkpoint` converts (DACS training checkpoint, mmseg segmentor state dict, SegFormer
-    ImageNet MiT weights), else None (this project's layout, or an unknown one). Only key names are read."""
-    try:
-        sd, _ = _unwrap(obj, "")
-    except CheckpointConversionError:
-        return None
-    if any(k.startswith((STUDENT_PREFIX, TEACHER_PREFIX)) for k in sd):
-        return "an mmseg DACS training checkpoint (model.* / ema_model.* keys)"
-    if any(k.startswith("backbone.") for k in sd) and any(k.startswith("decode_head.") for k in sd):
-        return "an mmseg segmentor state dict (backbone.* / decode_head.* keys)"
-    if "patch_embed1.proj.weight" in sd:
-        return "an official SegFormer ImageNet MiT file (patch_embed1.* / block1.* keys)"
-    if _is_dinov2(sd):
-        return "an official DINOv2 backbone file (cls_token / pos_embed / blocks.* keys)"
-    return None
+def _is_training_checkpoint(sd: Mapping[str, torch.Tensor]) -> bool:
+    return any(k.startswith((STUDENT_PREFIX, TEACHER_PREFIX)) for k in sd)
 
 
-def convert_mmseg_checkpoint(obj: Any, teacher: bool = False, source: str = "checkpoint",
-                             vit_img_size: Tuple[int, int] = (512, 512)) -> ConvertedCheckpoint:
-    """Convert a loaded original checkpoint (see the module docstring for the layouts) to the Detectron2 layout.
+def _is_segmentor(sd: Mapping[str, torch.Tensor]) -> bool:
+    return any(k.startswith("backbone.") for k in sd) and any(k.startswith("decode_head.") for k in sd)
 
-    Args:
-        obj: what ``torch.load`` returned for the file.
-        teacher: take the EMA teacher (``ema_model.*``) instead of the student (``model.*``) of a DACS
-            training checkpoint; an error for layouts without a teacher.
-        source: name of the file, used in error messages.
-        vit_img_size: ``MODEL.TIMM.IMG_SIZE`` a DINOv2 position embedding is resized for.
-    Raises:
-        CheckpointConversionError: unknown layout (the message lists the expected layouts and what was found),
-            missing key families, inconsistent shapes, or ``teacher`` without a teacher in the file.
-    """
-    sd, meta = _unwrap(obj, source)
+
+def _is_segformer_imagenet(sd: Mapping[str, torch.Tensor]) -> bool:
+    return "patch_embed1.proj.weight" in sd
+
+
+def _convert_training_checkpoint(
+    sd: Mapping[str, torch.Tensor], meta: Optional[Mapping[str, Any]], request: ConversionRequest
+) -> ConvertedCheckpoint:
+    source = request.source
     prefixes = [p for p in _UDA_PREFIXES if any(k.startswith(p) for k in sd)]
-    if STUDENT_PREFIX in prefixes or TEACHER_PREFIX in prefixes:
-        prefix = TEACHER_PREFIX if teacher else STUDENT_PREFIX
-        if prefix not in prefixes:
-            raise CheckpointConversionError(
-                f"{source}: the DACS checkpoint has no '{prefix}*' weights (prefixes found: {prefixes})"
-            )
-        outside = [k for k in sd if not k.startswith(_UDA_PREFIXES)]
-        if outside:
-            raise _unknown_layout(source, obj, f"keys outside model./ema_model./imnet_model.: {_first(outside, 4)}")
-        state, variant, head, att, is_hrda = _convert_segmentor(_split_prefix(sd, prefix), source)
-        layout = LAYOUT_HRDA_TRAINING if is_hrda else LAYOUT_DAFORMER_TRAINING
-        dropped = [k for k in sd if not k.startswith(prefix)]
-        result = ConvertedCheckpoint(state, layout, variant, prefix, head, att, meta, dropped)
-    elif any(k.startswith("backbone.") for k in sd) and any(k.startswith("decode_head.") for k in sd):
-        _reject_teacher(teacher, source, "a segmentor state dict")
-        state, variant, head, att, is_hrda = _convert_segmentor(sd, source)
-        layout = LAYOUT_HRDA_SEGMENTOR if is_hrda else LAYOUT_DAFORMER_SEGMENTOR
-        result = ConvertedCheckpoint(state, layout, variant, "", head, att, meta, [])
-    elif "patch_embed1.proj.weight" in sd:
-        _reject_teacher(teacher, source, "an ImageNet MiT state dict")
-        backbone = OrderedDict((k, v) for k, v in sd.items() if not k.startswith("head."))
-        variant = detect_mit_variant(backbone, where=source)
-        state = OrderedDict(("backbone." + k, v) for k, v in backbone.items())
-        dropped = [k for k in sd if k.startswith("head.")]
-        result = ConvertedCheckpoint(state, LAYOUT_SEGFORMER_IMAGENET, variant, "", None, None, meta, dropped)
-    elif _is_dinov2(sd):
-        _reject_teacher(teacher, source, "a DINOv2 backbone state dict")
-        from .dinov2_conversion import convert_dinov2_checkpoint  # it imports this module
-
-        result = convert_dinov2_checkpoint(sd, meta, vit_img_size, source)
-    elif "backbone.patch_embed1.proj.weight" in sd or any(k.startswith("sem_seg_head.") for k in sd):
+    prefix = TEACHER_PREFIX if request.teacher else STUDENT_PREFIX
+    if prefix not in prefixes:
         raise CheckpointConversionError(
-            f"{source}: already in this project's Detectron2 layout (backbone.* / sem_seg_head.* keys); "
-            f"use it directly as MODEL.WEIGHTS"
+            f"{source}: the DACS checkpoint has no '{prefix}*' weights (prefixes found: {prefixes})"
         )
-    else:
-        raise _unknown_layout(source, obj, "no MiT or DINOv2 backbone keys found")
-    logger.info("%s converted:\n%s", source, result.summary())
-    return result
-
-
-def _is_dinov2(sd: Mapping[str, torch.Tensor]) -> bool:
-    from .dinov2_conversion import is_dinov2_state_dict
-
-    return is_dinov2_state_dict(sd)
-
-
-def _reject_teacher(teacher: bool, source: str, what: str) -> None:
-    if teacher:
+    outside = [k for k in sd if not k.startswith(_UDA_PREFIXES)]
+    if outside:
         raise CheckpointConversionError(
-            f"{source}: teacher weights were requested, but the file is {what} without EMA teacher (ema_model.*)"
+            f"{source}: a DACS training checkpoint holds only model.* / ema_model.* / imnet_model.* keys, this one "
+            f"also [{first_items(outside, 4)}]"
         )
+    state, variant, head, att, is_hrda = _convert_segmentor(split_prefix(sd, prefix), source)
+    layout = LAYOUT_HRDA_TRAINING if is_hrda else LAYOUT_DAFORMER_TRAINING
+    dropped = [k for k in sd if not k.startswith(prefix)]
+    return ConvertedCheckpoint(state, layout, variant, prefix, head, att, meta, dropped)
+
+
+def _convert_segmentor_state_dict(
+    sd: Mapping[str, torch.Tensor], meta: Optional[Mapping[str, Any]], request: ConversionRequest
+) -> ConvertedCheckpoint:
+    state, variant, head, att, is_hrda = _convert_segmentor(sd, request.source)
+    layout = LAYOUT_HRDA_SEGMENTOR if is_hrda else LAYOUT_DAFORMER_SEGMENTOR
+    return ConvertedCheckpoint(state, layout, variant, "", head, att, meta, [])
+
+
+def _convert_segformer_imagenet(
+    sd: Mapping[str, torch.Tensor], meta: Optional[Mapping[str, Any]], request: ConversionRequest
+) -> ConvertedCheckpoint:
+    backbone = OrderedDict((k, v) for k, v in sd.items() if not k.startswith("head."))
+    variant = detect_mit_variant(backbone, where=request.source)
+    state = OrderedDict(("backbone." + k, v) for k, v in backbone.items())
+    dropped = [k for k in sd if k.startswith("head.")]
+    return ConvertedCheckpoint(state, LAYOUT_SEGFORMER_IMAGENET, variant, "", None, None, meta, dropped)
+
+
+LAYOUTS = (
+    OriginalLayout(
+        name="HRDA / DAFormer DACS training checkpoint",
+        expected="an HRDA or DAFormer DACS training checkpoint (iter_40000.pth): {'state_dict': {model.backbone.*,\n"
+                 "     model.decode_head.*, ema_model.*, imnet_model.*}, 'meta': {...}}",
+        description="an mmseg DACS training checkpoint (model.* / ema_model.* keys)",
+        detect=_is_training_checkpoint,
+        convert=_convert_training_checkpoint,
+        has_teacher=True,
+    ),
+    OriginalLayout(
+        name="HRDAEncoderDecoder / EncoderDecoder state dict",
+        expected="a bare HRDAEncoderDecoder / EncoderDecoder state dict {backbone.*, decode_head.*}, possibly under\n"
+                 "     'state_dict' (mmseg's own save of a segmentor)",
+        description="an mmseg segmentor state dict (backbone.* / decode_head.* keys)",
+        detect=_is_segmentor,
+        convert=_convert_segmentor_state_dict,
+    ),
+    OriginalLayout(
+        name=LAYOUT_SEGFORMER_IMAGENET,
+        expected="official SegFormer ImageNet MiT weights (mit_b0.pth ... mit_b5.pth): a plain state dict with keys\n"
+                 "     patch_embed1.proj.weight, block1.0.attn.q.weight, ..., norm4.bias (+ head.weight, head.bias)",
+        description="an official SegFormer ImageNet MiT file (patch_embed1.* / block1.* keys)",
+        detect=_is_segformer_imagenet,
+        convert=_convert_segformer_imagenet,
+    ),
+)

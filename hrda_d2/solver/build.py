@@ -3,7 +3,8 @@
 mmcv's ``paramwise_cfg.custom_keys = {head: lr_mult 10, pos_block: decay_mult 0, norm: decay_mult 0}`` on
 the original module names amounts to:
 
-* every parameter of the decode heads (here: names under ``sem_seg_head.`` and ``scale_attention.``, and under
+* every parameter of the decode heads (here: names under ``sem_seg_head.``, which holds the HRDA head's
+  single-scale head and scale attention as the original's ``decode_head`` does, and under
   the prefixes of ``SOLVER.HEAD_LR_PARAM_PREFIXES``, e.g. a ViT's new feature pyramid ``backbone.simfp_``),
   BatchNorm weights and biases included: ``lr = BASE_LR * HEAD_LR_MULTIPLIER``, ``weight_decay = WEIGHT_DECAY``;
 * every other parameter whose name contains ``norm`` (the MiT LayerNorms ``patch_embed*.norm``,
@@ -26,7 +27,7 @@ __all__ = ["DECODE_HEAD_PREFIXES", "get_hrda_param_groups", "build_optimizer"]
 logger = logging.getLogger(__name__)
 
 # name prefixes (relative to the HRDA meta-architecture) of the decode heads' parameters
-DECODE_HEAD_PREFIXES = ("sem_seg_head.", "scale_attention.")
+DECODE_HEAD_PREFIXES = ("sem_seg_head.",)
 
 
 def get_hrda_param_groups(

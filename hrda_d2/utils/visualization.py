@@ -1,4 +1,5 @@
-"""Pictures of predictions: Detectron2 ``Visualizer`` overlays, palette images, attention maps, videos.
+"""Pictures of predictions: Detectron2 ``Visualizer`` overlays, palette images, attention maps (the demo's
+``VisualizationDemo`` in ``demo/predictor.py`` draws with these).
 
 Colours come from the dataset metadata (``stuff_classes``, ``stuff_colors``; the Cityscapes palette for every
 split of this project). ``Visualizer.draw_sem_seg(pred, alpha)`` fills each class with ``stuff_colors[class]``
@@ -9,20 +10,14 @@ colour).
 
 Images are ``H x W x 3`` uint8 RGB unless a name says BGR (OpenCV frames).
 """
-from typing import Iterator, Optional, Tuple
-
-import cv2
 import numpy as np
-from detectron2.config import CfgNode
-from detectron2.data import Metadata, MetadataCatalog
+from detectron2.data import Metadata
 from detectron2.utils.visualizer import Visualizer
 from torch import Tensor
 
 from .colorize import colorize_labels, grey_image
-from .predictor import SemSegPredictor
 
-__all__ = ["VisualizationDemo", "attention_image", "check_sem_seg_metadata", "palette_image", "sem_seg_overlay"]
-
+__all__ = ["attention_image", "check_sem_seg_metadata", "palette_image", "sem_seg_overlay"]
 
 
 def check_sem_seg_metadata(metadata: Metadata, num_classes: int) -> None:
@@ -71,51 +66,3 @@ def attention_image(attention: Tensor) -> np.ndarray:
     """``1 x H x W`` attention in ``[0, 1]`` -> ``H x W x 3`` uint8 grey image ``round(255 * att)`` (the
     original's ``--hrda-out ATT`` writes ``255 * att`` as a grey image)."""
     return grey_image(attention[0])
-
-
-class VisualizationDemo:
-    """Predict and draw (Detectron2 ``demo/predictor.py`` style).
-
-    ``run_on_image(image)`` -> ``(prediction, picture)``; ``run_on_video(capture)`` yields BGR frames.
-    """
-
-    def __init__(self, cfg: CfgNode, hrda_out: str = "fused", metadata_name: Optional[str] = None,
-                 opacity: float = 0.5):
-        """
-        Args:
-            cfg: config with the hrda_d2 keys.
-            hrda_out: ``fused`` | ``lr`` | ``hr`` | ``attention`` (``SemSegPredictor``).
-            metadata_name: dataset whose metadata names and colours the classes; default ``DATASETS.TEST[0]``.
-            opacity: overlay opacity in ``[0, 1]`` (1 = palette image).
-        """
-        if not 0.0 <= opacity <= 1.0:
-            raise ValueError(f"opacity must be in [0, 1], got {opacity}")
-        name = metadata_name or (cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None)
-        if not name:
-            raise ValueError("no dataset for the class names and colours: set --metadata-name or DATASETS.TEST")
-        self.metadata = MetadataCatalog.get(name)
-        check_sem_seg_metadata(self.metadata, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
-        self.opacity = float(opacity)
-        self.predictor = SemSegPredictor(cfg, hrda_out)
-
-    def draw(self, image: np.ndarray, prediction: dict) -> np.ndarray:
-        """Picture (RGB) of a ``SemSegPredictor`` output for the RGB ``image`` it was computed from."""
-        if "attention" in prediction:
-            return attention_image(prediction["attention"])
-        sem_seg = prediction["sem_seg"].argmax(dim=0).cpu().numpy()
-        return sem_seg_overlay(image, sem_seg, self.metadata, self.opacity)
-
-    def run_on_image(self, image: np.ndarray) -> Tuple[dict, np.ndarray]:
-        """``H x W x 3`` uint8 RGB image -> (``SemSegPredictor`` output, ``H x W x 3`` uint8 RGB picture)."""
-        prediction = self.predictor(image, input_format="RGB")
-        return prediction, self.draw(image, prediction)
-
-    def run_on_video(self, video: cv2.VideoCapture) -> Iterator[np.ndarray]:
-        """Frame by frame: yields one ``H x W x 3`` uint8 BGR picture per frame read from ``video``."""
-        while True:
-            ok, frame = video.read()
-            if not ok:
-                return
-            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            _, picture = self.run_on_image(rgb)
-            yield cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)

@@ -12,7 +12,7 @@ from detectron2.config import get_cfg
 from torch import nn
 
 from hrda_d2 import add_hrda_config
-from hrda_d2.checkpoint import CheckpointConversionError, convert_mmseg_checkpoint, detect_mit_variant
+from hrda_d2.checkpoint import CheckpointConversionError, convert_checkpoint, detect_mit_variant
 from hrda_d2.checkpoint.mmseg_config import MmsegConfigError, mmseg_config_to_cfg_values, parse_mmseg_config_text
 from hrda_d2.modeling.backbone import MIT_VARIANTS, build_mit_backbone
 from tests.helpers.paths import REFERENCE_DIR, REPO_ROOT
@@ -22,8 +22,9 @@ REPO = REPO_ROOT
 TOOL = REPO / "tools" / "convert_mmseg_checkpoint.py"
 REF = REFERENCE_DIR
 
-SEGMENTOR_PREFIXES = {"backbone.": "backbone.", "decode_head.head.": "sem_seg_head.",
-                      "decode_head.scale_attention.": "scale_attention."}
+# the HRDA meta-architecture's sem_seg_head is the HRDAHead, as the original's decode_head
+SEGMENTOR_PREFIXES = {"backbone.": "backbone.", "decode_head.head.": "sem_seg_head.head.",
+                      "decode_head.scale_attention.": "sem_seg_head.scale_attention."}
 
 
 @pytest.fixture(scope="module")
@@ -94,21 +95,21 @@ def test_variant_detected_from_shapes(variant):
         sd = backbone_holder(variant).backbone.state_dict()
     assert detect_mit_variant(sd) == variant
     sd["head.weight"] = torch.empty(1000, MIT_VARIANTS[variant].embed_dims[-1], device="meta")
-    assert convert_mmseg_checkpoint(dict(sd)).mit_variant == variant
+    assert convert_checkpoint(dict(sd)).backbone == variant
 
 
 def test_inconsistent_mit_weights_are_named(originals):
     official = torch.load(originals[0], map_location="cpu", weights_only=True)
     missing = OrderedDict((k, v) for k, v in official.items() if k != "block3.1.attn.sr.weight")
     with pytest.raises(CheckpointConversionError, match=r"missing \[block3\.1\.attn\.sr\.weight\]"):
-        convert_mmseg_checkpoint(missing)
+        convert_checkpoint(missing)
     no_stage = OrderedDict((k, v) for k, v in official.items() if not k.startswith("block4."))
     with pytest.raises(CheckpointConversionError, match="stage 4"):
-        convert_mmseg_checkpoint(no_stage)
+        convert_checkpoint(no_stage)
     wrong = OrderedDict(official)
     wrong["block1.0.mlp.fc2.weight"] = torch.zeros(32, 64)
     with pytest.raises(CheckpointConversionError, match=r"block1\.0\.mlp\.fc2\.weight \(32, 64\) \(expected \(32, 128\)\)"):
-        convert_mmseg_checkpoint(wrong)
+        convert_checkpoint(wrong)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -120,31 +121,30 @@ def test_hrda_training_checkpoint_student_and_teacher(tool, originals, original_
     assert tool.main([str(originals[1]), str(out)] + (["--teacher"] if teacher else [])) == 0
     sd = torch.load(out, map_location="cpu", weights_only=True)["model"]
     expected = expected_detectron2_shapes(spec)
-    assert set(sd) == set(expected)  # exactly backbone.* + sem_seg_head.* + scale_attention.*
+    assert set(sd) == set(expected)  # exactly backbone.* + sem_seg_head.head.* + sem_seg_head.scale_attention.*
     assert {k: tuple(v.shape) for k, v in sd.items()} == dict(expected)
     source = original_checkpoint["state_dict"]
     prefix = "ema_model." if teacher else "model."
     other = "model." if teacher else "ema_model."
     for key in expected:
-        original_key = key.replace("sem_seg_head.", "decode_head.head.").replace("scale_attention.",
-                                                                                  "decode_head.scale_attention.")
+        original_key = key.replace("sem_seg_head.", "decode_head.")
         assert torch.equal(sd[key], source[prefix + original_key]), key
     assert not torch.equal(sd["backbone.block1.0.attn.q.weight"], source[other + "backbone.block1.0.attn.q.weight"])
-    bn = "sem_seg_head.fuse_layer.bottleneck.bn."
+    bn = "sem_seg_head.head.fuse_layer.bottleneck.bn."
     assert sd[bn + "num_batches_tracked"].dtype == torch.int64 and bn + "running_var" in sd
 
 
 def test_bare_segmentor_and_daformer_layouts(original_checkpoint):
     source = original_checkpoint["state_dict"]
     student = OrderedDict((k[len("model."):], v) for k, v in source.items() if k.startswith("model."))
-    reference = convert_mmseg_checkpoint(original_checkpoint)
+    reference = convert_checkpoint(original_checkpoint)
 
-    bare = convert_mmseg_checkpoint(student)  # HRDAEncoderDecoder.state_dict()
+    bare = convert_checkpoint(student)  # HRDAEncoderDecoder.state_dict()
     assert bare.layout == "HRDAEncoderDecoder state dict" and list(bare.state_dict) == list(reference.state_dict)
-    wrapped = convert_mmseg_checkpoint({"state_dict": student, "meta": {"iter": 1}})  # mmseg's own save
+    wrapped = convert_checkpoint({"state_dict": student, "meta": {"iter": 1}})  # mmseg's own save
     assert list(wrapped.state_dict) == list(reference.state_dict)
     with pytest.raises(CheckpointConversionError, match="teacher"):
-        convert_mmseg_checkpoint(student, teacher=True)
+        convert_checkpoint(student, teacher=True)
 
     # a DAFormer EncoderDecoder: decode_head.X is the DAFormer head itself
     daformer = OrderedDict()
@@ -153,7 +153,7 @@ def test_bare_segmentor_and_daformer_layouts(original_checkpoint):
             daformer[key] = value
         elif key.startswith(("model.decode_head.head.", "ema_model.decode_head.head.")):
             daformer[key.replace("decode_head.head.", "decode_head.")] = value
-    result = convert_mmseg_checkpoint({"state_dict": daformer, "meta": {}})
+    result = convert_checkpoint({"state_dict": daformer, "meta": {}})
     assert result.layout == "DAFormer DACS training checkpoint" and result.scale_attention is None
     assert result.sem_seg_head.num_classes == 19 and result.sem_seg_head.fusion == "aspp"
     assert {k.split(".")[0] for k in result.state_dict} == {"backbone", "sem_seg_head"}
@@ -161,8 +161,8 @@ def test_bare_segmentor_and_daformer_layouts(original_checkpoint):
 
 
 def test_hrda_checkpoint_summary(original_checkpoint):
-    result = convert_mmseg_checkpoint(original_checkpoint, teacher=True)
-    assert (result.layout, result.mit_variant, result.source_prefix) == ("HRDA DACS training checkpoint", "mit_b0",
+    result = convert_checkpoint(original_checkpoint, teacher=True)
+    assert (result.layout, result.backbone, result.source_prefix) == ("HRDA DACS training checkpoint", "mit_b0",
                                                                         "ema_model.")
     assert (result.sem_seg_head.fusion, result.sem_seg_head.num_aspp_branches) == ("aspp", 4)
     assert (result.scale_attention.fusion, result.scale_attention.num_classes) == ("conv", 19)

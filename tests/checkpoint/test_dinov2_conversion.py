@@ -22,7 +22,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from hrda_d2 import add_hrda_config
-from hrda_d2.checkpoint import CheckpointConversionError, convert_mmseg_checkpoint
+from hrda_d2.checkpoint import CheckpointConversionError, convert_checkpoint
 from hrda_d2.modeling.backbone import build_timm_backbone
 
 REPO = Path(__file__).resolve().parents[2]
@@ -137,10 +137,10 @@ def load_converted(cfg, state_dict):
 @pytest.mark.parametrize("registers", [0, 4])
 def test_converted_dinov2_matches_transformers_dinov2(tmp_path, registers):
     sd = official_dinov2_state_dict(VITS["dim"], VITS["depth"], GRID, registers=registers)
-    result = convert_mmseg_checkpoint({k: v.clone() for k, v in sd.items()}, source="dinov2_vits14.pth",
+    result = convert_checkpoint({k: v.clone() for k, v in sd.items()}, source="dinov2_vits14.pth",
                                       vit_img_size=(GRID * 16, GRID * 16))
     name = "vit_small_patch14_reg4_dinov2" if registers else "vit_small_patch14_dinov2"
-    assert result.mit_variant == name and result.dropped_keys == ["mask_token"]
+    assert result.backbone == name and result.dropped_keys == ["mask_token"]
     backbone, missing, unexpected = load_converted(timm_cfg(name), result.state_dict)
     assert unexpected == []
     assert [k for k in missing if not k.startswith("backbone.simfp_")] == [], missing  # only the new pyramid
@@ -163,7 +163,7 @@ def test_position_embedding_is_resized_and_chunked_blocks_flattened():
     """37 x 37 -> 32 x 32 (MODEL.TIMM.IMG_SIZE 512) for a chunked ViT-S file with registers; the class position
     is folded into the class token (timm's no_embed_class layout for register models)."""
     sd = official_dinov2_state_dict(VITS["dim"], VITS["depth"], 37, registers=4, chunks=4)
-    result = convert_mmseg_checkpoint(sd, source="chunked.pth")
+    result = convert_checkpoint(sd, source="chunked.pth")
     out = result.state_dict
     p = "backbone.net.vit."
     assert out[p + "pos_embed"].shape == (1, 32 * 32, VITS["dim"])
@@ -222,4 +222,4 @@ def test_other_layouts_give_a_clear_error_and_no_file(tool, tmp_path, capsys, ca
     assert not dst.exists() and list(tmp_path.iterdir()) == [src]
     if case != "unknown_layout":
         with pytest.raises(CheckpointConversionError):
-            convert_mmseg_checkpoint(sd)
+            convert_checkpoint(sd)

@@ -1,4 +1,5 @@
-"""demo/demo.py and the predictor / visualisation behind it (hrda_d2/utils/{predictor,visualization}.py).
+"""demo/demo.py and the predictor / visualisation behind it (hrda_d2/engine/predictor.py, demo/predictor.py,
+hrda_d2/utils/visualization.py).
 
 Model: the tiny MiT-b0 HRDA of configs/demo_hrda.yaml with seeded random weights saved as a checkpoint (its
 class and attention logits are scaled up so that the pictures show several classes and a spread attention).
@@ -28,13 +29,14 @@ from torch.nn import functional as F
 from hrda_d2 import add_hrda_config
 from hrda_d2.data.datasets.cityscapes_classes import stuff_colors
 from hrda_d2.data.synthetic import generate_synthetic_datasets
-from hrda_d2.utils.predictor import SemSegPredictor
-from hrda_d2.utils.visualization import VisualizationDemo, check_sem_seg_metadata, sem_seg_overlay
+from hrda_d2.engine.predictor import SemSegPredictor
+from hrda_d2.utils.visualization import check_sem_seg_metadata, sem_seg_overlay
 from tests.helpers.scripts import import_script
 from tests.helpers.paths import REPO_ROOT
 
 REPO = REPO_ROOT
 DEMO = REPO / "demo" / "demo.py"
+VisualizationDemo = import_script(REPO / "demo" / "predictor.py", "hrda_demo_predictor").VisualizationDemo
 CONFIG = REPO / "configs" / "demo_hrda.yaml"
 PALETTE = np.asarray(stuff_colors(), dtype=np.int64)  # 19 x 3, reference 9.3
 TEST_OPTS = ["INPUT.TEST.SCALE", "[128, 64]", "MODEL.DEVICE", "cpu"]
@@ -55,8 +57,8 @@ def weights(tmp_path_factory) -> str:
     torch.manual_seed(123)
     model = build_model(demo_cfg())
     with torch.no_grad():
-        model.sem_seg_head.conv_seg.weight.mul_(5.0)
-        model.scale_attention.conv_seg.weight.mul_(200.0)
+        model.sem_seg_head.head.conv_seg.weight.mul_(5.0)
+        model.sem_seg_head.scale_attention.conv_seg.weight.mul_(200.0)
     path = tmp_path_factory.mktemp("weights") / "demo_model.pth"
     torch.save({"model": model.state_dict()}, path)
     return str(path)
@@ -117,12 +119,12 @@ def window_outputs(model, x: torch.Tensor) -> Dict[str, torch.Tensor]:
     along x (y has one tile); all maps resized to the window size."""
     h, w = x.shape[-2:]
     lr_feats = model.backbone(F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False))
-    lr = model.sem_seg_head(lr_feats)                                    # stride 8 of the window
-    att = torch.sigmoid(model.scale_attention(lr_feats))
+    lr = model.sem_seg_head.head(lr_feats)                               # stride 8 of the window
+    att = torch.sigmoid(model.sem_seg_head.scale_attention(lr_feats))
     hr = torch.zeros(1, lr.shape[1], h // 4, w // 4)
     count = torch.zeros(1, 1, h // 4, w // 4)
     for x1 in range(0, w - 64 + 1, 32):                                  # w - 64 is a multiple of 32 here
-        hr[..., x1 // 4:(x1 + 64) // 4] += model.sem_seg_head(model.backbone(x[..., x1:x1 + 64]))
+        hr[..., x1 // 4:(x1 + 64) // 4] += model.sem_seg_head.head(model.backbone(x[..., x1:x1 + 64]))
         count[..., x1 // 4:(x1 + 64) // 4] += 1
     hr = hr / count
     up = lambda t: F.interpolate(t, scale_factor=2.0, mode="bilinear", align_corners=False)  # noqa: E731

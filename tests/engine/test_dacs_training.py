@@ -110,7 +110,7 @@ def test_teacher_buffers_are_not_averaged(uda_run):
         counters = {k: int(v) for k, v in rec.teacher_buffers_after[it].items() if k.endswith("num_batches_tracked")}
         assert counters
         for name, count in counters.items():
-            per_iteration = 1 if name.startswith("scale_attention.") else 2
+            per_iteration = 1 if name.startswith("sem_seg_head.scale_attention.") else 2
             assert count == per_iteration * (it + 1), (name, it, count)
 
 

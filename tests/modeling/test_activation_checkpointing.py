@@ -28,8 +28,8 @@ def test_checkpointed_training_step_equals_plain(head):
     plain = tiny_model()
     ckpt = copy.deepcopy(plain)
     ckpt.backbone.checkpoint_activations = True
-    ckpt.sem_seg_head.checkpoint_activations = head
-    ckpt.scale_attention.checkpoint_activations = head
+    ckpt.sem_seg_head.head.checkpoint_activations = head
+    ckpt.sem_seg_head.scale_attention.checkpoint_activations = head
     images, labels = torch.randn(2, 3, 128, 128), torch.randint(0, 19, (2, 128, 128))
     labels[:, :8] = 255
     calls = []
@@ -65,7 +65,7 @@ def test_checkpointed_training_step_equals_plain(head):
 
 def test_no_checkpointing_without_autograd_or_in_eval():
     model = tiny_model(**{"MODEL.MIT.CHECKPOINT_ACTIVATIONS": True, "MODEL.SEM_SEG_HEAD.CHECKPOINT_ACTIVATIONS": True})
-    assert model.backbone.checkpoint_activations and model.scale_attention.checkpoint_activations
+    assert model.backbone.checkpoint_activations and model.sem_seg_head.scale_attention.checkpoint_activations
     original, calls = ac.checkpoint, []
     ac.checkpoint = lambda *a, **k: calls.append(1) or original(*a, **k)
     try:

@@ -10,7 +10,7 @@ def test_compile_keeps_parameter_names():
     plain, compiled = build_model(small_input_hrda_cfg()), build_model(small_input_hrda_cfg(**{"MODEL.COMPILE": True}))
     assert list(plain.state_dict()) == list(compiled.state_dict())
     assert all(m._compiled_call_impl is not None
-               for m in (compiled.backbone, compiled.sem_seg_head, compiled.scale_attention))
+               for m in (compiled.backbone, compiled.sem_seg_head.head, compiled.sem_seg_head.scale_attention))
     assert plain.backbone._compiled_call_impl is None
 
 

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from hrda_d2.modeling.losses import pixel_weighted_cross_entropy
-from hrda_d2.modeling.meta_arch import HRDA
+from hrda_d2.modeling.meta_arch import HRDA, HRDAHead
 from hrda_d2.modeling.meta_arch.crop_utils import merge_windows, random_crop_box, scale_box, sliding_window_boxes
 from hrda_d2.modeling.meta_arch.scale_fusion import fuse_scales
 from tests.helpers.tiny_configs import tiny_hrda_cfg
@@ -265,18 +265,21 @@ W_SEG, B_SEG = RNG.normal(size=(C, 3)), RNG.normal(size=C)
 W_ATT, B_ATT = RNG.normal(size=(C, 3)), RNG.normal(size=C)
 
 
-def stub_hrda(scales=(1.0, 0.5), fixed_attention=None, **kwargs) -> HRDA:
-    multi = len(scales) == 2
+def stub_hrda(scales=(1.0, 0.5), fixed_attention=None, hr_loss_weight=0.1, lr_loss_weight=0.0, **kwargs) -> HRDA:
+    """HRDA of the stub backbone and heads: with two scales an ``HRDAHead`` around them (explicit arguments)."""
+    head = LinearHead(W_SEG, B_SEG)
+    if len(scales) == 2:
+        head = HRDAHead(head=head, scale_attention=None if fixed_attention is not None else LinearHead(W_ATT, B_ATT),
+                        output_stride=4, lr_scale=min(scales), hr_loss_weight=hr_loss_weight,
+                        lr_loss_weight=lr_loss_weight, fixed_attention=fixed_attention)
     args = dict(
         backbone=PoolBackbone(),
-        sem_seg_head=LinearHead(W_SEG, B_SEG),
-        scale_attention=LinearHead(W_ATT, B_ATT) if multi and fixed_attention is None else None,
+        sem_seg_head=head,
         scales=list(scales),
         pixel_mean=[0.0, 0.0, 0.0],
         pixel_std=[1.0, 1.0, 1.0],
         hr_crop_size=(32, 32),
         crop_coord_divisible=8,
-        fixed_attention=fixed_attention,
     )
     args.update(kwargs)
     return HRDA(**args)
@@ -389,7 +392,8 @@ def tiny_cfg(**overrides):
 @pytest.mark.parametrize("mode", ["whole", "slide"])
 def test_tiny_hrda_inference_through_detectron2_api(mode):
     model = build_model(tiny_cfg(**{"TEST.MODE": mode})).eval()
-    assert isinstance(model, HRDA) and model.scale_attention is not None
+    assert isinstance(model, HRDA) and isinstance(model.sem_seg_head, HRDAHead)
+    assert model.sem_seg_head.scale_attention is not None
     assert not any(k.startswith("pixel_") for k in model.state_dict())
     inputs = [
         {"image": torch.rand(3, 100, 172) * 255, "height": 200, "width": 344},  # not a multiple of the window
@@ -411,7 +415,7 @@ def test_tiny_hrda_training_forward_returns_finite_losses_and_gradients():
     total = sum(losses.values())
     assert torch.isfinite(total)
     total.backward()
-    for part in (model.backbone, model.sem_seg_head, model.scale_attention):
+    for part in (model.backbone, model.sem_seg_head.head, model.sem_seg_head.scale_attention):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
     # tensor-level call through __call__ (used by the trainer so that DDP sees the forward)
     images = model.normalize(torch.stack([x["image"] for x in inputs]))
@@ -428,8 +432,8 @@ def test_single_scale_is_plain_daformer():
     cfg = tiny_cfg(**{"MODEL.HRDA.SCALES": [1.0], "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT": 0.5,
                       "MODEL.SEM_SEG_HEAD.DROPOUT": 0.0, "MODEL.MIT.DROP_PATH_RATE": 0.0})
     model = build_model(cfg).train()
-    assert model.scale_attention is None
-    assert not any(k.startswith("scale_attention") for k in model.state_dict())
+    assert type(model.sem_seg_head).__name__ == "DAFormerHead"
+    assert not any("scale_attention" in k for k in model.state_dict())
     images = torch.randn(2, 3, 64, 64)
     labels = torch.randint(0, 19, (2, 64, 64))
     labels[:, :5] = 255

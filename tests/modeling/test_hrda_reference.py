@@ -107,7 +107,7 @@ def test_converted_checkpoint_loads_without_missing_or_unexpected_keys(converted
     model = load_model(converted[which])
     raw = torch.load(converted[which], map_location="cpu", weights_only=False)["model"]
     assert set(raw) == set(model.state_dict())
-    assert model.scale_attention.conv_seg.weight.shape == (19, 256, 1, 1)
+    assert model.sem_seg_head.scale_attention.conv_seg.weight.shape == (19, 256, 1, 1)
 
 
 def test_slide_inference_matches_original(converted, io):

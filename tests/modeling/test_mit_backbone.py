@@ -13,7 +13,7 @@ from detectron2.config import get_cfg
 from torch import nn
 
 from hrda_d2 import add_hrda_config
-from hrda_d2.checkpoint import convert_mmseg_checkpoint, load_checkpoint_file, mit_state_dict_shapes
+from hrda_d2.checkpoint import convert_checkpoint, load_checkpoint_file, mit_state_dict_shapes
 from hrda_d2.modeling.backbone import MIT_VARIANTS, MixVisionTransformer, build_mit_backbone
 from tests.helpers.paths import REFERENCE_DIR, REPO_ROOT
 from tests.helpers.scripts import import_script
@@ -239,8 +239,8 @@ def imagenet_format_file(tmp_path_factory) -> Path:
 
 
 def load_backbone_through_converter(path: Path, variant: str) -> MixVisionTransformer:
-    converted = convert_mmseg_checkpoint(load_checkpoint_file(path), source=str(path))
-    assert converted.mit_variant == variant
+    converted = convert_checkpoint(load_checkpoint_file(path), source=str(path))
+    assert converted.backbone == variant
     model = build_mit_backbone(mit_cfg(variant))
     model.load_state_dict({k[len("backbone."):]: v for k, v in converted.state_dict.items()}, strict=True)
     return model.eval()

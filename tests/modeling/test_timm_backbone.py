@@ -169,7 +169,7 @@ def test_new_pyramid_trains_at_the_head_learning_rate():
     lr_of = {n: g["lr"] for g in build_optimizer(cfg, model).param_groups for n in g["param_names"]}
     base = cfg.SOLVER.BASE_LR
     assert lr_of["backbone.simfp_2.0.weight"] == pytest.approx(base * 10)
-    assert lr_of["sem_seg_head.conv_seg.weight"] == pytest.approx(base * 10)
+    assert lr_of["sem_seg_head.head.conv_seg.weight"] == pytest.approx(base * 10)
     assert lr_of["backbone.net.vit.blocks.0.attn.qkv.weight"] == pytest.approx(base)
 
 

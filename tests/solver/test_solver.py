@@ -59,11 +59,11 @@ def test_param_groups_follow_the_mmcv_custom_keys(hrda_model):
     params = dict(hrda_model.named_parameters())
     head_lr, base_lr = 6e-5 * 10, 6e-5
     expectations = {
-        "sem_seg_head.fuse_layer.bottleneck.bn.weight": (head_lr, 0.01),
-        "sem_seg_head.fuse_layer.bottleneck.bn.bias": (head_lr, 0.01),
-        "sem_seg_head.conv_seg.weight": (head_lr, 0.01),
-        "scale_attention.fuse_layer.bn.weight": (head_lr, 0.01),
-        "scale_attention.embed_layers.0.proj.weight": (head_lr, 0.01),
+        "sem_seg_head.head.fuse_layer.bottleneck.bn.weight": (head_lr, 0.01),
+        "sem_seg_head.head.fuse_layer.bottleneck.bn.bias": (head_lr, 0.01),
+        "sem_seg_head.head.conv_seg.weight": (head_lr, 0.01),
+        "sem_seg_head.scale_attention.fuse_layer.bn.weight": (head_lr, 0.01),
+        "sem_seg_head.scale_attention.embed_layers.0.proj.weight": (head_lr, 0.01),
         "backbone.block1.0.norm1.weight": (base_lr, 0.0),
         "backbone.block1.0.attn.norm.bias": (base_lr, 0.0),
         "backbone.patch_embed1.norm.weight": (base_lr, 0.0),

@@ -30,7 +30,7 @@ def confident_model():
     trained model); with the N(0, 0.01) init every pixel is an almost uniform tie that bf16 flips at random."""
     model = build_model(small_input_hrda_cfg())
     with torch.no_grad():
-        model.sem_seg_head.conv_seg.weight.mul_(100.0)
+        model.sem_seg_head.head.conv_seg.weight.mul_(100.0)
     return model
 
 

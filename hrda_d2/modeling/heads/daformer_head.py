@@ -215,6 +215,16 @@ class DAFormerHead(nn.Module):
             "checkpoint_activations": head.CHECKPOINT_ACTIVATIONS,
         }
 
+    @classmethod
+    def scale_attention_config(cls, cfg, input_shape: Dict[str, ShapeSpec], num_classes: int):
+        """Constructor kwargs of the HRDA scale-attention head of this type (docs/method.md §5.1): the head's own
+        config with ``MODEL.HRDA.ATTENTION_EMBED_DIM`` as embedding and fusion width, a 1x1-conv fusion, and
+        ``num_classes`` outputs (the classes for class-wise attention, else 1)."""
+        kwargs = cls.from_config(cfg, input_shape)
+        width = cfg.MODEL.HRDA.ATTENTION_EMBED_DIM
+        kwargs.update(embed_dim=width, channels=width, fusion="conv", num_classes=num_classes)
+        return kwargs
+
     def forward(self, features: Dict[str, Tensor]) -> Tensor:
         """features: backbone maps by name -> logits ``N x num_classes x H_0 x W_0`` (size of the first map)."""
         maps = [features[name] for name in self.in_features]

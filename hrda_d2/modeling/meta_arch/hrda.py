@@ -1,33 +1,32 @@
 """HRDA multi-resolution meta-architecture (docs/method.md §4, §5); plain DAFormer with one scale.
 
 Two scales (sorted ascending, e.g. ``[0.5, 1.0]``): the *context* branch sees the whole image resized by the
-LR scale, the *detail* branch a random HR crop (training) or overlapping HR tiles (inference). One DAFormer
-head predicts both, a second DAFormer head (``scale_attention``, 1x1-conv fusion) predicts a sigmoid
-attention from the context features, and ``fuse_scales`` combines them (docs/method.md §5.3).
+LR scale, the *detail* branch a random HR crop (training) or overlapping HR tiles (inference). The meta-architecture
+keeps the scales, crops and windows; its ``sem_seg_head`` is the registered ``HRDAHead``
+(``MODEL.HRDA.HEAD_NAME``, :mod:`.hrda_head`): the single-scale head for both branches, the scale attention, the
+fusion (§5.3) and the losses (§5.4). Windowed inference with HR-tile reuse is :mod:`.slide_inference`.
 
-One scale (``MODEL.HRDA.SCALES: [1.0]``): the original ``EncoderDecoder`` (plain DAFormer): head logits
-resized to the input/label size, loss ``MODEL.SEM_SEG_HEAD.LOSS_WEIGHT * CE``, no scale attention.
+One scale (``MODEL.HRDA.SCALES: [1.0]``): the original ``EncoderDecoder`` (plain DAFormer): ``sem_seg_head`` is
+the single-scale head, its logits resized to the input/label size, loss ``MODEL.SEM_SEG_HEAD.LOSS_WEIGHT * CE``.
 
 Tensor conventions: ``images`` are normalised ``N x 3 x H x W`` float32; labels ``N x H x W`` int64 with
 ``ignore_value`` (255); logits ``N x C x H x W``. Crop boxes are ``(y1, y2, x1, x2)`` half-open, in pixels of
 the tensor they refer to, and are always passed explicitly (never kept on the module).
 """
-import logging
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from detectron2.config import configurable
-from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, build_sem_seg_head
+from detectron2.modeling import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY, Backbone, build_backbone, build_sem_seg_head
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..heads.daformer_head import DAFormerHead
-from ..pixel_normalizer import PixelNormalizer
 from ..losses import pixel_accuracy, pixel_weighted_cross_entropy, resize_to_labels
-from .crop_utils import CropBox, crop, merge_windows, random_crop_box, scale_box, sliding_window_boxes, stack_windows
-from .scale_fusion import FusedScales, fuse_scales
-from .tile_reuse import shared_tile_plan
+from ..pixel_normalizer import PixelNormalizer
+from .crop_utils import CropBox, crop, merge_windows, random_crop_box, sliding_window_boxes, stack_windows
+from .hrda_head import HRDAHead, ScaleOutputs, TiledFeatures
+from .slide_inference import shared_tile_window_logits, window_logits
 
 __all__ = ["HRDA", "HRDATrainOutputs", "TiledFeatures"]
 
@@ -51,20 +50,6 @@ class HRDATrainOutputs:
     metrics: Dict[str, Tensor] = field(default_factory=dict)
 
 
-class TiledFeatures(NamedTuple):
-    """Backbone features of HR tiles, tile-major (tile ``t`` = batch rows ``[t*N, (t+1)*N)``), and the tile
-    boxes in HR-image pixels."""
-
-    features: Dict[str, Tensor]
-    boxes: List[CropBox]
-
-
-class _ScaleOutputs(NamedTuple):
-    lr_logits: Tensor  # head output on the context image, before attention scaling
-    hr_logits: Tensor  # detail crop logits (training) or slide-merged HR logits (inference)
-    fusion: FusedScales
-
-
 def _as_pair(values: Optional[Sequence[int]], key: str) -> Optional[Tuple[int, int]]:
     if values is None or len(values) == 0:
         return None
@@ -77,9 +62,9 @@ def _as_pair(values: Optional[Sequence[int]], key: str) -> Optional[Tuple[int, i
 class HRDA(nn.Module):
     """HRDA encoder-decoder (two scales) or plain DAFormer (one scale). See the module docstring.
 
-    Attributes: ``backbone`` (MiT), ``sem_seg_head`` (DAFormerHead), ``scale_attention`` (DAFormerHead with
-    1x1-conv fusion, or None with one scale / a fixed attention), ``pixel_normalizer`` (``PixelNormalizer``:
-    non-persistent ``pixel_mean``/``pixel_std`` buffers, ``3 x 1 x 1``).
+    Attributes: ``backbone`` (MiT, or any backbone), ``sem_seg_head`` (two scales: the ``HRDAHead``, holding the
+    single-scale ``head`` and the ``scale_attention``; one scale: the single-scale head itself),
+    ``pixel_normalizer`` (``PixelNormalizer``: non-persistent ``pixel_mean``/``pixel_std`` buffers, ``3 x 1 x 1``).
     """
 
     @configurable
@@ -88,7 +73,6 @@ class HRDA(nn.Module):
         *,
         backbone: Backbone,
         sem_seg_head: nn.Module,
-        scale_attention: Optional[nn.Module],
         scales: Sequence[float],
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
@@ -98,9 +82,6 @@ class HRDA(nn.Module):
         feature_scale: float = 0.5,
         hr_slide_inference: bool = True,
         hr_slide_overlapping: bool = True,
-        hr_loss_weight: float = 0.1,
-        lr_loss_weight: float = 0.0,
-        fixed_attention: Optional[float] = None,
         blur_hr_crop: bool = False,
         single_scale_loss_weight: float = 1.0,
         test_mode: str = "slide",
@@ -113,8 +94,8 @@ class HRDA(nn.Module):
         """
         Args:
             backbone: returns the feature dict the heads read.
-            sem_seg_head: DAFormer head (logits at stride ``output_stride``).
-            scale_attention: attention head (two scales, learned attention) or None.
+            sem_seg_head: two scales: an :class:`~.hrda_head.HRDAHead` (or a head with its interface); one scale:
+                a single-scale head (logits at stride ``output_stride``).
             scales: image scales; sorted ascending; ``[1.0]`` or ``[lr, 1.0]`` with ``lr < 1``.
             pixel_mean, pixel_std: RGB normalisation of 0..255 images.
             ignore_value: label value without loss.
@@ -123,9 +104,6 @@ class HRDA(nn.Module):
             feature_scale: scale whose features ``HRDATrainOutputs.features``/``extract_features`` return.
             hr_slide_inference: HR branch on overlapping tiles at inference (else on the whole HR image).
             hr_slide_overlapping: HR tile stride = crop // 2 (else = crop).
-            hr_loss_weight, lr_loss_weight: detail / context loss weights; the fused loss gets
-                ``1 - hr_loss_weight - lr_loss_weight``.
-            fixed_attention: constant attention instead of ``scale_attention`` (0 = LR only, 1 = HR only).
             blur_hr_crop: HR branch sees the image downscaled x0.5 and upscaled x2.
             single_scale_loss_weight: loss weight of the one-scale (plain DAFormer) model.
             test_mode: "slide" or "whole".
@@ -149,10 +127,10 @@ class HRDA(nn.Module):
             raise ValueError(f"TEST.MODE={test_mode!r} is not one of {TEST_MODES}")
         self.backbone = backbone
         self.sem_seg_head = sem_seg_head
-        self.scale_attention = scale_attention
         self.scales = scales
         self.ignore_value = ignore_value
-        self.output_stride = backbone.output_shape()[sem_seg_head.in_features[0]].stride
+        self.output_stride = (sem_seg_head.output_stride if self.is_multi_scale
+                              else backbone.output_shape()[sem_seg_head.in_features[0]].stride)
         self.pixel_normalizer = PixelNormalizer(pixel_mean, pixel_std)
 
         self.hr_crop_size = _as_pair(hr_crop_size, "MODEL.HRDA.HR_CROP_SIZE")
@@ -160,9 +138,6 @@ class HRDA(nn.Module):
         self.feature_scale = float(feature_scale)
         self.hr_slide_inference = bool(hr_slide_inference)
         self.hr_slide_overlapping = bool(hr_slide_overlapping)
-        self.hr_loss_weight = float(hr_loss_weight)
-        self.lr_loss_weight = float(lr_loss_weight)
-        self.fixed_attention = None if fixed_attention is None else float(fixed_attention)
         self.blur_hr_crop = bool(blur_hr_crop)
         self.single_scale_loss_weight = float(single_scale_loss_weight)
         self.test_mode = test_mode
@@ -176,44 +151,26 @@ class HRDA(nn.Module):
                 raise ValueError(
                     f"MODEL.HRDA.FEATURE_SCALE={self.feature_scale} is not one of MODEL.HRDA.SCALES {self.scales}"
                 )
-            if (scale_attention is None) == (self.fixed_attention is None):
-                raise ValueError(
-                    "HRDA needs exactly one of a scale-attention head and MODEL.HRDA.FIXED_ATTENTION"
-                )
             if self.hr_slide_inference and self.hr_crop_size is None:
                 raise ValueError("MODEL.HRDA.HR_SLIDE_INFERENCE needs MODEL.HRDA.HR_CROP_SIZE (the tile size)")
-        elif scale_attention is not None:
-            raise ValueError("a scale-attention head is only used with two scales (MODEL.HRDA.SCALES)")
+        elif isinstance(sem_seg_head, HRDAHead):
+            raise ValueError("the HRDAHead (scale attention, fusion) is only used with two scales (MODEL.HRDA.SCALES)")
         if compile_modules:
-            for module in (self.backbone, self.sem_seg_head, self.scale_attention):
-                if module is not None:
-                    module.compile()
+            for module in (self.backbone, *self.decoding_heads):
+                module.compile()
 
     @classmethod
     def from_config(cls, cfg):
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
-        sem_seg_head = build_sem_seg_head(cfg, shapes)
         hrda = cfg.MODEL.HRDA
-        scale_attention = None
-        if len(hrda.SCALES) > 1 and hrda.FIXED_ATTENTION is None:
-            if cfg.MODEL.SEM_SEG_HEAD.NAME != "DAFormerHead":
-                raise ValueError(
-                    f"MODEL.SEM_SEG_HEAD.NAME={cfg.MODEL.SEM_SEG_HEAD.NAME!r}: the HRDA scale attention is "
-                    f"built for 'DAFormerHead' only"
-                )
-            attention_args = DAFormerHead.from_config(cfg, shapes)
-            attention_args.update(
-                embed_dim=hrda.ATTENTION_EMBED_DIM,
-                channels=hrda.ATTENTION_EMBED_DIM,
-                fusion="conv",
-                num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES if hrda.ATTENTION_CLASSWISE else 1,
-            )
-            scale_attention = DAFormerHead(**attention_args)
+        if len(hrda.SCALES) > 1:
+            sem_seg_head = SEM_SEG_HEADS_REGISTRY.get(hrda.HEAD_NAME)(cfg, shapes)
+        else:
+            sem_seg_head = build_sem_seg_head(cfg, shapes)
         return {
             "backbone": backbone,
             "sem_seg_head": sem_seg_head,
-            "scale_attention": scale_attention,
             "scales": list(hrda.SCALES),
             "pixel_mean": list(cfg.MODEL.PIXEL_MEAN),
             "pixel_std": list(cfg.MODEL.PIXEL_STD),
@@ -223,9 +180,6 @@ class HRDA(nn.Module):
             "feature_scale": hrda.FEATURE_SCALE,
             "hr_slide_inference": hrda.HR_SLIDE_INFERENCE,
             "hr_slide_overlapping": hrda.HR_SLIDE_OVERLAPPING,
-            "hr_loss_weight": hrda.HR_LOSS_WEIGHT,
-            "lr_loss_weight": hrda.LR_LOSS_WEIGHT,
-            "fixed_attention": hrda.FIXED_ATTENTION,
             "blur_hr_crop": hrda.BLUR_HR_CROP,
             "single_scale_loss_weight": cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT,
             "test_mode": cfg.TEST.MODE,
@@ -251,6 +205,19 @@ class HRDA(nn.Module):
     def lr_scale(self) -> float:
         return self.scales[0]
 
+    @property
+    def single_scale_head(self) -> nn.Module:
+        """The head that turns one image's features into logits (``sem_seg_head.head`` with two scales)."""
+        return self.sem_seg_head.head if self.is_multi_scale else self.sem_seg_head
+
+    @property
+    def decoding_heads(self) -> Tuple[nn.Module, ...]:
+        """The heads that run on backbone features: the single-scale head and, if learned, the scale attention."""
+        if not self.is_multi_scale:
+            return (self.sem_seg_head,)
+        attention = self.sem_seg_head.scale_attention
+        return (self.sem_seg_head.head,) + (() if attention is None else (attention,))
+
     def normalize(self, images: Tensor) -> Tensor:
         """``N x 3 x H x W`` RGB 0..255 (any dtype, any device) -> ``(x - pixel_mean) / pixel_std`` in float32 on
         the model's device."""
@@ -268,63 +235,6 @@ class HRDA(nn.Module):
         if not self.blur_hr_crop:
             return images
         return F.interpolate(self._rescale(images, 0.5), scale_factor=2.0, mode="bilinear", align_corners=False)
-
-    def _attention(self, lr_features: Dict[str, Tensor]) -> Union[Tensor, float]:
-        if self.scale_attention is None:
-            return self.fixed_attention
-        return torch.sigmoid(self.scale_attention(lr_features))
-
-    def _decode_hr(self, hr_input: Union[Dict[str, Tensor], TiledFeatures], batch_size: int) -> Tensor:
-        """Detail logits: the head on one crop, or on all tiles at once, merged with a count matrix.
-
-        Tile boxes are mapped to logit pixels with ``int(c / output_stride)``; the canvas is
-        ``(max y2, max x2)`` of the mapped boxes (docs/method.md §5.2).
-        """
-        if isinstance(hr_input, Tensor):  # already decoded (shared tiles of slide inference)
-            return hr_input
-        if not isinstance(hr_input, TiledFeatures):
-            return self.sem_seg_head(hr_input)
-        logits = self.sem_seg_head(hr_input.features)
-        return self._merge_tiles(logits.split(batch_size), hr_input.boxes)
-
-    def _merge_tiles(self, tile_logits: Sequence[Tensor], boxes: Sequence[CropBox]) -> Tensor:
-        """Average tile logits (each ``N x C x h_t x w_t``) on the HR-logit canvas of their image (§5.2)."""
-        boxes = [scale_box(box, self.output_stride) for box in boxes]
-        canvas = (max(b[1] for b in boxes), max(b[3] for b in boxes))
-        return merge_windows((self._fit_to_box(t, b) for t, b in zip(tile_logits, boxes)), boxes, canvas)
-
-    @staticmethod
-    def _fit_to_box(tile_logits: Tensor, box: CropBox) -> Tensor:
-        """Tile logits unchanged, or resized to the box when a size that is not a multiple of the output
-        stride made them one pixel larger than the truncated box (the original fails there)."""
-        size = (box[1] - box[0], box[3] - box[2])
-        if tuple(tile_logits.shape[-2:]) == size:
-            return tile_logits
-        return F.interpolate(tile_logits, size=size, mode="bilinear", align_corners=False)
-
-    def _decode_scales(
-        self,
-        lr_features: Dict[str, Tensor],
-        hr_input: Union[Dict[str, Tensor], TiledFeatures, Tensor],
-        crop_box: Optional[CropBox],
-    ) -> _ScaleOutputs:
-        """Head calls in the original order (context, detail, attention), then ``fuse_scales``. ``hr_input``
-        is the detail crop's features, the HR tiles' features, or already decoded HR logits."""
-        # the fusion runs in float32 (cheap, stride-4 element-wise ops), also under bf16/fp16 autocast
-        lr_logits = self.sem_seg_head(lr_features).float()
-        hr_logits = self._decode_hr(hr_input, lr_logits.shape[0]).float()
-        attention = self._attention(lr_features)
-        attention = attention.float() if isinstance(attention, Tensor) else attention
-        fusion = fuse_scales(
-            lr_logits,
-            hr_logits,
-            attention,
-            lr_scale=self.lr_scale,
-            hr_scale=1.0,
-            output_stride=self.output_stride,
-            crop_box=crop_box,
-        )
-        return _ScaleOutputs(lr_logits, hr_logits, fusion)
 
     # ------------------------------------------------------------------------------------------------------
     # training
@@ -372,8 +282,8 @@ class HRDA(nn.Module):
             return (losses, outputs) if return_outputs else losses
 
         lr_features, hr_features, box = self._train_features(images, crop_box)
-        scale_out = self._decode_scales(lr_features, hr_features, box)
-        losses, metrics = self._multi_scale_losses(scale_out, sem_seg, weight, box)
+        losses, metrics = self.sem_seg_head.losses(self.sem_seg_head(lr_features, hr_features, box), sem_seg,
+                                                   weight, box)
         if not return_outputs:
             return losses
         features = lr_features if self.feature_scale == self.lr_scale else hr_features
@@ -405,28 +315,6 @@ class HRDA(nn.Module):
                 f"{tuple(image_hw)} image"
             )
 
-    def _multi_scale_losses(
-        self, scale_out: _ScaleOutputs, sem_seg: Tensor, weight: Optional[Tensor], box: Optional[CropBox]
-    ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
-        """(1 - w_hr - w_lr) * CE(fused) + w_hr * CE(detail crop) [+ w_lr * CE(scaled context)]."""
-        fused = resize_to_labels(scale_out.fusion.fused, sem_seg)
-        losses = {"loss_sem_seg": pixel_weighted_cross_entropy(fused, sem_seg, weight, self.ignore_value)}
-        metrics = {"acc_sem_seg": pixel_accuracy(fused, sem_seg)}
-        if self.lr_loss_weight > 0:
-            lr = resize_to_labels(scale_out.fusion.scaled_lr, sem_seg)
-            ce = pixel_weighted_cross_entropy(lr, sem_seg, weight, self.ignore_value)
-            losses["loss_sem_seg_lr"] = self.lr_loss_weight * ce
-            metrics["acc_sem_seg_lr"] = pixel_accuracy(lr, sem_seg)
-        if self.hr_loss_weight > 0:
-            hr_labels = sem_seg if box is None else crop(sem_seg, box)
-            hr_weight = weight if weight is None or box is None else crop(weight, box)
-            hr = resize_to_labels(scale_out.hr_logits, hr_labels)
-            ce = pixel_weighted_cross_entropy(hr, hr_labels, hr_weight, self.ignore_value)
-            losses["loss_sem_seg_hr"] = self.hr_loss_weight * ce
-            metrics["acc_sem_seg_hr"] = pixel_accuracy(hr, hr_labels)
-        losses["loss_sem_seg"] = losses["loss_sem_seg"] * (1.0 - self.lr_loss_weight - self.hr_loss_weight)
-        return losses, metrics
-
     def extract_features(self, images: Tensor) -> Dict[str, Tensor]:
         """Backbone features of normalised images at FEATURE_SCALE (one scale: at full resolution), e.g. for
         the frozen ImageNet copy of the feature distance."""
@@ -443,9 +331,9 @@ class HRDA(nn.Module):
         tile = self.hr_crop_size
         return tuple(c // 2 for c in tile) if self.hr_slide_overlapping else tile  # type: ignore[return-value]
 
-    def _inference_scales(self, images: Tensor, hr_logits: Optional[Tensor] = None) -> _ScaleOutputs:
+    def _inference_scales(self, images: Tensor, hr_logits: Optional[Tensor] = None) -> ScaleOutputs:
         """Context branch on the resized image; detail branch on HR tiles (one backbone and one head call for
-        all tiles) or on the whole HR image, unless ``hr_logits`` (``N x C x H/4 x W/4``, the merged HR tiles)
+        all tiles) or on the whole HR image, unless ``hr_logits`` (``N x C x H/os x W/os``, the merged HR tiles)
         are given; no crop box, so no attention masking (docs/method.md §4.4)."""
         lr_features = self.backbone(self._rescale(images, self.lr_scale))
         hr_input: Union[Dict[str, Tensor], TiledFeatures, Tensor]
@@ -457,7 +345,7 @@ class HRDA(nn.Module):
             hr_input = TiledFeatures(self.backbone(stack_windows(hr_images, boxes)), boxes)
         else:
             hr_input = self.backbone(self._detail_image(images))
-        return self._decode_scales(lr_features, hr_input, None)
+        return self.sem_seg_head(lr_features, hr_input, None)
 
     def whole_inference(self, images: Tensor, hr_logits: Optional[Tensor] = None) -> Tensor:
         """Logits ``N x C x H x W`` of the whole normalised image (mmseg ``encode_decode``): the fused HRDA
@@ -479,7 +367,8 @@ class HRDA(nn.Module):
 
     def slide_inference(self, images: Tensor) -> Tensor:
         """Sliding-window logits ``N x C x H x W``: TEST.SLIDE windows (shrunk to small images), each through
-        ``whole_inference`` (all at once when TEST.SLIDE.BATCHED), averaged with a count matrix.
+        ``whole_inference`` (all at once when TEST.SLIDE.BATCHED), averaged with a count matrix
+        (:mod:`.slide_inference`).
 
         With TEST.SLIDE.REUSE_HR_TILES the HR tiles that several windows share are computed once (see
         ``tiles_can_be_shared``); the result equals the per-window computation up to float rounding of a
@@ -487,14 +376,13 @@ class HRDA(nn.Module):
         """
         boxes = sliding_window_boxes(images.shape[-2:], self.test_crop_size, self.test_stride)
         if self.tiles_can_be_shared:
-            return merge_windows(self._shared_tile_windows(images, boxes), boxes, images.shape[-2:])
-        if self.test_batched:
-            window_logits: Iterator[Tensor] = iter(
-                self.whole_inference(stack_windows(images, boxes)).split(images.shape[0])
-            )
+            windows = shared_tile_window_logits(
+                images, boxes, tile_size=self.hr_crop_size, tile_stride=self.hr_tile_stride,
+                batched=self.test_batched, decode_tiles=lambda tiles: self.sem_seg_head.head(self.backbone(tiles)),
+                merge_tiles=self.sem_seg_head.merge_tiles, window_fn=self.whole_inference)
         else:
-            window_logits = (self.whole_inference(crop(images, box)) for box in boxes)
-        return merge_windows(window_logits, boxes, images.shape[-2:])
+            windows = window_logits(images, boxes, self.whole_inference, self.test_batched)
+        return merge_windows(windows, boxes, images.shape[-2:])
 
     def merge_test_windows(self, images: Tensor, window_fn: Callable[[Tensor], Tensor]) -> Tensor:
         """``window_fn`` over the TEST.MODE windows of ``images`` (``N x 3 x H x W``) one window at a time, merged
@@ -504,54 +392,18 @@ class HRDA(nn.Module):
         if self.test_mode == "whole":
             return window_fn(images)
         boxes = sliding_window_boxes(images.shape[-2:], self.test_crop_size, self.test_stride)
-        return merge_windows((window_fn(crop(images, box)) for box in boxes), boxes, images.shape[-2:])
+        return merge_windows(window_logits(images, boxes, window_fn, batched=False), boxes, images.shape[-2:])
 
     @property
     def tiles_can_be_shared(self) -> bool:
         """Whether slide inference may share HR tiles between windows exactly: REUSE_HR_TILES is on, two scales
         with HR slide inference and no HR blur (a blurred window is not a crop of the blurred image), and no
-        BatchNorm of the backbone / main head in train mode (with batch statistics a tile's logits would
-        depend on the other tiles of its batch, as for the teacher's pseudo-labels, docs/method.md §7.2)."""
+        BatchNorm of the backbone / single-scale head in train mode (with batch statistics a tile's logits
+        would depend on the other tiles of its batch, as for the teacher's pseudo-labels, docs/method.md §7.2)."""
         if not (self.reuse_hr_tiles and self.is_multi_scale and self.hr_slide_inference and not self.blur_hr_crop):
             return False
-        modules = list(self.backbone.modules()) + list(self.sem_seg_head.modules())
+        modules = list(self.backbone.modules()) + list(self.single_scale_head.modules())
         return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in modules)
-
-    def _shared_tile_windows(self, images: Tensor, boxes: Sequence[CropBox]) -> Iterator[Tensor]:
-        """Per-window logits (``N x C x h x w``, window order) of slide inference with shared HR tiles.
-
-        Every distinct tile (``shared_tile_plan``) goes through backbone and main head once: all of them in
-        one batch with TEST.SLIDE.BATCHED, else window by window (only the tiles not computed yet; a tile's
-        logits are dropped after the last window using them). Each window's HR logits are its tiles' logits
-        averaged in its own tile order and boxes (``_merge_tiles``), exactly as the window's own pass would;
-        the context branch, attention and fusion then run per window as in ``whole_inference``.
-        """
-        plan = shared_tile_plan(boxes, self.hr_crop_size, self.hr_tile_stride)
-        n = images.shape[0]
-
-        def decode_tiles(indices: Sequence[int]) -> List[Tensor]:
-            tiles = stack_windows(images, [plan.tiles[i] for i in indices])
-            return list(self.sem_seg_head(self.backbone(tiles)).split(n))
-
-        def window_hr(tile_logits: Dict[int, Tensor], entries) -> Tensor:
-            return self._merge_tiles([tile_logits[i] for i, _ in entries], [rel for _, rel in entries])
-
-        if self.test_batched:
-            tile_logits = dict(enumerate(decode_tiles(range(len(plan.tiles)))))
-            hr_logits = torch.cat([window_hr(tile_logits, entries) for entries in plan.window_tiles])
-            del tile_logits
-            yield from self.whole_inference(stack_windows(images, boxes), hr_logits).split(n)
-            return
-        last_use = {i: w for w, entries in enumerate(plan.window_tiles) for i, _ in entries}
-        cache: Dict[int, Tensor] = {}
-        for w, (box, entries) in enumerate(zip(boxes, plan.window_tiles)):
-            missing = list(dict.fromkeys(i for i, _ in entries if i not in cache))
-            if missing:
-                cache.update(zip(missing, decode_tiles(missing)))
-            hr_logits = window_hr(cache, entries)
-            for i in {i for i, _ in entries if last_use[i] == w}:
-                del cache[i]
-            yield self.whole_inference(crop(images, box), hr_logits)
 
     def inference(self, images: Tensor, output_size: Optional[Sequence[int]] = None) -> Tensor:
         """TEST.MODE inference of normalised images -> logits, bilinearly resized to ``output_size`` if given

@@ -1,4 +1,5 @@
-"""Single-image prediction with the test pipeline (Detectron2 ``DefaultPredictor`` style).
+"""Single-image prediction with the test pipeline (the role of Detectron2's ``DefaultPredictor``, which also
+lives in ``detectron2/engine``).
 
 ``SemSegPredictor(cfg, hrda_out)`` builds the model of ``cfg``, loads ``MODEL.WEIGHTS`` (the student, or the
 EMA teacher with ``TEST.WEIGHTS_SOURCE teacher``) and maps an ``H x W x 3`` uint8 image to a prediction at the
@@ -25,9 +26,9 @@ from detectron2.modeling import build_model
 from torch import Tensor
 from torch.nn import functional as F
 
-from ..data.image_io import image_to_chw_tensor
-from ..data.dataset_mappers.test_mapper import TestMapper
 from ..checkpoint import load_model_weights
+from ..data.dataset_mappers.test_mapper import TestMapper
+from ..data.image_io import image_to_chw_tensor
 
 __all__ = ["HRDA_OUTPUTS", "SemSegPredictor", "predictor_config"]
 
@@ -79,8 +80,8 @@ class SemSegPredictor:
         if weights:
             if hrda_out in _FIXED_ATTENTION_OF:
                 logger.info("--hrda-out %s: the model runs with MODEL.HRDA.FIXED_ATTENTION %s, so the checkpoint's "
-                            "scale_attention.* weights are not used", hrda_out, _FIXED_ATTENTION_OF[hrda_out])
-            unused = ("scale_attention.",) if hrda_out in _FIXED_ATTENTION_OF else ()
+                            "sem_seg_head.scale_attention.* weights are not used", hrda_out, _FIXED_ATTENTION_OF[hrda_out])
+            unused = ("sem_seg_head.scale_attention.",) if hrda_out in _FIXED_ATTENTION_OF else ()
             load_model_weights(self.model, weights, self.cfg.TEST.WEIGHTS_SOURCE, allowed_unexpected=unused)
         else:
             logger.warning("MODEL.WEIGHTS is empty: predicting with randomly initialised weights")

@@ -1,0 +1,218 @@
+"""``HRDAHead``: the multi-resolution decode head of HRDA (docs/method.md §5), registered in
+``SEM_SEG_HEADS_REGISTRY``.
+
+It holds a single-scale head ``head`` (any registered head that offers a scale-attention variant: the DAFormer
+head, ``MODEL.SEM_SEG_HEAD.NAME``) and ``scale_attention``, a second head of the same type built by that type's
+``scale_attention_config`` (DAFormer: 1x1-conv fusion, ``MODEL.HRDA.ATTENTION_EMBED_DIM`` wide), or a fixed
+attention. It decodes the context (LR) features and the detail (HR) input with ``head``, predicts the sigmoid
+attention from the context features, fuses both (``fuse_scales``, §5.3) and computes the HRDA losses (§5.4).
+As the original's ``HRDAHead(single_scale_head=...)``, it is the decode head of the HRDA meta-architecture
+(``sem_seg_head`` there, ``decode_head`` in the original), which keeps the crops, scales and windows (§4).
+Like Mask2Former's ``MaskFormerHead``, a head that composes other heads lives beside the meta-architecture.
+
+Tensor conventions: features are the backbone's dicts of ``N x C_k x h_k x w_k`` maps; logits
+``N x K x h x w`` at stride ``output_stride`` of the image their features came from; crop boxes
+``(y1, y2, x1, x2)`` half-open in HR-image pixels, always passed explicitly.
+"""
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..losses import pixel_accuracy, pixel_weighted_cross_entropy, resize_to_labels
+from .crop_utils import CropBox, crop, merge_windows, scale_box
+from .scale_fusion import FusedScales, fuse_scales
+
+__all__ = ["HRDAHead", "ScaleOutputs", "TiledFeatures"]
+
+
+class TiledFeatures(NamedTuple):
+    """Backbone features of HR tiles, tile-major (tile ``t`` = batch rows ``[t*N, (t+1)*N)``), and the tile
+    boxes in HR-image pixels."""
+
+    features: Dict[str, Tensor]
+    boxes: List[CropBox]
+
+
+class ScaleOutputs(NamedTuple):
+    """What :meth:`HRDAHead.forward` returns.
+
+    lr_logits: ``N x K x h_lr x w_lr`` head output on the context image, before attention scaling.
+    hr_logits: ``N x K x h x w`` detail-crop logits (training) or the tile-merged HR logits (inference).
+    fusion: the fused prediction and its parts (:class:`~.scale_fusion.FusedScales`).
+    """
+
+    lr_logits: Tensor
+    hr_logits: Tensor
+    fusion: FusedScales
+
+
+HRInput = Union[Dict[str, Tensor], TiledFeatures, Tensor]
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class HRDAHead(nn.Module):
+    """Single-scale head + scale attention + fusion + losses of HRDA (module docstring).
+
+    Attributes: ``head`` (the single-scale head), ``scale_attention`` (a head of the same type, or None with a
+    fixed attention), ``in_features`` (those of ``head``), ``output_stride`` (of ``head``'s logits).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        head: nn.Module,
+        scale_attention: Optional[nn.Module],
+        output_stride: int,
+        lr_scale: float,
+        hr_loss_weight: float = 0.1,
+        lr_loss_weight: float = 0.0,
+        fixed_attention: Optional[float] = None,
+        ignore_value: int = 255,
+    ):
+        """
+        Args:
+            head: the single-scale head (``forward(features) -> logits``, attribute ``in_features``).
+            scale_attention: the attention head (sigmoid of its output is the attention), or None.
+            output_stride: stride of ``head``'s logits w.r.t. its input image (4 for DAFormer on MiT).
+            lr_scale: scale of the context image (``MODEL.HRDA.SCALES``' smaller one); the detail scale is 1.
+            hr_loss_weight, lr_loss_weight: detail / context loss weights; the fused loss gets
+                ``1 - hr_loss_weight - lr_loss_weight``.
+            fixed_attention: constant attention instead of ``scale_attention`` (0 = LR only, 1 = HR only).
+            ignore_value: label value without loss.
+        """
+        super().__init__()
+        if (scale_attention is None) == (fixed_attention is None):
+            raise ValueError("HRDA needs exactly one of a scale-attention head and MODEL.HRDA.FIXED_ATTENTION")
+        if not 0 < lr_scale < 1:
+            raise ValueError(f"HRDAHead: the context scale must be in (0, 1), got {lr_scale}")
+        self.head = head
+        self.scale_attention = scale_attention
+        self.in_features = list(head.in_features)
+        self.output_stride = int(output_stride)
+        self.lr_scale = float(lr_scale)
+        self.hr_loss_weight = float(hr_loss_weight)
+        self.lr_loss_weight = float(lr_loss_weight)
+        self.fixed_attention = None if fixed_attention is None else float(fixed_attention)
+        self.ignore_value = ignore_value
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        """The single-scale head ``MODEL.SEM_SEG_HEAD.NAME`` from the registry, and its scale-attention variant
+        (the head class's ``scale_attention_config(cfg, input_shape, num_classes)``: constructor kwargs)."""
+        name = cfg.MODEL.SEM_SEG_HEAD.NAME
+        if name == cls.__name__:
+            raise ValueError(f"MODEL.SEM_SEG_HEAD.NAME is the single-scale head inside {cls.__name__} (e.g. "
+                             f"'DAFormerHead'); {cls.__name__} itself is MODEL.HRDA.HEAD_NAME")
+        head_cls = SEM_SEG_HEADS_REGISTRY.get(name)
+        head = head_cls(cfg, input_shape)
+        hrda = cfg.MODEL.HRDA
+        scale_attention = None
+        if hrda.FIXED_ATTENTION is None:
+            if not hasattr(head_cls, "scale_attention_config"):
+                raise ValueError(
+                    f"MODEL.SEM_SEG_HEAD.NAME={name!r} has no scale-attention variant (a classmethod "
+                    f"scale_attention_config(cfg, input_shape, num_classes) returning its constructor kwargs); add "
+                    f"one, or set MODEL.HRDA.FIXED_ATTENTION")
+            num_outputs = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES if hrda.ATTENTION_CLASSWISE else 1
+            scale_attention = head_cls(**head_cls.scale_attention_config(cfg, input_shape, num_outputs))
+        return {
+            "head": head,
+            "scale_attention": scale_attention,
+            "output_stride": input_shape[head.in_features[0]].stride,
+            "lr_scale": min(hrda.SCALES),
+            "hr_loss_weight": hrda.HR_LOSS_WEIGHT,
+            "lr_loss_weight": hrda.LR_LOSS_WEIGHT,
+            "fixed_attention": hrda.FIXED_ATTENTION,
+            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+        }
+
+    # ------------------------------------------------------------------------------------------------------
+    def attention(self, lr_features: Dict[str, Tensor]) -> Union[Tensor, float]:
+        """Sigmoid scale attention ``N x K' x h_lr x w_lr`` (K' = classes or 1), or the fixed float."""
+        if self.scale_attention is None:
+            return self.fixed_attention
+        return torch.sigmoid(self.scale_attention(lr_features))
+
+    def merge_tiles(self, tile_logits: Sequence[Tensor], boxes: Sequence[CropBox]) -> Tensor:
+        """Average tile logits (each ``N x K x h_t x w_t``) on the HR-logit canvas of their image (§5.2).
+
+        Tile boxes are mapped to logit pixels with ``int(c / output_stride)``; the canvas is ``(max y2, max x2)``
+        of the mapped boxes.
+        """
+        boxes = [scale_box(box, self.output_stride) for box in boxes]
+        canvas = (max(b[1] for b in boxes), max(b[3] for b in boxes))
+        return merge_windows((_fit_to_box(t, b) for t, b in zip(tile_logits, boxes)), boxes, canvas)
+
+    def decode_hr(self, hr_input: HRInput, batch_size: int) -> Tensor:
+        """Detail logits: ``head`` on one crop's features, or on all tiles at once merged with
+        :meth:`merge_tiles`; already decoded logits (a tensor) are returned as they are."""
+        if isinstance(hr_input, Tensor):
+            return hr_input
+        if isinstance(hr_input, TiledFeatures):
+            logits = self.head(hr_input.features)
+            return self.merge_tiles(logits.split(batch_size), hr_input.boxes)
+        return self.head(hr_input)
+
+    def forward(self, lr_features: Dict[str, Tensor], hr_input: HRInput,
+                crop_box: Optional[CropBox] = None) -> ScaleOutputs:
+        """Head calls in the original order (context, detail, attention), then ``fuse_scales`` (§5.3).
+
+        Args:
+            lr_features: backbone features of the context image (the whole image at ``lr_scale``).
+            hr_input: the detail crop's features (training), the HR tiles' features, or decoded HR logits
+                ``N x K x H/os x W/os`` (inference).
+            crop_box: the detail crop in HR-image pixels (training: the attention is masked to it), else None.
+        """
+        # the fusion runs in float32 (cheap, element-wise ops at logit resolution), also under bf16/fp16 autocast
+        lr_logits = self.head(lr_features).float()
+        hr_logits = self.decode_hr(hr_input, lr_logits.shape[0]).float()
+        attention = self.attention(lr_features)
+        attention = attention.float() if isinstance(attention, Tensor) else attention
+        fusion = fuse_scales(lr_logits, hr_logits, attention, lr_scale=self.lr_scale, hr_scale=1.0,
+                             output_stride=self.output_stride, crop_box=crop_box)
+        return ScaleOutputs(lr_logits, hr_logits, fusion)
+
+    def losses(self, outputs: ScaleOutputs, sem_seg: Tensor, weight: Optional[Tensor],
+               crop_box: Optional[CropBox]) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
+        """``(1 - w_hr - w_lr) * CE(fused) + w_hr * CE(detail crop) [+ w_lr * CE(scaled context)]`` (§5.4).
+
+        Args:
+            outputs: :meth:`forward`'s result for a training batch.
+            sem_seg: ``N x H x W`` int64 labels of the HR image; weight: optional ``N x H x W`` pixel weights.
+            crop_box: the detail crop (its labels / weights are cut with it), or None (the whole image).
+        Returns:
+            ``(losses, metrics)``: ``loss_sem_seg`` [, ``loss_sem_seg_hr``, ``loss_sem_seg_lr``], each already
+            weighted and averaged over all label pixels; pixel accuracies ``acc_sem_seg[_hr|_lr]`` in percent.
+        """
+        fused = resize_to_labels(outputs.fusion.fused, sem_seg)
+        losses = {"loss_sem_seg": pixel_weighted_cross_entropy(fused, sem_seg, weight, self.ignore_value)}
+        metrics = {"acc_sem_seg": pixel_accuracy(fused, sem_seg)}
+        if self.lr_loss_weight > 0:
+            lr = resize_to_labels(outputs.fusion.scaled_lr, sem_seg)
+            ce = pixel_weighted_cross_entropy(lr, sem_seg, weight, self.ignore_value)
+            losses["loss_sem_seg_lr"] = self.lr_loss_weight * ce
+            metrics["acc_sem_seg_lr"] = pixel_accuracy(lr, sem_seg)
+        if self.hr_loss_weight > 0:
+            hr_labels = sem_seg if crop_box is None else crop(sem_seg, crop_box)
+            hr_weight = weight if weight is None or crop_box is None else crop(weight, crop_box)
+            hr = resize_to_labels(outputs.hr_logits, hr_labels)
+            ce = pixel_weighted_cross_entropy(hr, hr_labels, hr_weight, self.ignore_value)
+            losses["loss_sem_seg_hr"] = self.hr_loss_weight * ce
+            metrics["acc_sem_seg_hr"] = pixel_accuracy(hr, hr_labels)
+        losses["loss_sem_seg"] = losses["loss_sem_seg"] * (1.0 - self.lr_loss_weight - self.hr_loss_weight)
+        return losses, metrics
+
+
+def _fit_to_box(tile_logits: Tensor, box: CropBox) -> Tensor:
+    """Tile logits unchanged, or resized to the box when a size that is not a multiple of the output stride made
+    them one pixel larger than the truncated box (the original fails there)."""
+    size = (box[1] - box[0], box[3] - box[2])
+    if tuple(tile_logits.shape[-2:]) == size:
+        return tile_logits
+    return F.interpolate(tile_logits, size=size, mode="bilinear", align_corners=False)
