@@ -36,6 +36,7 @@ import tqdm
 from detectron2.utils.logger import setup_logger
 
 from hrda_d2 import load_config
+from hrda_d2.data.datasets.split_files import SplitFileError, register_split_files
 from hrda_d2.data.image_io import read_rgb_image
 from hrda_d2.modeling.meta_arch.crop_utils import sliding_window_boxes
 from hrda_d2.engine.predictor import HRDA_OUTPUTS
@@ -69,7 +70,14 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args: argparse.Namespace):
-    return load_config(args.config_file, args.opts)
+    """The config of ``args``, with the splits of its ``DATASETS.SPLIT_FILES`` registered (their class names and
+    colours name and paint the predictions)."""
+    cfg = load_config(args.config_file, args.opts)
+    try:
+        register_split_files(cfg.DATASETS.SPLIT_FILES)
+    except SplitFileError as e:
+        raise SystemExit(f"demo: {e}") from None
+    return cfg
 
 
 def expand_inputs(arguments: List[str]) -> Tuple[List[Tuple[str, str]], List[str]]:

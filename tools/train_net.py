@@ -24,6 +24,7 @@ from torch.multiprocessing import ProcessExitedException
 
 from hrda_d2 import load_config
 from hrda_d2.checkpoint import CheckpointLoadError, load_model_weights
+from hrda_d2.data.datasets.split_files import SplitFileError, register_split_files
 from hrda_d2.engine import HRDATrainer
 from hrda_d2.engine.output_lock import OutputDirInUseError, lock_output_dir
 from hrda_d2.engine.preemption import TrainingInterrupted, parse_signals
@@ -32,6 +33,10 @@ from hrda_d2.utils.logger import setup_run_logging
 
 def setup(args):
     cfg = load_config(args.config_file, args.opts)
+    try:
+        register_split_files(cfg.DATASETS.SPLIT_FILES)
+    except SplitFileError as e:
+        raise SystemExit(f"train_net: {e}") from None
     if not args.eval_only and cfg.OUTPUT_DIR and comm.is_main_process():
         try:  # before default_setup writes config.yaml and log.txt into the folder
             lock_output_dir(cfg.OUTPUT_DIR)

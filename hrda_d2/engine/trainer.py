@@ -26,6 +26,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import AtomicDetectionCheckpointer, load_model_weights
+from ..config import validate_config
 from ..data.build import build_test_loader, build_train_loader
 from ..data.datasets.cityscapes_classes import SYNTHIA_MIOU16_CLASSES
 from ..evaluation import OfficialCityscapesSemSegEvaluator, SemSegMIoUEvaluator, SemSegPredictionWriter
@@ -63,12 +64,9 @@ class HRDATrainer(DefaultTrainer):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        validate_config(cfg, "HRDATrainer config")
         self.cfg = cfg
         uda = cfg.UDA.ENABLED
-        if uda and cfg.UDA.MIX != "class":
-            raise ValueError(f"UDA.MIX={cfg.UDA.MIX!r} is not supported; DACS mixes with ClassMix: use 'class'")
-        if cfg.UDA.MIC.ENABLED and not uda:
-            raise ValueError("UDA.MIC.ENABLED True needs UDA.ENABLED True (MIC trains on the DACS pseudo-labels)")
         student = self.build_model(cfg)
         teacher = self.build_model(cfg, log=False) if uda else None
         imnet_model = self.build_model(cfg, log=False) if uda and cfg.UDA.FD.LAMBDA > 0 else None

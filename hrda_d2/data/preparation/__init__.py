@@ -3,11 +3,13 @@
 * :mod:`.label_conversion`: raw GTA / Synthia / Cityscapes labels -> ``*_labelTrainIds.png``;
 * :mod:`.class_statistics`: the rare-class-sampling statistics files;
 * :mod:`.prepare`: ``prepare_gta`` / ``prepare_synthia`` / ``prepare_cityscapes`` (checks, parallel conversion);
+* :mod:`.split_file`: ``prepare_split_file`` for your own datasets (raw masks -> train ids, statistics);
 * :mod:`.cli`: the scripts' shared command line.
 """
 from .class_statistics import class_pixel_counts, write_class_statistics
 from .label_conversion import DatasetFormatError, map_label_ids, read_train_id_label
 from .prepare import MissingImageError, PreparationResult, prepare_cityscapes, prepare_gta, prepare_synthia
+from .split_file import prepare_split_file
 
 __all__ = [
     "DatasetFormatError",
@@ -17,6 +19,7 @@ __all__ = [
     "map_label_ids",
     "prepare_cityscapes",
     "prepare_gta",
+    "prepare_split_file",
     "prepare_synthia",
     "read_train_id_label",
     "write_class_statistics",

@@ -11,10 +11,11 @@ from ..datasets.cityscapes_classes import NUM_CLASSES
 __all__ = ["class_pixel_counts", "write_class_statistics"]
 
 
-def class_pixel_counts(train_ids: np.ndarray) -> Dict[str, int]:
-    """Pixels per train id, as the statistics store them: ``{"0": n0, ...}`` ascending, classes with 0 omitted."""
+def class_pixel_counts(train_ids: np.ndarray, num_classes: int = NUM_CLASSES) -> Dict[str, int]:
+    """Pixels per train id ``0..num_classes-1``, as the statistics store them: ``{"0": n0, ...}`` ascending,
+    classes with 0 pixels (and the ignore value) omitted."""
     counts = np.bincount(np.asarray(train_ids, dtype=np.uint8).ravel(), minlength=256)
-    return {str(c): int(counts[c]) for c in range(NUM_CLASSES) if counts[c] > 0}
+    return {str(c): int(counts[c]) for c in range(num_classes) if counts[c] > 0}
 
 
 def write_class_statistics(dataset_root: str, stats: Iterable[Dict[str, Any]]) -> None:

@@ -23,6 +23,7 @@ __all__ = [
     "unreadable_file_error",
     "map_label_ids",
     "read_gta_label_ids",
+    "read_index_label",
     "read_synthia_label_ids",
     "read_train_id_label",
     "write_label_png",
@@ -77,8 +78,9 @@ def unreadable_file_error(path: str, error: Exception) -> DatasetFormatError:
     )
 
 
-def read_gta_label_ids(path: str) -> np.ndarray:
-    """GTA label (palettised PNG) -> H x W Cityscapes label ids (the palette indices)."""
+def read_index_label(path: str, expected: str = "a palettised ('P') or grey ('L') label PNG") -> np.ndarray:
+    """Single-channel label image (palettised or grey) -> H x W values (palette indices / grey levels); another
+    mode (e.g. colour-coded RGB) raises :class:`DatasetFormatError` naming the file and ``expected``."""
     try:
         with Image.open(path) as img:
             mode = img.mode
@@ -86,11 +88,13 @@ def read_gta_label_ids(path: str) -> np.ndarray:
     except (OSError, SyntaxError, ValueError) as e:
         raise unreadable_file_error(path, e) from e
     if ids is None:
-        raise DatasetFormatError(
-            f"{path}: expected a palettised ('P') label PNG holding Cityscapes label ids, got mode '{mode}' "
-            "(a colour-coded label?)"
-        )
+        raise DatasetFormatError(f"{path}: expected {expected}, got mode '{mode}' (a colour-coded label?)")
     return ids
+
+
+def read_gta_label_ids(path: str) -> np.ndarray:
+    """GTA label (palettised PNG) -> H x W Cityscapes label ids (the palette indices)."""
+    return read_index_label(path, "a palettised ('P') label PNG holding Cityscapes label ids")
 
 
 def read_synthia_label_ids(path: str) -> np.ndarray:
@@ -105,11 +109,12 @@ def read_synthia_label_ids(path: str) -> np.ndarray:
     return array[:, :, -1]
 
 
-def read_train_id_label(path: str) -> np.ndarray:
-    """An existing ``*_labelTrainIds.png`` -> H x W uint8 (:func:`hrda_d2.data.image_io.read_label`); a file that
-    is not a valid train-id label raises :class:`DatasetFormatError` saying to delete it and prepare again."""
+def read_train_id_label(path: str, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """An existing ``*_labelTrainIds.png`` (train ids ``0..num_classes-1``, 255) -> H x W uint8
+    (:func:`hrda_d2.data.image_io.read_label`); a file that is not a valid train-id label raises
+    :class:`DatasetFormatError` saying to delete it and prepare again."""
     try:
-        return read_label(path, NUM_CLASSES, IGNORE_LABEL)
+        return read_label(path, num_classes, IGNORE_LABEL)
     except (OSError, ValueError) as e:
         raise DatasetFormatError(f"{e}; delete {path} and run the preparation again") from e
 

@@ -46,7 +46,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..datasets.cityscapes_classes import GTA_LABEL_MAPPING, SYNTHIA_LABEL_MAPPING, LabelIdMapping
+from ..datasets.cityscapes_classes import GTA_LABEL_MAPPING, NUM_CLASSES, SYNTHIA_LABEL_MAPPING, LabelIdMapping
 from ..datasets.file_lists import list_files, replace_suffix
 from ..datasets.sem_seg_splits import DatasetNotFoundError, MissingLabelError
 from .class_statistics import class_pixel_counts, write_class_statistics
@@ -64,6 +64,7 @@ __all__ = [
     "LabelTask",
     "PreparationResult",
     "run_parallel",
+    "convert_labels",
     "prepare_gta",
     "prepare_synthia",
     "prepare_cityscapes",
@@ -89,6 +90,7 @@ class LabelTask:
         image: the label's image (header checked; fully decoded with ``verify_image``), or None.
         stats_file: the ``file`` entry of the statistics; None = no statistics for this label.
         verify_image: decode the whole image (finds truncated files).
+        num_classes: train ids of the label space are ``0..num_classes-1`` (19 for Cityscapes).
     """
 
     source: str
@@ -96,6 +98,7 @@ class LabelTask:
     image: Optional[str]
     stats_file: Optional[str]
     verify_image: bool = False
+    num_classes: int = NUM_CLASSES
 
 
 @dataclass(frozen=True)
@@ -122,13 +125,14 @@ def _process_task(task: LabelTask, converter: Callable[[str, str], np.ndarray]) 
     """Convert one label (or read the existing output). Returns (converted, statistics entry or None)."""
     image_size = _check_image(task.image, task.verify_image) if task.image else None
     converted = not os.path.exists(task.output)
-    train_ids = converter(task.source, task.output) if converted else read_train_id_label(task.output)
+    train_ids = (converter(task.source, task.output) if converted
+                 else read_train_id_label(task.output, task.num_classes))
     if image_size is not None and image_size != train_ids.shape:
         logger.warning("%s: image size %s differs from its label's %s (%s)", task.image, image_size,
                        train_ids.shape, task.source)
     if task.stats_file is None:
         return converted, None
-    stats: Dict[str, Any] = class_pixel_counts(train_ids)
+    stats: Dict[str, Any] = class_pixel_counts(train_ids, task.num_classes)
     stats["file"] = task.stats_file
     return converted, stats
 
@@ -143,10 +147,12 @@ def run_parallel(fn: Callable[[Any], Any], items: Sequence[Any], nproc: int, des
         return list(tqdm(pool.imap(fn, items, chunksize=chunksize), total=len(items), desc=desc, disable=None))
 
 
-def _convert_all(
+def convert_labels(
     dataset_root: str, tasks: Sequence[LabelTask], converter: Callable[[str, str], np.ndarray], nproc: int,
     desc: str,
 ) -> PreparationResult:
+    """Run every task (convert, or read the existing output), write the statistics of those with a
+    ``stats_file`` into ``dataset_root``, and report the counts."""
     results = run_parallel(functools.partial(_process_task, converter=converter), tasks, nproc, desc)
     stats = [s for _, s in results if s is not None]
     write_class_statistics(dataset_root, stats)
@@ -216,7 +222,7 @@ def _prepare_id_labels(
     converter = functools.partial(
         convert_id_label, reader=reader, mapping=mapping, map_unknown_to_ignore=map_unknown_to_ignore
     )
-    return _convert_all(root, tasks, converter, nproc, mapping.dataset)
+    return convert_labels(root, tasks, converter, nproc, mapping.dataset)
 
 
 _GTA_LAYOUT = "  ROOT/images/00001.png ...\n  ROOT/labels/00001.png ... (palettised, Cityscapes label ids)"
@@ -287,4 +293,4 @@ def prepare_cityscapes(root: str, nproc: int = 4, verify_images: bool = False) -
             stats_file=os.path.join(root, "gtFine", rel_output) if rel.split("/")[0] == "train" else None,
             verify_image=verify_images,
         ))
-    return _convert_all(root, tasks, convert_cityscapes_polygons, nproc, "Cityscapes")
+    return convert_labels(root, tasks, convert_cityscapes_polygons, nproc, "Cityscapes")

@@ -1,4 +1,4 @@
-"""Config keys of hrda_d2.
+"""Config keys of hrda_d2 and their defaults.
 
 ``add_hrda_config(cfg)`` adds every key the project reads to a Detectron2 ``CfgNode`` (from
 ``detectron2.config.get_cfg()``). The defaults are the paper's GTA->Cityscapes HRDA setting
@@ -18,17 +18,9 @@ Keys are grouped by the part of the system that reads them:
 * ``UDA``                DACS self-training and MIC (``uda/``, ``UDA.MIC``)
 * ``SOLVER``             AdamW, warm-up + poly schedule, AMP, clipping, checkpoints kept, pre-emption signals
 """
-import logging
-import os
-from typing import Sequence
-
-import yaml
 from detectron2.config import CfgNode as CN
-from detectron2.config import get_cfg
 
-__all__ = ["MIC_MODE_NAMES", "add_hrda_config", "load_config"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["MIC_MODE_NAMES", "add_hrda_config"]
 
 # values of UDA.MIC.MODE (the original MIC's ``mask_mode``s, docs/method.md §17.2); what each one masks is
 # hrda_d2/uda/masked_consistency.py's table. Shared with the original-config translation (checkpoint/mmseg_config.py)
@@ -148,6 +140,9 @@ def _add_datasets_config(cfg: CN) -> None:
     cfg.DATASETS.SOURCE = ("gta_train",)
     cfg.DATASETS.TARGET = ("cityscapes_fine_sem_seg_train",)
     cfg.DATASETS.TEST = ("cityscapes_fine_sem_seg_val",)
+    # YAML files declaring splits of your own datasets (any number of classes; hrda_d2/data/datasets/split_files.py),
+    # registered by tools/train_net.py and demo/demo.py before anything is built
+    cfg.DATASETS.SPLIT_FILES = []
     cfg.DATASETS.RCS = CN()
     cfg.DATASETS.RCS.ENABLED = True
     cfg.DATASETS.RCS.CLASS_TEMP = 0.01
@@ -239,42 +234,4 @@ def add_hrda_config(cfg: CN) -> CN:
     _add_datasets_config(cfg)
     _add_uda_config(cfg)
     _add_solver_config(cfg)
-    return cfg
-
-
-def _yaml_error_message(error: "yaml.YAMLError", config_file: str) -> str:
-    """``<file>, line L, column C: <problem>`` of a YAML parser error, without the parser's traceback."""
-    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
-    problem = "; ".join(str(p) for p in (getattr(error, "context", None), getattr(error, "problem", None)) if p)
-    if mark is None:
-        return f"Config file {config_file} is not valid YAML: {problem or error}"
-    name = mark.name if mark.name and not mark.name.startswith("<") else config_file
-    return (f"Config file {name}, line {mark.line + 1}, column {mark.column + 1}: YAML syntax error: "
-            f"{problem or error}")
-
-
-def load_config(config_file: str, opts: Sequence[str] = (), freeze: bool = True) -> CN:
-    """Detectron2 config with every hrda_d2 key, merged from ``config_file`` and ``KEY VALUE`` overrides.
-
-    A missing file, a YAML syntax error (file, line and column) or an unknown / ill-typed key raises
-    ``SystemExit`` with a message naming it (for the command-line tools). ``MODEL.DEVICE`` falls back to "cpu" (with a warning) when CUDA is not available.
-    """
-    cfg = add_hrda_config(get_cfg())
-    if not os.path.isfile(config_file):
-        raise SystemExit(f"Config file '{config_file}' does not exist (configs/ lists the experiments).")
-    try:
-        cfg.merge_from_file(config_file)
-        cfg.merge_from_list(list(opts))
-    except yaml.YAMLError as e:  # a _BASE_ file may be the broken one: the parser's mark names it
-        raise SystemExit(_yaml_error_message(e, config_file)) from None
-    except (KeyError, AssertionError, ValueError) as e:
-        raise SystemExit(f"Invalid config ({config_file} or command-line overrides): {e}\n"
-                         f"Every valid key is defined in hrda_d2/config.py (add_hrda_config).") from e
-    import torch  # deferred: keeps `import hrda_d2.config` light
-
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu).")
-        cfg.MODEL.DEVICE = "cpu"
-    if freeze:
-        cfg.freeze()
     return cfg

@@ -1,0 +1,7 @@
+"""The config layer: every key with its default (:mod:`.defaults`), the checks across keys
+(:mod:`.validation`) and the tools' loading (:mod:`.loading`)."""
+from .defaults import MIC_MODE_NAMES, add_hrda_config
+from .loading import load_config
+from .validation import ConfigError, config_problems, validate_config
+
+__all__ = ["ConfigError", "MIC_MODE_NAMES", "add_hrda_config", "config_problems", "load_config", "validate_config"]

@@ -1,0 +1,264 @@
+"""Checks of a merged config across keys, at load time: every problem names the key, the value and the fix.
+
+:func:`validate_config` raises :class:`ConfigError` listing every problem found (not only the first):
+
+* class ids in the class lists (``UDA.FD.CLASSES``) within ``0 .. MODEL.SEM_SEG_HEAD.NUM_CLASSES - 1``; the
+  Cityscapes default of ``UDA.FD.CLASSES`` kept for another label space (docs/method.md §7.2 step 5) must be
+  replaced (or the feature distance switched off with ``UDA.FD.LAMBDA 0``); mIoU16 needs the 19 classes;
+* geometry: detail crop <= training crops, slide stride in ``(0, window]``, positive sizes, context scales whose
+  logits the fusion can place (docs/method.md §5.3);
+* ratios, probabilities, weights and thresholds in their ranges;
+* combinations: MIC without self-training, a learned and a fixed attention at once is impossible by
+  construction, the HR + LR loss weights above 1;
+* Detectron2 keys that hrda_d2 does not read, when changed from their default, with the key that does the job
+  here (:data:`IGNORED_DETECTRON2_KEYS`), so that a setting never silently has no effect.
+
+The checks read the config only (no model, no data): they run in ``load_config`` and in ``HRDATrainer``.
+"""
+import functools
+import math
+from typing import Any, Dict, List, Optional, Sequence
+
+from detectron2.config import CfgNode, get_cfg
+
+from .defaults import add_hrda_config
+
+__all__ = ["CITYSCAPES_FD_CLASSES", "ConfigError", "IGNORED_DETECTRON2_KEYS", "config_problems", "validate_config"]
+
+# UDA.FD.CLASSES default: the Cityscapes "thing" classes (pole ... bicycle) of the 19-class label space
+CITYSCAPES_FD_CLASSES = (6, 7, 11, 12, 13, 14, 15, 16, 17, 18)
+_CITYSCAPES_NUM_CLASSES = 19
+
+# Detectron2 keys hrda_d2 never reads -> what does that job here
+IGNORED_DETECTRON2_KEYS: Dict[str, str] = {
+    "DATASETS.TRAIN": "DATASETS.SOURCE (labelled) and DATASETS.TARGET (unlabelled)",
+    "INPUT.MIN_SIZE_TRAIN": "INPUT.SOURCE.SCALE / INPUT.TARGET.SCALE (keep-ratio rescale to [long side, short side])",
+    "INPUT.MAX_SIZE_TRAIN": "INPUT.SOURCE.SCALE / INPUT.TARGET.SCALE",
+    "INPUT.MIN_SIZE_TRAIN_SAMPLING": "INPUT.SOURCE.SCALE / INPUT.TARGET.SCALE",
+    "INPUT.MIN_SIZE_TEST": "INPUT.TEST.SCALE",
+    "INPUT.MAX_SIZE_TEST": "INPUT.TEST.SCALE",
+    "INPUT.RANDOM_FLIP": "INPUT.SOURCE.FLIP_PROB / INPUT.TARGET.FLIP_PROB",
+    "INPUT.CROP.ENABLED": "INPUT.SOURCE.CROP_SIZE / INPUT.TARGET.CROP_SIZE (training crops are always taken)",
+    "INPUT.CROP.TYPE": "INPUT.SOURCE.CROP_SIZE / INPUT.TARGET.CROP_SIZE (absolute sizes)",
+    "INPUT.CROP.SIZE": "INPUT.SOURCE.CROP_SIZE / INPUT.TARGET.CROP_SIZE",
+    "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA": "INPUT.SOURCE.CAT_MAX_RATIO / INPUT.TARGET.CAT_MAX_RATIO",
+    "DATALOADER.SAMPLER_TRAIN": "DATASETS.RCS.* (rare class sampling; the training streams are position-seeded)",
+    "DATALOADER.REPEAT_THRESHOLD": "DATASETS.RCS.CLASS_TEMP / DATASETS.RCS.MIN_PIXELS",
+    "DATALOADER.ASPECT_RATIO_GROUPING": "nothing: training crops have one size (INPUT.*.CROP_SIZE)",
+    "SOLVER.STEPS": "SOLVER.POLY_LR_POWER / SOLVER.POLY_LR_MIN_LR (poly schedule after SOLVER.WARMUP_ITERS)",
+    "SOLVER.GAMMA": "SOLVER.POLY_LR_POWER / SOLVER.POLY_LR_MIN_LR",
+    "SOLVER.MOMENTUM": "SOLVER.BETAS (AdamW)",
+    "SOLVER.NESTEROV": "SOLVER.BETAS (AdamW)",
+    "SOLVER.WEIGHT_DECAY_NORM": "SOLVER.BACKBONE_NORM_DECAY_MULTIPLIER (heads' norms decay like the heads)",
+    "SOLVER.WEIGHT_DECAY_BIAS": "SOLVER.WEIGHT_DECAY (biases decay like their layers, as in the original)",
+    "SOLVER.BIAS_LR_FACTOR": "SOLVER.HEAD_LR_MULTIPLIER / SOLVER.HEAD_LR_PARAM_PREFIXES",
+    "TEST.AUG.ENABLED": "TEST.MODE (slide / whole inference; no test-time augmentation)",
+    "TEST.PRECISE_BN.ENABLED": "nothing: the trained BatchNorm statistics are used, as in the original",
+    "MODEL.SEM_SEG_HEAD.COMMON_STRIDE": "MODEL.SEM_SEG_HEAD.IN_FEATURES (the first map sets the output stride)",
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM": "MODEL.SEM_SEG_HEAD.EMBED_DIM",
+    "MODEL.BACKBONE.FREEZE_AT": "MODEL.TIMM.FREEZE_AT (timm backbones; MiT trains every layer)",
+}
+
+
+class ConfigError(ValueError):
+    """The config's values contradict each other or their ranges; the message lists every problem."""
+
+
+def _get(cfg: CfgNode, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _has(cfg: CfgNode, key: str) -> bool:
+    try:
+        _get(cfg, key)
+    except KeyError:
+        return False
+    return True
+
+
+class _Problems:
+    """Collects ``KEY=value: problem; fix`` lines."""
+
+    def __init__(self, cfg: CfgNode):
+        self.cfg = cfg
+        self.lines: List[str] = []
+
+    def add(self, key: str, problem: str, fix: str) -> None:
+        self.lines.append(f"{key}={_get(self.cfg, key)!r}: {problem}; {fix}")
+
+    def check_range(self, key: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False,
+                    fix: str = "") -> None:
+        value = _get(self.cfg, key)
+        if value is None:
+            return
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and above and below):
+            interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            self.add(key, f"must be in {interval}", fix or f"choose a value in {interval}")
+
+    def check_pair(self, key: str, allow_empty: bool = False) -> Optional[Sequence[int]]:
+        value = list(_get(self.cfg, key) or [])
+        if not value and allow_empty:
+            return None
+        if len(value) != 2 or any(not isinstance(v, int) or v <= 0 for v in value):
+            self.add(key, "must be [height, width] with positive integers", "e.g. [512, 512]")
+            return None
+        return value
+
+
+def config_problems(cfg: CfgNode) -> List[str]:
+    """Every problem of ``cfg`` (a config with the hrda_d2 keys) as one line: ``KEY=value: problem; fix``."""
+    p = _Problems(cfg)
+    _check_label_space(p, cfg)
+    _check_geometry(p, cfg)
+    _check_ranges(p, cfg)
+    _check_combinations(p, cfg)
+    _check_ignored_detectron2_keys(p, cfg)
+    return p.lines
+
+
+def validate_config(cfg: CfgNode, source: str = "config") -> None:
+    """Raise :class:`ConfigError` naming every problem of ``cfg`` (see the module docstring)."""
+    problems = config_problems(cfg)
+    if problems:
+        raise ConfigError(f"{source}: {len(problems)} invalid setting{'s' if len(problems) > 1 else ''}:\n  "
+                          + "\n  ".join(problems))
+
+
+# ------------------------------------------------------------------------------------------------------------
+def _check_label_space(p: _Problems, cfg: CfgNode) -> None:
+    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    if not isinstance(num_classes, int) or num_classes < 1:
+        p.add("MODEL.SEM_SEG_HEAD.NUM_CLASSES", "must be a positive number of classes", "e.g. 19 for Cityscapes")
+        return
+    fd_used = cfg.UDA.ENABLED and cfg.UDA.FD.LAMBDA > 0
+    classes = list(cfg.UDA.FD.CLASSES)
+    outside = [c for c in classes if not isinstance(c, int) or not 0 <= c < num_classes]
+    if outside:
+        p.add("UDA.FD.CLASSES", f"class ids {outside} are not classes of MODEL.SEM_SEG_HEAD.NUM_CLASSES="
+              f"{num_classes} (ids 0..{num_classes - 1})", "list the thing classes of your label space")
+    elif fd_used and num_classes != _CITYSCAPES_NUM_CLASSES and tuple(classes) == CITYSCAPES_FD_CLASSES:
+        p.add("UDA.FD.CLASSES", f"is the Cityscapes default (its 19-class 'thing' ids), but the label space has "
+              f"MODEL.SEM_SEG_HEAD.NUM_CLASSES={num_classes} classes",
+              "set UDA.FD.CLASSES to the thing classes of your label space, or UDA.FD.LAMBDA 0 (no feature distance)")
+    if cfg.TEST.REPORT_MIOU16 and num_classes != _CITYSCAPES_NUM_CLASSES:
+        p.add("TEST.REPORT_MIOU16", f"mIoU16 is Synthia's 16 of the 19 Cityscapes classes, the model has {num_classes}",
+              "set TEST.REPORT_MIOU16 False")
+    ignore = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
+    if isinstance(ignore, int) and 0 <= ignore < num_classes:
+        p.add("MODEL.SEM_SEG_HEAD.IGNORE_VALUE", f"is a class id (0..{num_classes - 1})", "use 255")
+
+
+def _check_geometry(p: _Problems, cfg: CfgNode) -> None:
+    crops = {key: p.check_pair(key) for key in ("INPUT.SOURCE.CROP_SIZE", "INPUT.TARGET.CROP_SIZE")}
+    window = p.check_pair("TEST.SLIDE.CROP_SIZE")
+    stride = p.check_pair("TEST.SLIDE.STRIDE")
+    if window and stride and any(s > w for s, w in zip(stride, window)):
+        p.add("TEST.SLIDE.STRIDE", f"is larger than the window TEST.SLIDE.CROP_SIZE {window} (pixels between "
+              f"windows would get no prediction)", "use a stride <= the window, e.g. half of it")
+    scales = sorted(float(s) for s in cfg.MODEL.HRDA.SCALES)
+    if len(scales) not in (1, 2) or any(not 0 < s <= 1 for s in scales) or scales[-1] != 1.0:
+        p.add("MODEL.HRDA.SCALES", "must be [1.0] (one scale) or [1.0, s] with 0 < s <= 1 (detail scale 1.0 and "
+              "a context scale)", "e.g. [1.0, 0.5] (the paper)")
+        return
+    if len(scales) == 1:
+        return
+    hr_crop = p.check_pair("MODEL.HRDA.HR_CROP_SIZE", allow_empty=True)
+    divisible = cfg.MODEL.HRDA.CROP_COORD_DIVISIBLE
+    if not isinstance(divisible, int) or divisible < 1:
+        p.add("MODEL.HRDA.CROP_COORD_DIVISIBLE", "must be a positive integer", "use 8 (the paper)")
+    if hr_crop:
+        for key, crop in crops.items():
+            if crop and any(h > c for h, c in zip(hr_crop, crop)):
+                p.add("MODEL.HRDA.HR_CROP_SIZE", f"the detail crop {hr_crop} is larger than the training crop {key} "
+                      f"{crop}", f"use a detail crop <= {crop} (the paper: half of it)")
+    context = scales[0]
+    stride_px = _output_stride(cfg)
+    if not hr_crop or stride_px is None or not isinstance(divisible, int) or divisible < 1:
+        return
+    for key, crop in crops.items():
+        for side, detail in zip(crop or (), hr_crop):
+            # the fusion upsamples the context logits by 1/s and places the detail logits at box / stride; the
+            # farthest detail crop ends at the last divisible offset + the crop (docs/method.md §5.3)
+            lr_logits = math.ceil(math.floor(side * context) / stride_px)
+            covered = math.floor(lr_logits / context)
+            needed = ((side - detail) // divisible * divisible + detail) // stride_px
+            if covered < needed:
+                p.add("MODEL.HRDA.SCALES", f"the context branch of the {key} side {side} ({math.floor(side * context)}"
+                      f" px, {lr_logits} logits at stride {stride_px}) upsampled by 1/{context:g} covers {covered} "
+                      f"detail-logit rows, the farthest detail crop ends at row {needed}", "choose a context scale "
+                      "s with crop * s divisible by the output stride (0.5, 0.25, 0.75 for 1024 / 512 crops)")
+                break
+
+
+def _output_stride(cfg: CfgNode) -> Optional[int]:
+    """Output stride of the single-scale head: that of its first input map (resK = stride 2^K), or None when the
+    name does not say (the model then checks the sizes itself)."""
+    first = list(cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES)[:1]
+    if not first or not first[0].startswith("res") or not first[0][3:].isdigit():
+        return None
+    return 2 ** int(first[0][3:])
+
+
+def _check_ranges(p: _Problems, cfg: CfgNode) -> None:
+    p.check_range("UDA.ALPHA", 0.0, 1.0)
+    p.check_range("UDA.PSEUDO_THRESHOLD", 0.0, 1.0)
+    p.check_range("UDA.FD.LAMBDA", 0.0, math.inf, high_open=True, fix="use >= 0 (0 disables the feature distance)")
+    p.check_range("UDA.FD.SCALE_MIN_RATIO", 0.0, 1.0)
+    p.check_range("UDA.AUG.COLOR_JITTER_STRENGTH", 0.0, math.inf, high_open=True)
+    p.check_range("UDA.AUG.COLOR_JITTER_SKIP_THRESHOLD", 0.0, 1.0)
+    p.check_range("UDA.MIC.MASK_RATIO", 0.0, 1.0, high_open=True, fix="use a ratio in [0, 1) (the paper: 0.7)")
+    p.check_range("UDA.MIC.LAMBDA", 0.0, math.inf, high_open=True)
+    p.check_range("UDA.MIC.BLOCK_SIZE", 0, math.inf, low_open=True, high_open=True, fix="use a block side > 0 (64)")
+    for side in ("SOURCE", "TARGET"):
+        p.check_range(f"INPUT.{side}.CAT_MAX_RATIO", 0.0, 1.0, low_open=True, fix="use 1.0 to disable the check")
+        p.check_range(f"INPUT.{side}.FLIP_PROB", 0.0, 1.0)
+    margins = list(cfg.INPUT.TARGET.PSEUDO_MARGINS)
+    if margins and (len(margins) != 4 or any(not isinstance(m, int) or m < 0 for m in margins)):
+        p.add("INPUT.TARGET.PSEUDO_MARGINS", "must be [] or [top, bottom, left, right] with integers >= 0",
+              "e.g. [30, 240, 30, 30] (the paper's Cityscapes margins)")
+    for key in ("UDA.PSEUDO_WEIGHT_IGNORE_TOP", "UDA.PSEUDO_WEIGHT_IGNORE_BOTTOM", "DATASETS.RCS.MIN_PIXELS"):
+        p.check_range(key, 0, math.inf, high_open=True)
+    p.check_range("DATASETS.RCS.CLASS_TEMP", 0.0, math.inf, low_open=True, high_open=True,
+                  fix="use a temperature > 0 (the paper: 0.01)")
+    p.check_range("DATASETS.RCS.MIN_CROP_RATIO", 0.0, math.inf, high_open=True)
+    p.check_range("MODEL.HRDA.HR_LOSS_WEIGHT", 0.0, 1.0)
+    p.check_range("MODEL.HRDA.LR_LOSS_WEIGHT", 0.0, 1.0)
+    p.check_range("MODEL.HRDA.FIXED_ATTENTION", 0.0, 1.0, fix="use None (learned attention) or a value in [0, 1]")
+    p.check_range("SOLVER.BASE_LR", 0.0, math.inf, low_open=True, high_open=True)
+    p.check_range("SOLVER.WARMUP_FACTOR", 0.0, 1.0)
+    p.check_range("SOLVER.MAX_ITER", 0, math.inf, low_open=True, high_open=True)
+    p.check_range("SOLVER.IMS_PER_BATCH", 0, math.inf, low_open=True, high_open=True)
+    p.check_range("SOLVER.METRICS_PERIOD", 1, math.inf, high_open=True)
+
+
+def _check_combinations(p: _Problems, cfg: CfgNode) -> None:
+    hrda = cfg.MODEL.HRDA
+    if isinstance(hrda.HR_LOSS_WEIGHT, (int, float)) and isinstance(hrda.LR_LOSS_WEIGHT, (int, float)) and \
+            hrda.HR_LOSS_WEIGHT + hrda.LR_LOSS_WEIGHT > 1:
+        p.add("MODEL.HRDA.HR_LOSS_WEIGHT", f"+ MODEL.HRDA.LR_LOSS_WEIGHT = {hrda.HR_LOSS_WEIGHT + hrda.LR_LOSS_WEIGHT:g} "
+              f"> 1 (the fused loss would get a negative weight)", "keep their sum <= 1 (the paper: 0.1 + 0)")
+    if cfg.UDA.ENABLED and cfg.UDA.MIX != "class":
+        p.add("UDA.MIX", "is not a mixing this project implements (DACS mixes with ClassMix)", "use 'class'")
+    if cfg.UDA.MIC.ENABLED and not cfg.UDA.ENABLED:
+        p.add("UDA.MIC.ENABLED", "needs self-training: MIC trains on the DACS teacher's pseudo-labels, and "
+              "UDA.ENABLED is False", "set UDA.ENABLED True, or UDA.MIC.ENABLED False")
+
+
+def _check_ignored_detectron2_keys(p: _Problems, cfg: CfgNode, defaults: Optional[CfgNode] = None) -> None:
+    defaults = defaults or _defaults()
+    for key, instead in IGNORED_DETECTRON2_KEYS.items():
+        if _has(cfg, key) and _has(defaults, key) and _get(cfg, key) != _get(defaults, key):
+            p.add(key, f"is a Detectron2 key that hrda_d2 does not read (the default is {_get(defaults, key)!r})",
+                  f"use {instead}")
+
+
+@functools.lru_cache(maxsize=1)
+def _defaults() -> CfgNode:
+    """``add_hrda_config(get_cfg())`` (built once; read only)."""
+    return add_hrda_config(get_cfg())
+
