@@ -9,8 +9,9 @@ knows it (docs/method.md §13).
 
 The layouts, tried in this order, come from the leaves (each a list of
 :class:`~.conversion_types.OriginalLayout`): :data:`.mmseg_conversion.LAYOUTS` (HRDA / DAFormer DACS training
-checkpoints, bare mmseg segmentors, SegFormer ImageNet MiT files) and :data:`.dinov2_conversion.LAYOUTS`
-(official DINOv2 backbones). The leaves import only :mod:`.conversion_types`, never this module.
+checkpoints, bare mmseg segmentors, SegFormer ImageNet MiT files; DeepLabV2 parts through
+:mod:`.resnet_conversion`), :data:`.resnet_conversion.LAYOUTS` (mmcv ResNet-V1c ImageNet files) and
+:data:`.dinov2_conversion.LAYOUTS` (official DINOv2 backbones). The leaves import only :mod:`.conversion_types`, never this module.
 """
 import logging
 import pickle
@@ -20,7 +21,7 @@ from typing import Any, Mapping, Optional, Tuple, Union
 
 import torch
 
-from . import dinov2_conversion, mmseg_conversion
+from . import dinov2_conversion, mmseg_conversion, resnet_conversion
 from .conversion_types import (
     CheckpointConversionError,
     ConversionRequest,
@@ -42,7 +43,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ORIGINAL_LAYOUTS: Tuple[OriginalLayout, ...] = mmseg_conversion.LAYOUTS + dinov2_conversion.LAYOUTS
+ORIGINAL_LAYOUTS: Tuple[OriginalLayout, ...] = (mmseg_conversion.LAYOUTS + resnet_conversion.LAYOUTS
+                                                 + dinov2_conversion.LAYOUTS)
 
 
 def expected_layouts_text() -> str:
@@ -152,12 +154,12 @@ def convert_checkpoint(obj: Any, teacher: bool = False, source: str = "checkpoin
     sd, meta = unwrap_state_dict(obj, source)
     layout = _find_layout(sd)
     if layout is None:
-        if "backbone.patch_embed1.proj.weight" in sd or any(k.startswith("sem_seg_head.") for k in sd):
+        if any(k.startswith(("backbone.patch_embed1.", "backbone.stem.conv1.", "sem_seg_head.")) for k in sd):
             raise CheckpointConversionError(
                 f"{source}: already in this project's Detectron2 layout (backbone.* / sem_seg_head.* keys); "
                 f"use it directly as MODEL.WEIGHTS"
             )
-        raise _unknown_layout(source, obj, "no MiT or DINOv2 backbone keys found")
+        raise _unknown_layout(source, obj, "no MiT, ResNet-V1c or DINOv2 backbone keys found")
     if teacher and not layout.has_teacher:
         raise CheckpointConversionError(
             f"{source}: teacher weights were requested, but the file is {layout.description}, without EMA "

@@ -11,12 +11,14 @@ SegFormer ImageNet file ``X`` (``head.*`` dropped)  ``backbone.X``
 ``<p>decode_head.X`` (plain DAFormer head)          ``sem_seg_head.X``
 ==================================================  ===========================================
 
+ResNet-V1c backbones and DeepLabV2 heads (the paper's Table 2) are renamed by :mod:`.resnet_conversion`.
+
 i.e. ``decode_head.`` becomes ``sem_seg_head.``: the HRDA meta-architecture holds the registered ``HRDAHead``
 (single-scale head ``head`` + ``scale_attention``) as its ``sem_seg_head``, as the original's
 ``HRDAEncoderDecoder`` holds its ``HRDAHead`` as ``decode_head``.
 
-``<p>`` is ``model.`` (student, default) or ``ema_model.`` (EMA teacher) in a DACS training checkpoint
-(``{"state_dict": ..., "meta": ...}``; ``imnet_model.*`` is dropped) and empty in a bare segmentor state dict
+``<p>`` is ``model.`` (student, default) or ``ema_model.`` (EMA teacher) in a UDA training checkpoint
+(``{"state_dict": ..., "meta": ...}``; ``imnet_model.*`` and AdvSeg's discriminator ``model_D.*`` are dropped) and empty in a bare segmentor state dict
 (``HRDAEncoderDecoder`` / ``EncoderDecoder``, optionally wrapped in ``{"state_dict": ...}``). BatchNorm buffers are
 kept. Every function here is pure: it reads mappings and returns new ones.
 """
@@ -28,6 +30,7 @@ from typing import Any, Mapping, Optional, Tuple
 import torch
 
 from ..modeling.backbone.mit import MIT_VARIANTS, MiTVariant
+from .resnet_conversion import convert_dlv2_head, convert_resnet_v1c, is_dlv2_head, is_resnet_v1c
 from .conversion_types import (
     CheckpointConversionError,
     ConversionRequest,
@@ -52,7 +55,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 LAYOUT_SEGFORMER_IMAGENET = "SegFormer ImageNet MiT state dict"
-LAYOUT_HRDA_TRAINING = "HRDA DACS training checkpoint"
+LAYOUT_HRDA_TRAINING = "HRDA DACS training checkpoint"  # also "DeepLabV2 AdvSeg training checkpoint", ...
 LAYOUT_DAFORMER_TRAINING = "DAFormer DACS training checkpoint"
 LAYOUT_HRDA_SEGMENTOR = "HRDAEncoderDecoder state dict"
 LAYOUT_DAFORMER_SEGMENTOR = "EncoderDecoder (DAFormer) state dict"
@@ -60,7 +63,8 @@ LAYOUT_DAFORMER_SEGMENTOR = "EncoderDecoder (DAFormer) state dict"
 STUDENT_PREFIX = "model."
 TEACHER_PREFIX = "ema_model."
 IMAGENET_MODEL_PREFIX = "imnet_model."
-_UDA_PREFIXES = (STUDENT_PREFIX, TEACHER_PREFIX, IMAGENET_MODEL_PREFIX)
+DISCRIMINATOR_PREFIX = "model_D."  # AdvSeg's discriminator(s); not part of the segmentation model
+_UDA_PREFIXES = (STUDENT_PREFIX, TEACHER_PREFIX, IMAGENET_MODEL_PREFIX, DISCRIMINATOR_PREFIX)
 _HRDA_HEAD_PARTS = ("head", "scale_attention")
 
 
@@ -194,20 +198,42 @@ def _summarize_daformer_head(
 # ------------------------------------------------------------------------------------------------------------
 # segmentors and the three layouts
 # ------------------------------------------------------------------------------------------------------------
+def _convert_backbone(backbone: Mapping[str, torch.Tensor], where: str) -> Tuple[
+        "OrderedDict[str, torch.Tensor]", str, Optional[Tuple[int, ...]]]:
+    """(d2 backbone keys, architecture name, MiT widths or None for a ResNet) of a segmentor's backbone."""
+    if is_resnet_v1c(backbone):
+        state, name = convert_resnet_v1c(backbone, where)
+        return state, name, None
+    variant = detect_mit_variant(backbone, where=where)
+    return OrderedDict(backbone), variant, MIT_VARIANTS[variant].embed_dims
+
+
+def _convert_head(head: Mapping[str, torch.Tensor], widths: Optional[Tuple[int, ...]], in_channels: int,
+                  where: str) -> Tuple["OrderedDict[str, torch.Tensor]", HeadSummary]:
+    """A single-scale head's keys (DLV2Head or DAFormerHead) -> (d2 keys, summary)."""
+    if is_dlv2_head(head):
+        return convert_dlv2_head(head, in_channels, where)
+    if widths is None:
+        raise CheckpointConversionError(f"{where}: a ResNet backbone with a head that is not a DLV2Head (keys "
+                                        f"[{first_items(head)}]); only DeepLabV2 heads are known on ResNets")
+    return OrderedDict(head), _summarize_daformer_head(head, widths, where)
+
+
 def _convert_segmentor(
     seg: Mapping[str, torch.Tensor], source: str
 ) -> Tuple["OrderedDict[str, torch.Tensor]", str, Optional[HeadSummary], Optional[HeadSummary], bool]:
-    """Segmentor keys (``backbone.*``, ``decode_head.*``) -> (d2 state dict, variant, head, attention, is_hrda)."""
+    """Segmentor keys (``backbone.*``, ``decode_head.*``) -> (d2 state dict, backbone name, head, attention,
+    is_hrda)."""
     others = sorted({k.split(".")[0] for k in seg if not k.startswith(("backbone.", "decode_head."))})
     if others:
         raise CheckpointConversionError(
             f"{source}: unsupported segmentor parts {others} (only backbone.* and decode_head.* can be converted)"
         )
-    backbone = split_prefix(seg, "backbone.")
-    variant = detect_mit_variant(backbone, where=f"{source} backbone")
-    dims = MIT_VARIANTS[variant].embed_dims
+    backbone, variant, widths = _convert_backbone(split_prefix(seg, "backbone."), f"{source} backbone")
+    deepest = int(backbone["res5.0.conv3.weight"].shape[0]) if widths is None else widths[-1]
     decode = split_prefix(seg, "decode_head.")
     is_hrda = any(k.startswith("head.") for k in decode)
+    out = OrderedDict(("backbone." + k, v) for k, v in backbone.items())
     if is_hrda:
         leftover = sorted({k.split(".")[0] for k in decode if k.split(".")[0] not in _HRDA_HEAD_PARTS})
         if leftover:
@@ -215,19 +241,22 @@ def _convert_segmentor(
                 f"{source}: HRDAHead with unsupported parts {leftover} (expected decode_head.head.* and "
                 f"decode_head.scale_attention.*)"
             )
-        head_info = _summarize_daformer_head(split_prefix(decode, "head."), dims, f"{source} decode_head.head")
+        head, head_info = _convert_head(split_prefix(decode, "head."), widths, deepest, f"{source} decode_head.head")
+        out.update(("sem_seg_head.head." + k, v) for k, v in head.items())
         attention = split_prefix(decode, "scale_attention.")
-        att_info = _summarize_daformer_head(attention, dims, f"{source} decode_head.scale_attention") \
-            if attention else None
+        att_info = None
+        if attention:
+            attention, att_info = _convert_head(attention, widths, deepest, f"{source} decode_head.scale_attention")
+            out.update(("sem_seg_head.scale_attention." + k, v) for k, v in attention.items())
         if att_info is not None and att_info.num_classes not in (1, head_info.num_classes):
             raise CheckpointConversionError(
                 f"{source}: scale attention predicts {att_info.num_classes} channels; expected 1 or "
                 f"{head_info.num_classes} (the number of classes)"
             )
     else:
-        head_info, att_info = _summarize_daformer_head(decode, dims, f"{source} decode_head"), None
-    out = OrderedDict(("backbone." + k, v) for k, v in backbone.items())
-    out.update(("sem_seg_head." + k, v) for k, v in decode.items())
+        head, head_info = _convert_head(decode, widths, deepest, f"{source} decode_head")
+        out.update(("sem_seg_head." + k, v) for k, v in head.items())
+        att_info = None
     return out, variant, head_info, att_info, is_hrda
 
 
@@ -251,16 +280,18 @@ def _convert_training_checkpoint(
     prefix = TEACHER_PREFIX if request.teacher else STUDENT_PREFIX
     if prefix not in prefixes:
         raise CheckpointConversionError(
-            f"{source}: the DACS checkpoint has no '{prefix}*' weights (prefixes found: {prefixes})"
+            f"{source}: the training checkpoint has no '{prefix}*' weights (prefixes found: {prefixes}); "
+            f"{'only DACS checkpoints hold an EMA teacher' if request.teacher else 'no student model'}"
         )
     outside = [k for k in sd if not k.startswith(_UDA_PREFIXES)]
     if outside:
         raise CheckpointConversionError(
-            f"{source}: a DACS training checkpoint holds only model.* / ema_model.* / imnet_model.* keys, this one "
-            f"also [{first_items(outside, 4)}]"
+            f"{source}: a UDA training checkpoint holds only model.* / ema_model.* / imnet_model.* / model_D.* keys, "
+            f"this one also [{first_items(outside, 4)}]"
         )
     state, variant, head, att, is_hrda = _convert_segmentor(split_prefix(sd, prefix), source)
-    layout = LAYOUT_HRDA_TRAINING if is_hrda else LAYOUT_DAFORMER_TRAINING
+    method = "DACS" if TEACHER_PREFIX in prefixes else ("AdvSeg" if DISCRIMINATOR_PREFIX in prefixes else "UDA")
+    layout = f"{_model_name(is_hrda, head)} {method} training checkpoint"
     dropped = [k for k in sd if not k.startswith(prefix)]
     return ConvertedCheckpoint(state, layout, variant, prefix, head, att, meta, dropped)
 
@@ -269,8 +300,13 @@ def _convert_segmentor_state_dict(
     sd: Mapping[str, torch.Tensor], meta: Optional[Mapping[str, Any]], request: ConversionRequest
 ) -> ConvertedCheckpoint:
     state, variant, head, att, is_hrda = _convert_segmentor(sd, request.source)
-    layout = LAYOUT_HRDA_SEGMENTOR if is_hrda else LAYOUT_DAFORMER_SEGMENTOR
+    layout = LAYOUT_HRDA_SEGMENTOR if is_hrda else f"EncoderDecoder ({_model_name(False, head)}) state dict"
     return ConvertedCheckpoint(state, layout, variant, "", head, att, meta, [])
+
+
+def _model_name(is_hrda: bool, head: HeadSummary) -> str:
+    """HRDA / DeepLabV2 / DAFormer, the paper's name of a segmentor (for the layout names)."""
+    return "HRDA" if is_hrda else ("DeepLabV2" if head.fusion == "dlv2" else "DAFormer")
 
 
 def _convert_segformer_imagenet(

@@ -61,7 +61,19 @@ def _add_model_config(cfg: CN) -> None:
     cfg.MODEL.TIMM.IMG_SIZE = [512, 512]
     cfg.MODEL.TIMM.PYRAMID_CHANNELS = 256  # plain ViTs: channels of the simple-feature-pyramid maps res2..res5
 
-    # MODEL.SEM_SEG_HEAD exists in Detectron2's defaults; its DAFormer keys are added here
+    # MODEL.BACKBONE.NAME "build_resnet_v1c_backbone" (modeling/backbone/resnet_v1c.py): Detectron2's MODEL.RESNETS
+    # keys with the values of the original's DeepLabV2 ResNet-101-V1c (output stride 8, trainable BN)
+    cfg.MODEL.RESNETS.DEPTH = 101
+    cfg.MODEL.RESNETS.NORM = "BN"
+    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False  # stride on the 3x3 conv ("pytorch" style)
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.RESNETS.RES4_DILATION = 2
+    cfg.MODEL.RESNETS.RES5_DILATION = 4
+    cfg.MODEL.RESNETS.CONTRACT_DILATION = True  # first block of a dilated stage: half the dilation (mmseg)
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+
+    # MODEL.SEM_SEG_HEAD exists in Detectron2's defaults; the keys of the single-scale heads are added here
+    # ("DAFormerHead": every key below; "DLV2Head": IN_FEATURES ["res5"], NUM_CLASSES, ASPP_DILATIONS [6, 12])
     cfg.MODEL.SEM_SEG_HEAD.NAME = "DAFormerHead"
     cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 19
@@ -121,12 +133,16 @@ def _add_input_config(cfg: CN) -> None:
     cfg.INPUT.SOURCE.CROP_SIZE = [1024, 1024]
     cfg.INPUT.SOURCE.CAT_MAX_RATIO = 0.75
     cfg.INPUT.SOURCE.FLIP_PROB = 0.5
+    # mmseg PhotoMetricDistortion after the flip (data/photometric_distortion.py): the "gtaCAug" source datasets
+    # of AdvSeg / MinEnt (Table 2) and the target-only oracle's pipeline
+    cfg.INPUT.SOURCE.PHOTOMETRIC_DISTORTION = False
     # Target training pipeline (labels are not used by DACS)
     cfg.INPUT.TARGET = CN()
     cfg.INPUT.TARGET.SCALE = [2048, 1024]
     cfg.INPUT.TARGET.CROP_SIZE = [1024, 1024]
     cfg.INPUT.TARGET.CAT_MAX_RATIO = 1.0
     cfg.INPUT.TARGET.FLIP_PROB = 0.5
+    cfg.INPUT.TARGET.PHOTOMETRIC_DISTORTION = False
     # pseudo-label margins [top, bottom, left, right] on a mask of VALID_MASK_SIZE (H, W) built before
     # resizing and cropping; [] disables the margin mask
     cfg.INPUT.TARGET.PSEUDO_MARGINS = [30, 240, 30, 30]
@@ -187,7 +203,7 @@ def _add_uda_config(cfg: CN) -> None:
 
 
 def _add_solver_config(cfg: CN) -> None:
-    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" | "SGD" (SGD: Detectron2's SOLVER.MOMENTUM 0.9 / SOLVER.NESTEROV False)
     cfg.SOLVER.BASE_LR = 6e-5
     cfg.SOLVER.BETAS = [0.9, 0.999]
     cfg.SOLVER.WEIGHT_DECAY = 0.01

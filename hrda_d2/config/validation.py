@@ -47,8 +47,6 @@ IGNORED_DETECTRON2_KEYS: Dict[str, str] = {
     "DATALOADER.ASPECT_RATIO_GROUPING": "nothing: training crops have one size (INPUT.*.CROP_SIZE)",
     "SOLVER.STEPS": "SOLVER.POLY_LR_POWER / SOLVER.POLY_LR_MIN_LR (poly schedule after SOLVER.WARMUP_ITERS)",
     "SOLVER.GAMMA": "SOLVER.POLY_LR_POWER / SOLVER.POLY_LR_MIN_LR",
-    "SOLVER.MOMENTUM": "SOLVER.BETAS (AdamW)",
-    "SOLVER.NESTEROV": "SOLVER.BETAS (AdamW)",
     "SOLVER.WEIGHT_DECAY_NORM": "SOLVER.BACKBONE_NORM_DECAY_MULTIPLIER (heads' norms decay like the heads)",
     "SOLVER.WEIGHT_DECAY_BIAS": "SOLVER.WEIGHT_DECAY (biases decay like their layers, as in the original)",
     "SOLVER.BIAS_LR_FACTOR": "SOLVER.HEAD_LR_MULTIPLIER / SOLVER.HEAD_LR_PARAM_PREFIXES",
@@ -56,7 +54,6 @@ IGNORED_DETECTRON2_KEYS: Dict[str, str] = {
     "TEST.PRECISE_BN.ENABLED": "nothing: the trained BatchNorm statistics are used, as in the original",
     "MODEL.SEM_SEG_HEAD.COMMON_STRIDE": "MODEL.SEM_SEG_HEAD.IN_FEATURES (the first map sets the output stride)",
     "MODEL.SEM_SEG_HEAD.CONVS_DIM": "MODEL.SEM_SEG_HEAD.EMBED_DIM",
-    "MODEL.BACKBONE.FREEZE_AT": "MODEL.TIMM.FREEZE_AT (timm backbones; MiT trains every layer)",
 }
 
 
@@ -242,6 +239,12 @@ def _check_combinations(p: _Problems, cfg: CfgNode) -> None:
             hrda.HR_LOSS_WEIGHT + hrda.LR_LOSS_WEIGHT > 1:
         p.add("MODEL.HRDA.HR_LOSS_WEIGHT", f"+ MODEL.HRDA.LR_LOSS_WEIGHT = {hrda.HR_LOSS_WEIGHT + hrda.LR_LOSS_WEIGHT:g} "
               f"> 1 (the fused loss would get a negative weight)", "keep their sum <= 1 (the paper: 0.1 + 0)")
+    defaults = _defaults()
+    if str(cfg.SOLVER.OPTIMIZER).upper() == "ADAMW":
+        for key in ("SOLVER.MOMENTUM", "SOLVER.NESTEROV"):
+            if _get(cfg, key) != _get(defaults, key):
+                p.add(key, "is read by SOLVER.OPTIMIZER 'SGD' only, and SOLVER.OPTIMIZER is 'ADAMW'",
+                      "set SOLVER.BETAS for AdamW, or SOLVER.OPTIMIZER SGD")
     if cfg.UDA.ENABLED and cfg.UDA.MIX != "class":
         p.add("UDA.MIX", "is not a mixing this project implements (DACS mixes with ClassMix)", "use 'class'")
     if cfg.UDA.MIC.ENABLED and not cfg.UDA.ENABLED:

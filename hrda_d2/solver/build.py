@@ -1,4 +1,4 @@
-"""AdamW with HRDA's parameter groups (docs/method.md §11.1, §15 Q10).
+"""AdamW (or SGD) with HRDA's parameter groups (docs/method.md §11.1, §15 Q10, §18.6).
 
 mmcv's ``paramwise_cfg.custom_keys = {head: lr_mult 10, pos_block: decay_mult 0, norm: decay_mult 0}`` on
 the original module names amounts to:
@@ -22,7 +22,7 @@ import torch
 from detectron2.solver.build import maybe_add_gradient_clipping, reduce_param_groups
 from torch import nn
 
-__all__ = ["DECODE_HEAD_PREFIXES", "get_hrda_param_groups", "build_optimizer"]
+__all__ = ["DECODE_HEAD_PREFIXES", "OPTIMIZERS", "get_hrda_param_groups", "build_optimizer"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,17 +72,27 @@ def get_hrda_param_groups(
     return groups
 
 
+OPTIMIZERS = ("ADAMW", "SGD")
+
+
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW of the original (docs/method.md §11.1: ``lr = SOLVER.BASE_LR``, ``betas = SOLVER.BETAS``,
-    ``weight_decay = SOLVER.WEIGHT_DECAY``, eps 1e-8, amsgrad off) over the trainable parameters of ``model``
-    (pass the student only), with the param groups of :func:`get_hrda_param_groups`. Gradient clipping is added
-    with Detectron2's ``maybe_add_gradient_clipping`` when ``SOLVER.CLIP_GRADIENTS.ENABLED``.
-    Each group's starting lr is recorded as ``initial_lr`` by the scheduler (torch convention), which
-    Detectron2's ``LRMultiplier`` scales.
+    """The optimizer of ``SOLVER.OPTIMIZER`` over the trainable parameters of ``model`` (pass the student only),
+    with the param groups of :func:`get_hrda_param_groups`:
+
+    * ``"ADAMW"``: AdamW of the original (docs/method.md §11.1: ``lr = SOLVER.BASE_LR``, ``betas = SOLVER.BETAS``,
+      ``weight_decay = SOLVER.WEIGHT_DECAY``, eps 1e-8, amsgrad off);
+    * ``"SGD"``: SGD of the original's ``sgd`` schedule (docs/method.md §18.6: ``momentum = SOLVER.MOMENTUM``,
+      ``weight_decay = SOLVER.WEIGHT_DECAY``, no dampening, ``nesterov = SOLVER.NESTEROV``), e.g. AdvSeg / MinEnt
+      at lr 0.0025 with momentum 0.9 and weight decay 5e-4.
+
+    Gradient clipping is added with Detectron2's ``maybe_add_gradient_clipping`` when
+    ``SOLVER.CLIP_GRADIENTS.ENABLED``. Each group's starting lr is recorded as ``initial_lr`` by the scheduler
+    (torch convention), which Detectron2's ``LRMultiplier`` scales.
     """
     solver = cfg.SOLVER
-    if str(solver.OPTIMIZER).upper() != "ADAMW":
-        raise ValueError(f"SOLVER.OPTIMIZER={solver.OPTIMIZER!r} is not supported by hrda_d2; use 'ADAMW'")
+    name = str(solver.OPTIMIZER).upper()
+    if name not in OPTIMIZERS:
+        raise ValueError(f"SOLVER.OPTIMIZER={solver.OPTIMIZER!r} is not supported by hrda_d2; use one of {OPTIMIZERS}")
     betas = tuple(float(b) for b in solver.BETAS)
     if len(betas) != 2:
         raise ValueError(f"SOLVER.BETAS must hold two values, got {list(solver.BETAS)}")
@@ -94,5 +104,9 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         norm_decay_multiplier=solver.BACKBONE_NORM_DECAY_MULTIPLIER,
         head_prefixes=tuple(solver.HEAD_LR_PARAM_PREFIXES),
     )
+    if name == "SGD":
+        optimizer_class = maybe_add_gradient_clipping(cfg, torch.optim.SGD)
+        return optimizer_class(groups, lr=solver.BASE_LR, momentum=solver.MOMENTUM, weight_decay=solver.WEIGHT_DECAY,
+                               nesterov=solver.NESTEROV)
     optimizer_class = maybe_add_gradient_clipping(cfg, torch.optim.AdamW)
     return optimizer_class(groups, lr=solver.BASE_LR, betas=betas, weight_decay=solver.WEIGHT_DECAY, eps=1e-8)

@@ -2,7 +2,7 @@
 
 Pipeline (order as in the original, docs/method.md §10.1): read image (+ label) -> [target: pseudo-label margin mask at
 ``VALID_MASK_SIZE``] -> keep-ratio rescale (mmcv ``imrescale``) -> random crop with ``cat_max_ratio``
--> horizontal flip -> pad bottom/right to the crop size. The label and the margin mask undergo every
+-> horizontal flip -> [photometric distortion, §18.7] -> pad bottom/right to the crop size. The label and the margin mask undergo every
 geometric op with the image (nearest-neighbour resize; like mmseg, each field is rescaled from its own
 size with the same scale tuple). Normalisation is left to the model.
 
@@ -19,6 +19,7 @@ import torch
 from detectron2.config import configurable
 from detectron2.data import transforms as T
 
+from ..photometric_distortion import PhotoMetricDistortion
 from ..transforms import KeepRatioRescale, PadBottomRight, RandomCropWithCategoryRatio, imrescale_size
 from ..image_io import image_to_chw_tensor, read_label, read_rgb_image
 
@@ -115,6 +116,7 @@ class SemSegTrainMapper:
         require_label: bool = True,
         pseudo_margins: Sequence[int] = (),
         valid_mask_size: Sequence[int] = (),
+        photometric_distortion: bool = False,
     ):
         """
         Args:
@@ -128,6 +130,7 @@ class SemSegTrainMapper:
             pseudo_margins: [top, bottom, left, right] margins of the pseudo-label mask; () = no mask.
             valid_mask_size: (H, W) at which the margin mask is built before any transform;
                 () = the image's own size.
+            photometric_distortion: mmseg's PhotoMetricDistortion after the flip (docs/method.md §18.7).
         """
         self.num_classes = int(num_classes)
         self.ignore_value = int(ignore_value)
@@ -144,6 +147,7 @@ class SemSegTrainMapper:
             [
                 RandomCropWithCategoryRatio(crop_size, cat_max_ratio, ignore_value),
                 T.RandomFlip(prob=flip_prob, horizontal=True, vertical=False),
+                *([PhotoMetricDistortion()] if photometric_distortion else []),
                 PadBottomRight(crop_size, pad_value=0, seg_pad_value=ignore_value),
             ]
         )
@@ -160,6 +164,7 @@ class SemSegTrainMapper:
         * ``INPUT.{SOURCE,TARGET}.CROP_SIZE``: (h, w) of the random crop, e.g. [1024, 1024].
         * ``INPUT.{SOURCE,TARGET}.CAT_MAX_RATIO``: source 0.75, target 1.0 (no check).
         * ``INPUT.{SOURCE,TARGET}.FLIP_PROB``: 0.5.
+        * ``INPUT.{SOURCE,TARGET}.PHOTOMETRIC_DISTORTION``: False (True: the ``gtaCAug`` colour augmentation).
         * ``INPUT.TARGET.PSEUDO_MARGINS``: [top, bottom, left, right], [30, 240, 30, 30]; [] = no mask.
         * ``INPUT.TARGET.VALID_MASK_SIZE``: (H, W) of the margin mask before the rescale, [1024, 2048]
           for Cityscapes, [1080, 1920] for ACDC/Dark Zurich; [] = each image's own size.
@@ -173,6 +178,7 @@ class SemSegTrainMapper:
             "crop_size": node.CROP_SIZE,
             "cat_max_ratio": node.CAT_MAX_RATIO,
             "flip_prob": node.FLIP_PROB,
+            "photometric_distortion": node.PHOTOMETRIC_DISTORTION,
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "require_label": is_source,

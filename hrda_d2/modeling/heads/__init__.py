@@ -1,4 +1,6 @@
-"""Semantic-segmentation heads (DAFormer)."""
+"""Single-scale semantic-segmentation heads (DAFormer, DeepLabV2); the HRDA head that wraps one of them is
+``modeling/meta_arch/hrda_head.py``."""
 from .daformer_head import DAFormerHead
+from .dlv2_head import DLV2Head
 
-__all__ = ["DAFormerHead"]
+__all__ = ["DAFormerHead", "DLV2Head"]
