@@ -113,9 +113,22 @@ def test_gradient_clipping_option():
     assert model.backbone.block1[0].norm1.weight.grad.min().item() == -0.5
 
 
+def test_sgd_of_the_table2_rows():
+    """SOLVER.OPTIMIZER SGD (docs/method.md §18.6): momentum 0.9, weight decay 5e-4, one group without the head
+    multiplier and the norm rule (the original's pmult=False: no custom keys for a ResNet)."""
+    cfg = tiny_hrda_cfg()
+    cfg.SOLVER.OPTIMIZER, cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY = "SGD", 0.0025, 5e-4
+    cfg.SOLVER.HEAD_LR_MULTIPLIER, cfg.SOLVER.BACKBONE_NORM_DECAY_MULTIPLIER = 1.0, 1.0
+    optimizer = build_optimizer(cfg, _TinySegmenter())
+    assert isinstance(optimizer, torch.optim.SGD) and len(optimizer.param_groups) == 1
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"], group["dampening"], group["nesterov"]) == (
+        0.0025, 0.9, 5e-4, 0, False)
+
+
 def test_bad_solver_keys_are_rejected():
     cfg = tiny_hrda_cfg()
-    cfg.SOLVER.OPTIMIZER = "SGD"
+    cfg.SOLVER.OPTIMIZER = "LAMB"
     with pytest.raises(ValueError, match="SOLVER.OPTIMIZER"):
         build_optimizer(cfg, _TinySegmenter())
     cfg = tiny_hrda_cfg()
