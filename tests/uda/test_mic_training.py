@@ -16,6 +16,7 @@ import torch
 from detectron2.engine import HookBase
 from PIL import Image
 
+from hrda_d2.uda import MaskedImageConsistency
 from hrda_d2.utils.rng import get_rng_states
 from tests.helpers.training import (
     StopAfter, StopTraining, assert_same_training_state, build_trainer, cli_opts, final_state, loss_history,
@@ -44,24 +45,29 @@ class RecordRngAfterStep(HookBase):
         self.states[self.trainer.iter] = get_rng_states()
 
 
+class RecordingMIC(MaskedImageConsistency):
+    """The step's MIC, recording the RNG states at its start and the pseudo weights it is given."""
+
+    def __init__(self, cfg, step):
+        super().__init__(cfg)
+        self.step, self.calls = step, []
+
+    def masked_batch(self, src_images, src_labels, trg_images, pseudo_label, pseudo_weight):
+        self.calls.append({"rng": get_rng_states(), "pseudo_weight": pseudo_weight.clone(), "iter": self.step.iter})
+        return super().masked_batch(src_images, src_labels, trg_images, pseudo_label, pseudo_weight)
+
+
 def _record_mic_calls(trainer):
-    """Wrap the step's MIC method: RNG states at its start and the pseudo-labels / weights it is given."""
-    step = trainer._trainer
-    calls = []
-    original = step._masked_consistency
-
-    def recording(src_images, src_labels, targets, visuals):
-        calls.append({"rng": get_rng_states(), "pseudo_weight": targets[2].clone(), "iter": step.iter})
-        return original(src_images, src_labels, targets, visuals)
-
-    step._masked_consistency = recording
-    return calls
+    """Replace the step's MIC by a :class:`RecordingMIC` of the same config; returns its list of calls."""
+    step = trainer.dacs_step
+    step.mic = RecordingMIC(trainer.cfg, step)
+    return step.mic.calls
 
 
 def test_mic_disabled_is_the_step_without_mic(data_root, tmp_path):
     plain_cfg = make_cfg(tmp_path / "plain", "SOLVER.MAX_ITER", "1", *QUIET, *DACS)
     plain = build_trainer(plain_cfg)
-    assert plain._trainer.mic is None
+    assert plain.dacs_step.mic is None
     plain.resume_or_load(resume=False)
     recorder = RecordRngAfterStep()
     plain.register_hooks([recorder])
