@@ -1,7 +1,8 @@
 """The package's layers: no module imports from a layer above it (README "Project layout").
 
 ``modeling`` is the bottom (models only), ``data`` loads data, ``uda`` is the method, ``engine`` the workflow
-around it. Imports are read from the source with ``ast`` (also those inside functions).
+around it, ``benchmark`` the top (nothing in the package imports it). Imports are read from the source with ``ast``
+(also those inside functions).
 """
 import ast
 from typing import Dict, List, Set
@@ -57,4 +58,15 @@ def test_no_layer_imports_from_a_layer_above_it(layer):
         module = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts)
         for bad in sorted(imported_layers(path.read_text(), module) & FORBIDDEN[layer]):
             violations.append(f"{path.relative_to(REPO_ROOT)} imports hrda_d2.{bad}")
+    assert not violations, "\n".join(violations)
+
+
+def test_nothing_in_the_package_imports_the_benchmark_layer():
+    violations = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.relative_to(PACKAGE).parts[0] == "benchmark":
+            continue
+        module = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts)
+        if "benchmark" in imported_layers(path.read_text(), module):
+            violations.append(f"{path.relative_to(REPO_ROOT)} imports hrda_d2.benchmark")
     assert not violations, "\n".join(violations)
