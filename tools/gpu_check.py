@@ -37,9 +37,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS for the resume check
 
-from hrda_d2.benchmark.synthetic import synthetic_trainer  # noqa: E402
-from hrda_d2.benchmark.variants import build_cfg  # noqa: E402
-
 CHECKS: List[Callable] = []
 
 
@@ -50,6 +47,8 @@ def check(fn: Callable) -> Callable:
 
 def tiny_cfg(*opts: str, device: str = "cuda"):
     """mit_b0 HRDA: 256 crops, HR crop 128, slide 256 / 128, 2 + 2 images, on ``device``."""
+    from hrda_d2.benchmark.variants import build_cfg  # imported when a check runs: no CUDA, no wait
+
     tiny = ["MODEL.MIT.VARIANT", "mit_b0", "INPUT.SOURCE.CROP_SIZE", "[256, 256]",
             "INPUT.TARGET.CROP_SIZE", "[256, 256]", "MODEL.HRDA.HR_CROP_SIZE", "[128, 128]",
             "TEST.SLIDE.CROP_SIZE", "[256, 256]", "TEST.SLIDE.STRIDE", "[128, 128]", "SOLVER.IMS_PER_BATCH", "2",
@@ -156,6 +155,8 @@ def amp_losses() -> Dict[str, Any]:
 def fp16_resume() -> Dict[str, Any]:
     import torch
     from detectron2.utils.env import seed_all_rng
+
+    from hrda_d2.benchmark.synthetic import synthetic_trainer
 
     torch.use_deterministic_algorithms(True, warn_only=True)  # bilinear backward has no deterministic kernel
     try:

@@ -76,6 +76,14 @@ def run_one_step(setting, ddp, listener=None, profile=False):
     return grads, counters, names
 
 
+@pytest.fixture(scope="module")
+def plain_mic_step():
+    """The MIC setting's step on the plain model, its stages recorded and profiled: (gradients, events, names)."""
+    listener = RecordStages()
+    grads, _, names = run_one_step("mic", ddp=False, listener=listener, profile=True)
+    return grads, listener.events, names
+
+
 @pytest.fixture
 def single_process_group(tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
@@ -84,19 +92,18 @@ def single_process_group(tmp_path):
 
 
 @pytest.mark.parametrize("setting,passes", [("source_only", 1), ("dacs", 2), ("mic", 3)])
-def test_one_gradient_sync_round_per_iteration(single_process_group, setting, passes):
+def test_one_gradient_sync_round_per_iteration(single_process_group, plain_mic_step, setting, passes):
     grads, (allreduces, backwards), _ = run_one_step(setting, ddp=True)
     assert backwards.backward_passes == passes
     assert allreduces.sync_rounds == 1  # every backward synchronised would give `passes` rounds
     assert allreduces.bucket_allreduces >= 1
     assert all(g is not None for g in grads.values())
     if setting == "mic":  # the synchronised sum over the passes is the plain model's sum (world size 1)
-        plain, _, _ = run_one_step(setting, ddp=False)
+        plain = plain_mic_step[0]
         assert [k for k in plain if not torch.equal(plain[k], grads[k])] == []
 
 
-def test_stages_are_named_in_the_order_of_the_method():
-    listener = RecordStages()
-    _, _, names = run_one_step("mic", ddp=False, listener=listener, profile=True)
-    assert listener.events == [(event, name) for name in MIC_STAGES for event in ("started", "finished")]
+def test_stages_are_named_in_the_order_of_the_method(plain_mic_step):
+    _, events, names = plain_mic_step
+    assert events == [(event, name) for name in MIC_STAGES for event in ("started", "finished")]
     assert {f"dacs/{name}" for name in MIC_STAGES} <= names
