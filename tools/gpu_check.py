@@ -14,7 +14,7 @@ Checks (tiny MiT-b0 HRDA, random weights, synthetic data), each PASS / FAIL in t
    1 iteration (student weights, teacher weights, GradScaler state);
 5. ``ddp_nccl``: DistributedDataParallel initialisation with the NCCL backend in this one process
    (world size 1), one forward/backward and an all-reduce;
-6. the paper-size benchmark (``tools/benchmark.py``, mit_b5, 1024 crops, 2 + 2 images; variants baseline,
+6. the paper-size benchmark (``tools/benchmark.py`` over ``hrda_d2/benchmark``, mit_b5, 1024 crops, 2 + 2 images; variants baseline,
    tile_reuse, bf16, bf16_ckpt): iteration time, peak memory, slide images/s, MFU.
 
 Exit status: 0 all checks passed, 1 a check failed, 2 no CUDA device (nothing is run). Nothing is installed or
@@ -22,7 +22,6 @@ downloaded; the whole run takes about 5-8 minutes on one recent GPU.
 """
 import argparse
 import datetime
-import importlib.util
 import json
 import os
 import subprocess
@@ -46,21 +45,15 @@ def check(fn: Callable) -> Callable:
     return fn
 
 
-def _benchmark_module():
-    spec = importlib.util.spec_from_file_location("hrda_benchmark", Path(__file__).with_name("benchmark.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def tiny_cfg(*opts: str, device: str = "cuda"):
     """mit_b0 HRDA: 256 crops, HR crop 128, slide 256 / 128, 2 + 2 images, on ``device``."""
-    bench = _benchmark_module()
+    from hrda_d2.benchmark.variants import build_cfg  # imported when a check runs: no CUDA, no wait
+
     tiny = ["MODEL.MIT.VARIANT", "mit_b0", "INPUT.SOURCE.CROP_SIZE", "[256, 256]",
             "INPUT.TARGET.CROP_SIZE", "[256, 256]", "MODEL.HRDA.HR_CROP_SIZE", "[128, 128]",
             "TEST.SLIDE.CROP_SIZE", "[256, 256]", "TEST.SLIDE.STRIDE", "[128, 128]", "SOLVER.IMS_PER_BATCH", "2",
             "INPUT.TARGET.PSEUDO_MARGINS", "[]"]
-    return bench.build_cfg(None, False, "baseline", tiny + list(opts), device)
+    return build_cfg(None, False, "baseline", tiny + list(opts), device)
 
 
 def _model(cfg, state=None):
@@ -72,7 +65,7 @@ def _model(cfg, state=None):
     if state is not None:
         model.load_state_dict(state)
     with torch.no_grad():  # confident predictions (the N(0, 0.01) classifier init makes every pixel a tie)
-        model.sem_seg_head.conv_seg.weight.mul_(100.0)
+        model.single_scale_head.conv_seg.weight.mul_(100.0)
     return model
 
 
@@ -163,15 +156,16 @@ def fp16_resume() -> Dict[str, Any]:
     import torch
     from detectron2.utils.env import seed_all_rng
 
+    from hrda_d2.benchmark.synthetic import synthetic_trainer
+
     torch.use_deterministic_algorithms(True, warn_only=True)  # bilinear backward has no deterministic kernel
-    bench = _benchmark_module()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             def trainer(max_iter: int, out: str):
                 cfg = tiny_cfg("SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.DTYPE", "float16",
                                "SOLVER.MAX_ITER", str(max_iter), "OUTPUT_DIR", out)
                 seed_all_rng(cfg.SEED)  # Python, NumPy and torch: the same crops / mixing in both runs
-                return bench.synthetic_trainer(cfg)
+                return synthetic_trainer(cfg)
 
             straight = trainer(2, f"{tmp}/straight")
             straight.resume_or_load(resume=False)

@@ -75,8 +75,8 @@ class HRDATrainer(DefaultTrainer):
         # CPU (gloo) DDP takes no device_ids; Detectron2's default ([local rank]) is for CUDA modules only
         device_ids = [comm.get_local_rank()] if student.device.type == "cuda" else None
         ddp_student = create_ddp_model(student, broadcast_buffers=False, device_ids=device_ids)
-        self._trainer = DACSStepTrainer.from_config(
-            cfg, ddp_student, data_loader, optimizer, teacher=teacher, imnet_model=imnet_model)
+        self._trainer = DACSStepTrainer(cfg, model=ddp_student, data_loader=data_loader, optimizer=optimizer,
+                                        teacher=teacher, imnet_model=imnet_model)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         checkpointables = {"trainer": weakref.proxy(self)}
         if teacher is not None:

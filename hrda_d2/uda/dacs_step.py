@@ -1,17 +1,18 @@
-"""One DACS self-training iteration per ``run_step``, as a Detectron2 ``SimpleTrainer`` (docs/method.md §7.2).
+"""One DACS self-training iteration per ``run_step`` (docs/method.md §7.2), on the shared UDA step machinery.
 
-The iteration ``t`` (0-based) runs the steps of docs/method.md §7.2 in the original's order (the step numbers
-below and in every module of ``hrda_d2/uda`` are that list's):
+``run_step`` is the list of docs/method.md §7.2, one call per step, each returning a small dataclass, with every
+finite check, every backward and the DDP gradient synchronisation written out (the step numbers below and in
+every module of ``hrda_d2/uda`` are that list's):
 
 1. EMA update of the teacher at the START of the step (:mod:`.ema`);
 3. strong-augmentation decisions with Python's ``random``: jitter draw, then blur draw (:mod:`.strong_augmentation`);
-4. source forward (random detail crop from NumPy) -> ``loss_src_*``;
+4. source forward (random detail crop from NumPy) -> ``loss_src_*`` (:class:`SourceOutputs`);
 5. ImageNet feature distance on the source's LR features against the frozen ImageNet model
    (``loss_imnet_feat_dist``, :mod:`.feature_distance`), backpropagated together with the source loss (the
    original calls ``backward`` twice on the same graph; the accumulated gradients are the same);
-6. teacher pseudo-labels on the target batch with HR slide inference (:mod:`.pseudo_labels`);
+6. teacher pseudo-labels on the target batch with HR slide inference (:mod:`.pseudo_labels`, :class:`PseudoLabels`);
 7. ClassMix masks (NumPy, :mod:`.class_mix`);
-8. mixing of image / label / weight, strong augmentation per sample;
+8. mixing of image / label / weight, strong augmentation per sample (:class:`MixedBatch`);
 9. mixed forward/backward (new detail crop) -> ``loss_mix_*``;
    with MIC (``UDA.MIC.ENABLED``, docs/method.md §17.1): forward/backward on the block-masked batch with the
    same pseudo-labels and weights -> ``loss_masked_*`` (:mod:`.masked_consistency`);
@@ -22,10 +23,15 @@ iteration for :class:`hrda_d2.engine.hooks.DebugImageHook`.
 
 With ``UDA.ENABLED False`` only step 4 (and the optimizer step) runs: source-only training in the same loop.
 
-The student is called through its (possibly DDP-wrapped) ``__call__`` with keyword arguments
-(``model(images=..., sem_seg=..., weight=..., return_outputs=True)``), so DDP synchronises its gradients.
-The teacher and the ImageNet model are separate module instances outside the optimizer; their parameters
-have ``requires_grad=False``.
+Named stages (:meth:`UDAStepTrainer.stage`, profiler ranges ``dacs/<name>``): ``ema`` (step 1), ``source``
+(steps 4-5, forward and backward), ``pseudo_labels`` (step 6), ``mix`` (steps 7-8), ``mixed`` (step 9, forward
+and backward), ``masked`` (MIC, forward and backward), ``optimizer``.
+
+Gradients: the student is called through its (possibly DDP-wrapped) ``__call__`` with keyword arguments
+(``model(images=..., sem_seg=..., weight=..., return_outputs=True)``). The passes before the last one of the
+iteration (source; mixed when MIC follows) run under DDP's ``no_sync``, so one all-reduce per iteration
+synchronises the summed gradients (:meth:`UDAStepTrainer.gradient_sync`). The teacher and the ImageNet model
+are separate module instances outside the optimizer; their parameters have ``requires_grad=False``.
 
 Metrics: the loss terms go through Detectron2's ``write_metrics`` (``total_loss`` = their sum); accuracies,
 the pseudo-label confidence fraction, the EMA coefficient and the number of feature-distance cells are
@@ -36,31 +42,94 @@ between the step queues its work without a single host synchronisation.
 """
 from __future__ import annotations
 
-import time
-from contextlib import nullcontext
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
-from detectron2.engine import SimpleTrainer
-from detectron2.utils.events import get_event_storage
+from detectron2.config import configurable
 from torch import nn
 
-from ..utils.rng import gather_rng_states, rank_rng_states, set_rng_states
 from .class_mix import class_mix_batch, class_mix_masks
 from .ema import ema_update_, set_pseudo_label_mode
 from .feature_distance import imnet_feature_distance_loss
-from .masked_consistency import MaskedImageConsistency
+from .masked_consistency import MaskedBatch, MaskedImageConsistency
 from .pseudo_labels import pseudo_labels_from_logits
-from .strong_augmentation import StrongAugmentation
+from .step_base import StageListener, UDAStepTrainer, amp_dtype_from_config, unwrap_model
+from .strong_augmentation import StrongAugmentation, StrongAugmentationDraws
 
-__all__ = ["DACSStepTrainer", "DACSStepVisuals", "amp_dtype_from_config"]
+__all__ = [
+    "DACSStepTrainer",
+    "DACSStepVisuals",
+    "FeatureDistance",
+    "MixedBatch",
+    "PseudoLabels",
+    "SourceOutputs",
+    "StudentLosses",
+    "amp_dtype_from_config",
+]
 
 
 DACSStepVisuals = Dict[str, torch.Tensor]
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
+@dataclass
+class StudentLosses:
+    """One student training forward: ``losses`` (prefixed loss terms, 0-dim tensors with their graph) and
+    ``metrics`` (prefixed pixel accuracies, detached 0-dim tensors)."""
+
+    losses: Dict[str, torch.Tensor]
+    metrics: Dict[str, torch.Tensor]
+
+
+@dataclass
+class SourceOutputs(StudentLosses):
+    """The source forward (docs/method.md §7.2 step 4): ``loss_src_*`` / ``src_*`` and its inputs and features.
+
+    images: ``N x 3 x H x W`` normalised source images. labels: ``N x H x W`` int64 source labels.
+    features: the backbone maps at ``MODEL.HRDA.FEATURE_SCALE``, with their graph (for step 5).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    features: Dict[str, torch.Tensor]
+
+
+@dataclass
+class FeatureDistance:
+    """The ImageNet feature distance (step 5): ``loss`` (0-dim, ``UDA.FD.LAMBDA`` applied) and the number of
+    selected feature cells ``num_cells``."""
+
+    loss: torch.Tensor
+    num_cells: int
+
+
+@dataclass
+class PseudoLabels:
+    """The teacher's pseudo-labels (step 6) on the target batch.
+
+    target_images: ``N x 3 x H x W`` normalised. label: ``N x H x W`` int64. weight: ``N x H x W`` float32, the
+    confident fraction (one scalar, docs/method.md §15 Q4) after the margin mask.
+    """
+
+    target_images: torch.Tensor
+    label: torch.Tensor
+    weight: torch.Tensor
+
+    @property
+    def confident_fraction(self) -> torch.Tensor:
+        """The weight wherever the margin mask is 1 (0-dim, on the device)."""
+        return self.weight.max()
+
+
+@dataclass
+class MixedBatch:
+    """ClassMix of source and target (steps 7-8): ``images`` ``N x 3 x H x W`` (strongly augmented), ``labels``
+    ``N x H x W`` int64, ``weight`` ``N x H x W`` float32, ``masks`` ``N x 1 x H x W`` int64 (1 = source pixel)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    weight: torch.Tensor
+    masks: torch.Tensor
 
 
 def _stack_images(batch: Sequence[Dict[str, Any]], device: torch.device) -> torch.Tensor:
@@ -72,14 +141,22 @@ def _stack_field(batch: Sequence[Dict[str, Any]], key: str, device: torch.device
     return torch.stack([d[key] for d in batch]).to(device=device, non_blocking=True)
 
 
-class DACSStepTrainer(SimpleTrainer):
-    """``SimpleTrainer`` whose ``run_step`` is one DACS iteration (the workflow around it: ``HRDATrainer``).
+def _prefixed(terms: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+    """``{"loss_sem_seg": x}`` with prefix ``"mix_"`` -> ``{"loss_mix_sem_seg": x}``."""
+    return {f"loss_{prefix}{k[len('loss_'):]}": v for k, v in terms.items()}
+
+
+class DACSStepTrainer(UDAStepTrainer):
+    """The DACS iteration (``run_step``) on :class:`UDAStepTrainer` (the workflow around it: ``HRDATrainer``).
+
+    Built from a config, ``DACSStepTrainer(cfg, model=..., data_loader=..., optimizer=..., teacher=...,
+    imnet_model=...)``, or from explicit arguments:
 
     Args:
-        model: the student (``HRDA``), possibly wrapped in ``DistributedDataParallel``.
-        data_loader: iterable of ``(source_batch, target_batch)`` pairs of mapper dicts; ``target_batch`` is
-            ignored (may be None) when ``teacher`` is None (source-only).
-        optimizer: optimizer over the student's parameters only.
+        model, data_loader, optimizer, amp_dtype, grad_scaler, metrics_period, max_iter, checkpoint_period,
+            stage_listener: as :class:`UDAStepTrainer`; ``data_loader`` yields ``(source_batch, target_batch)``
+            pairs of mapper dicts; ``target_batch`` is ignored (may be None) when ``teacher`` is None
+            (source-only).
         teacher: EMA teacher (same architecture), or None for source-only training.
         imnet_model: frozen ImageNet-initialised model for the feature distance, or None when
             ``fd_lambda == 0`` or source-only.
@@ -90,16 +167,14 @@ class DACSStepTrainer(SimpleTrainer):
         fd_feature: ``UDA.FD.FEATURE``, the backbone map of the feature distance ("" = the deepest, i.e. the
             smallest map; res5 of MiT).
         num_classes, ignore_value: label space.
-        amp_dtype: None (float32) or ``torch.bfloat16`` / ``torch.float16`` for autocast.
-        grad_scaler: ``torch.amp.GradScaler`` for float16, else None.
         debug_interval: every this many iterations the step keeps its tensors in :attr:`visuals` for the
             debug-image hook (0 = never).
-        metrics_period: losses / metrics are read, checked for finiteness and written every this many
-            iterations (1 = every iteration), at iteration ``max_iter - 1`` when ``max_iter`` is given and at every
-            ``checkpoint_period``-th iteration (``SOLVER.CHECKPOINT_PERIOD``; 0 = no checkpoints).
         mic: MIC's masked image consistency (MIC step), or None (``UDA.MIC.ENABLED False``); needs a teacher.
     """
 
+    stage_prefix = "dacs"
+
+    @configurable
     def __init__(
         self,
         model: nn.Module,
@@ -126,8 +201,11 @@ class DACSStepTrainer(SimpleTrainer):
         max_iter: Optional[int] = None,
         checkpoint_period: int = 0,
         mic: Optional[MaskedImageConsistency] = None,
+        stage_listener: Optional[StageListener] = None,
     ) -> None:
-        super().__init__(model, data_loader, optimizer)
+        super().__init__(model, data_loader, optimizer, amp_dtype=amp_dtype, grad_scaler=grad_scaler,
+                         metrics_period=metrics_period, max_iter=max_iter, checkpoint_period=checkpoint_period,
+                         stage_listener=stage_listener)
         if teacher is not None and strong_augmentation is None:
             raise ValueError("DACSStepTrainer: self-training (a teacher) needs a StrongAugmentation")
         if mic is not None and teacher is None:
@@ -146,25 +224,47 @@ class DACSStepTrainer(SimpleTrainer):
         self.fd_feature = fd_feature
         self.num_classes = num_classes
         self.ignore_value = ignore_value
-        self.amp_dtype = amp_dtype
-        self.grad_scaler = grad_scaler
         self.debug_interval = debug_interval
-        self.metrics_period = max(int(metrics_period), 1)
-        self.max_iter = max_iter
-        self.checkpoint_period = int(checkpoint_period)
-        self._metrics_step = True
         self._visuals: Optional[DACSStepVisuals] = None
-        self._pending_rng_states: Optional[Dict[str, Any]] = None
         for frozen in (teacher, self.imnet_model):
             if frozen is not None:
                 frozen.requires_grad_(False)
 
-    # ------------------------------------------------------------------------------------------------------
-    @property
-    def student(self) -> nn.Module:
-        """The student without its DDP wrapper."""
-        return _unwrap(self.model)
+    @classmethod
+    def from_config(cls, cfg, model: nn.Module, data_loader, optimizer: torch.optim.Optimizer, *,
+                    teacher: Optional[nn.Module], imnet_model: Optional[nn.Module]) -> Dict[str, Any]:
+        """Constructor arguments of the step of ``cfg`` (``UDA.*``, ``SOLVER.AMP.*``, ``SOLVER.METRICS_PERIOD``)
+        for the given student, loader, optimizer and models."""
+        amp_dtype = amp_dtype_from_config(cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.DTYPE)
+        device_type = unwrap_model(model).device.type
+        uda = cfg.UDA.ENABLED
+        return {
+            "model": model,
+            "data_loader": data_loader,
+            "optimizer": optimizer,
+            "teacher": teacher,
+            "imnet_model": imnet_model,
+            "strong_augmentation": StrongAugmentation(cfg) if uda else None,
+            "alpha": cfg.UDA.ALPHA,
+            "pseudo_threshold": cfg.UDA.PSEUDO_THRESHOLD,
+            "pseudo_ignore_top": cfg.UDA.PSEUDO_WEIGHT_IGNORE_TOP,
+            "pseudo_ignore_bottom": cfg.UDA.PSEUDO_WEIGHT_IGNORE_BOTTOM,
+            "fd_lambda": cfg.UDA.FD.LAMBDA,
+            "fd_classes": cfg.UDA.FD.CLASSES,
+            "fd_min_ratio": cfg.UDA.FD.SCALE_MIN_RATIO,
+            "fd_feature": cfg.UDA.FD.FEATURE,
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "amp_dtype": amp_dtype,
+            "grad_scaler": torch.amp.GradScaler(device_type) if amp_dtype == torch.float16 else None,
+            "debug_interval": cfg.UDA.DEBUG_IMG_INTERVAL if uda else 0,
+            "metrics_period": cfg.SOLVER.METRICS_PERIOD,
+            "max_iter": cfg.SOLVER.MAX_ITER,
+            "checkpoint_period": cfg.SOLVER.CHECKPOINT_PERIOD,
+            "mic": MaskedImageConsistency(cfg) if uda and cfg.UDA.MIC.ENABLED else None,
+        }
 
+    # ------------------------------------------------------------------------------------------------------
     @property
     def uda_enabled(self) -> bool:
         return self.teacher is not None
@@ -175,242 +275,141 @@ class DACSStepTrainer(SimpleTrainer):
         ``N x 1 x H x W`` mix masks) if it was a debug iteration (``iter % debug_interval == 0``), else None."""
         return self._visuals
 
-    @classmethod
-    def from_config(cls, cfg, model: nn.Module, data_loader, optimizer: torch.optim.Optimizer, *,
-                    teacher: Optional[nn.Module], imnet_model: Optional[nn.Module]) -> "DACSStepTrainer":
-        """The step of ``cfg`` (``UDA.*``, ``SOLVER.AMP.*``) for the given student, loader, optimizer and models."""
-        amp_dtype = amp_dtype_from_config(cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.DTYPE)
-        device_type = _unwrap(model).device.type
-        uda = cfg.UDA.ENABLED
-        return cls(
-            model, data_loader, optimizer,
-            teacher=teacher,
-            imnet_model=imnet_model,
-            strong_augmentation=StrongAugmentation(cfg) if uda else None,
-            alpha=cfg.UDA.ALPHA,
-            pseudo_threshold=cfg.UDA.PSEUDO_THRESHOLD,
-            pseudo_ignore_top=cfg.UDA.PSEUDO_WEIGHT_IGNORE_TOP,
-            pseudo_ignore_bottom=cfg.UDA.PSEUDO_WEIGHT_IGNORE_BOTTOM,
-            fd_lambda=cfg.UDA.FD.LAMBDA,
-            fd_classes=cfg.UDA.FD.CLASSES,
-            fd_min_ratio=cfg.UDA.FD.SCALE_MIN_RATIO,
-            fd_feature=cfg.UDA.FD.FEATURE,
-            num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-            amp_dtype=amp_dtype,
-            grad_scaler=torch.amp.GradScaler(device_type) if amp_dtype == torch.float16 else None,
-            debug_interval=cfg.UDA.DEBUG_IMG_INTERVAL if uda else 0,
-            metrics_period=cfg.SOLVER.METRICS_PERIOD,
-            max_iter=cfg.SOLVER.MAX_ITER,
-            checkpoint_period=cfg.SOLVER.CHECKPOINT_PERIOD,
-            mic=MaskedImageConsistency(cfg) if uda and cfg.UDA.MIC.ENABLED else None,
-        )
-
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.student.device.type, dtype=self.amp_dtype)
-
-    def _is_metrics_step(self) -> bool:
-        """Metrics period, the last iteration, and every checkpoint iteration (so no checkpoint is written from an
-        iteration whose losses were not checked for finiteness)."""
-        done = self.iter + 1
-        last = self.max_iter is not None and done >= self.max_iter
-        at_checkpoint = self.checkpoint_period > 0 and done % self.checkpoint_period == 0
-        return last or at_checkpoint or done % self.metrics_period == 0
-
-    def _check_finite(self, losses: Dict[str, torch.Tensor]) -> None:
-        if not self._metrics_step:  # reading the losses would synchronise with the device
-            return
-        for name, value in losses.items():
-            if not torch.isfinite(value).all():
-                raise FloatingPointError(
-                    f"Loss term '{name}' is {value.detach().float().cpu().item()} at iteration {self.iter}: "
-                    f"training stopped. Check the learning rate (SOLVER.BASE_LR), the input data of this "
-                    f"iteration, and SOLVER.AMP (float16 overflows); resume from the last checkpoint with --resume."
-                )
-
-    def _backward(self, loss: torch.Tensor) -> None:
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-        else:
-            loss.backward()
-
-    def _optimizer_step(self) -> None:
-        if self.grad_scaler is not None:
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            self.optimizer.step()
-
     # ------------------------------------------------------------------------------------------------------
     def run_step(self) -> None:
-        assert self.model.training, "[DACSStepTrainer] the student was switched to eval mode"
-        start = time.perf_counter()
-        source_batch, target_batch = next(self._data_loader_iter)
-        data_time = time.perf_counter() - start
-        if self._pending_rng_states is not None:  # resumed: continue the interrupted run's RNG streams
-            set_rng_states(self._pending_rng_states)
-            self._pending_rng_states = None
-
-        student = self.student
-        device = student.device
-        self.optimizer.zero_grad(set_to_none=True)
+        step = self.start_step()
+        source_batch, target_batch = step.data
         self._visuals = None
-        self._metrics_step = self._is_metrics_step()
-        metrics: Dict[str, Any] = {}  # tensors stay on the device until a metrics step reads them
+        scalars: Dict[str, Any] = {}  # tensors stay on the device until a metrics step reads them
+        uda = self.uda_enabled
 
-        # step 1: EMA teacher update (start of the step); step 3: augmentation decisions
-        if self.uda_enabled:
-            metrics["ema_alpha"] = ema_update_(self.teacher, student, self.iter, self.alpha)
-            draws = self.strong_augmentation.draw()
+        if uda:
+            with self.stage("ema"):
+                scalars["ema_alpha"] = self.update_teacher()  # step 1
+            draws = self.strong_augmentation.draw()  # step 3
 
-        # step 4: source forward, step 5: feature distance; one backward
-        source_images = student.normalize(_stack_images(source_batch, device))
-        source_labels = _stack_field(source_batch, "sem_seg", device).long()
-        with self._autocast():
-            source_losses, source_out = self.model(images=source_images, sem_seg=source_labels, return_outputs=True)
-        loss_dict = {f"loss_src_{k[len('loss_'):]}": v for k, v in source_losses.items()}
-        metrics.update({f"src_{k}": v for k, v in source_out.metrics.items()})
-        if self.uda_enabled and self.imnet_model is not None:
-            fd_loss, num_cells = self._feature_distance(source_images, source_labels, source_out.features)
-            loss_dict["loss_imnet_feat_dist"] = fd_loss
-            metrics["imnet_fd_cells"] = num_cells
-        self._check_finite(loss_dict)
-        self._backward(sum(loss_dict.values()))
+        with self.stage("source"), self.gradient_sync(last=not uda):
+            source = self.source_forward(source_batch)  # step 4
+            losses = dict(source.losses)
+            scalars.update(source.metrics)
+            if uda and self.imnet_model is not None:
+                distance = self.feature_distance(source)  # step 5
+                losses["loss_imnet_feat_dist"] = distance.loss
+                scalars["imnet_fd_cells"] = distance.num_cells
+            self.check_finite(losses)
+            self.backward(sum(losses.values()))
 
-        if self.uda_enabled:
-            mix_losses, mix_metrics, visuals, targets = self._self_training(
-                source_batch, target_batch, source_images, source_labels, draws)
-            self._check_finite(mix_losses)
-            self._backward(sum(mix_losses.values()))
-            loss_dict.update(mix_losses)
-            metrics.update(mix_metrics)
+        if uda:
+            with self.stage("pseudo_labels"):
+                pseudo = self.pseudo_labels(target_batch)  # step 6
+            with self.stage("mix"):
+                masks = class_mix_masks(source.labels)  # step 7
+                mixed_batch = self.mix(masks, source, pseudo, draws)  # step 8
+            with self.stage("mixed"), self.gradient_sync(last=self.mic is None):
+                mixed = self.mixed_forward(mixed_batch)  # step 9
+                self.check_finite(mixed.losses)
+                self.backward(sum(mixed.losses.values()))
+            losses.update(mixed.losses)
+            scalars.update(mixed.metrics)
+            scalars["pseudo_confident_fraction"] = pseudo.confident_fraction
+            masked_batch = None
             if self.mic is not None:  # MIC, after step 9 (docs/method.md §17.1)
-                masked_losses, masked_metrics = self._masked_consistency(
-                    source_images, source_labels, targets, visuals)
-                loss_dict.update(masked_losses)
-                metrics.update(masked_metrics)
-            if visuals is not None:
-                visuals.update(source_image=source_images.detach(), source_label=source_labels.detach())
-                self._visuals = visuals
+                with self.stage("masked"), self.gradient_sync(last=True):
+                    masked_batch = self.mic.masked_batch(
+                        source.images, source.labels, pseudo.target_images, pseudo.label, pseudo.weight)
+                    masked = self.masked_forward(masked_batch)
+                    self.check_finite(masked.losses)
+                    self.backward(sum(masked.losses.values()))
+                losses.update(masked.losses)
+                scalars.update(masked.metrics)
+            if self.debug_interval > 0 and self.iter % self.debug_interval == 0:
+                self._visuals = _debug_visuals(source, pseudo, mixed_batch, masked_batch)
 
         self.after_backward()
-        if self._metrics_step:
-            self._write_metrics(loss_dict, data_time)
-            get_event_storage().put_scalars(**{k: float(v) for k, v in metrics.items()})
-        self._optimizer_step()
+        self.write_step_metrics(losses, scalars, step.data_time)
+        with self.stage("optimizer"):
+            self.optimizer_step()
 
-    def _feature_distance(
-        self, source_images: torch.Tensor, source_labels: torch.Tensor, features: Dict[str, torch.Tensor]
-    ) -> Tuple[torch.Tensor, int]:
-        """ImageNet feature distance on the map ``fd_feature`` (default: the deepest) (step 5)."""
+    # ------------------------------------------------------------------------------------------ the steps
+    def update_teacher(self) -> float:
+        """Step 1: the EMA update of the teacher from the student; returns the coefficient ``alpha_t``."""
+        return ema_update_(self.teacher, self.student, self.iter, self.alpha)
+
+    def source_forward(self, source_batch: List[Dict[str, Any]]) -> SourceOutputs:
+        """Step 4: the student's training forward on the source batch (a random detail crop, NumPy)."""
+        student = self.student
+        images = student.normalize(_stack_images(source_batch, student.device))
+        labels = _stack_field(source_batch, "sem_seg", student.device).long()
+        with self.autocast():
+            raw, outputs = self.model(images=images, sem_seg=labels, return_outputs=True)
+        return SourceOutputs(losses=_prefixed(raw, "src_"), metrics={f"src_{k}": v for k, v in outputs.metrics.items()},
+                             images=images, labels=labels, features=outputs.features)
+
+    def feature_distance(self, source: SourceOutputs) -> FeatureDistance:
+        """Step 5: ImageNet feature distance on the map ``fd_feature`` (default: the deepest) of the source
+        forward against the frozen ImageNet model's (eval mode, no gradient)."""
         self.imnet_model.eval()
-        with torch.no_grad(), self._autocast():
-            imnet_features = self.imnet_model.extract_features(source_images)
+        with torch.no_grad(), self.autocast():
+            imnet_features = self.imnet_model.extract_features(source.images)
+        features = source.features
         name = self.fd_feature
         if not name:  # the smallest map, the last of equal size (res5 of MiT: the original's last level)
             name = min(reversed(list(features)), key=lambda k: features[k].shape[-2] * features[k].shape[-1])
         elif name not in features:
             raise KeyError(f"UDA.FD.FEATURE={name!r} is not a backbone output; the backbone returns {list(features)}")
-        return imnet_feature_distance_loss(
-            features[name].float(), imnet_features[name].float(), source_labels, self.fd_classes, self.num_classes,
+        loss, num_cells = imnet_feature_distance_loss(
+            features[name].float(), imnet_features[name].float(), source.labels, self.fd_classes, self.num_classes,
             self.fd_min_ratio, self.fd_lambda, self.ignore_value)
+        return FeatureDistance(loss, num_cells)
 
-    def _self_training(
-        self,
-        source_batch: List[Dict[str, Any]],
-        target_batch: List[Dict[str, Any]],
-        source_images: torch.Tensor,
-        source_labels: torch.Tensor,
-        draws,
-    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any], Optional[DACSStepVisuals], Tuple[torch.Tensor, ...]]:
-        """Steps 6-9: pseudo-labels, ClassMix masks, mixing + strong augmentation, mixed forward. The last item
-        returned is ``(target images, pseudo_label, pseudo_weight)`` for MIC (the weight after the margin mask)."""
-        device = source_images.device
-        student = self.student
-        target_images = student.normalize(_stack_images(target_batch, device))
+    def pseudo_labels(self, target_batch: List[Dict[str, Any]]) -> PseudoLabels:
+        """Step 6: the teacher (pseudo-label mode: no dropout / drop-path, train-mode BN) on the target batch,
+        HR slide inference, thresholded confidence weight times the margin mask (``valid_pseudo_mask``)."""
+        device = self.student.device
+        target_images = self.student.normalize(_stack_images(target_batch, device))
         valid_mask = (_stack_field(target_batch, "valid_pseudo_mask", device)
                       if "valid_pseudo_mask" in target_batch[0] else None)
         set_pseudo_label_mode(self.teacher)
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self.autocast():
             teacher_logits = self.teacher.generate_pseudo_label(target_images)
-        pseudo_label, pseudo_weight = pseudo_labels_from_logits(
+        label, weight = pseudo_labels_from_logits(
             teacher_logits, self.pseudo_threshold, self.pseudo_ignore_top, self.pseudo_ignore_bottom, valid_mask)
+        return PseudoLabels(target_images, label, weight)
 
-        mix_masks = class_mix_masks(source_labels)
-        mixed_images, mixed_labels, mixed_weight = class_mix_batch(
-            mix_masks, source_images, target_images, source_labels, pseudo_label, pseudo_weight)
-        mixed_images = self.strong_augmentation(mixed_images, draws)
+    def mix(self, masks: torch.Tensor, source: SourceOutputs, pseudo: PseudoLabels,
+            draws: StrongAugmentationDraws) -> MixedBatch:
+        """Step 8: ClassMix of images / labels / weights with the step-7 ``masks`` (``N x 1 x H x W``), then the
+        strong augmentation of the mixed images with the step-3 ``draws``."""
+        images, labels, weight = class_mix_batch(
+            masks, source.images, pseudo.target_images, source.labels, pseudo.label, pseudo.weight)
+        return MixedBatch(self.strong_augmentation(images, draws), labels, weight, masks)
 
-        with self._autocast():
-            mix_losses, mix_out = self.model(
-                images=mixed_images, sem_seg=mixed_labels, weight=mixed_weight, return_outputs=True)
-        losses = {f"loss_mix_{k[len('loss_'):]}": v for k, v in mix_losses.items()}
-        metrics = {f"mix_{k}": v for k, v in mix_out.metrics.items()}
-        # the weight is one scalar (the confident fraction) wherever the margin mask is 1
-        metrics["pseudo_confident_fraction"] = pseudo_weight.max()
+    def mixed_forward(self, mixed: MixedBatch) -> StudentLosses:
+        """Step 9: the student's training forward on the mixed batch (a new detail crop) -> ``loss_mix_*``."""
+        with self.autocast():
+            raw, outputs = self.model(images=mixed.images, sem_seg=mixed.labels, weight=mixed.weight,
+                                      return_outputs=True)
+        return StudentLosses(_prefixed(raw, "mix_"), {f"mix_{k}": v for k, v in outputs.metrics.items()})
 
-        visuals = None
-        if self.debug_interval > 0 and self.iter % self.debug_interval == 0:
-            visuals = {
-                "target_image": target_images.detach(),
-                "pseudo_label": pseudo_label.detach(),
-                "pseudo_weight": pseudo_weight.detach(),
-                "mix_mask": mix_masks.detach(),
-                "mixed_image": mixed_images.detach(),
-                "mixed_label": mixed_labels.detach(),
-            }
-        return losses, metrics, visuals, (target_images, pseudo_label, pseudo_weight)
-
-    # ---------------------------------------------------------------------------------- MIC (MIC step, §17)
-    def _masked_consistency(
-        self,
-        source_images: torch.Tensor,
-        source_labels: torch.Tensor,
-        targets: Tuple[torch.Tensor, ...],
-        visuals: Optional[DACSStepVisuals],
-    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, float]]:
-        """Masked batch of ``UDA.MIC.MODE`` with the DACS pseudo-labels / weights, forward, own backward (the
-        graph is freed before the optimizer step). Returns the detached ``loss_masked_*`` terms and metrics."""
-        target_images, pseudo_label, pseudo_weight = targets
-        batch = self.mic.masked_batch(source_images, source_labels, target_images, pseudo_label, pseudo_weight)
-        with self._autocast():
+    def masked_forward(self, batch: MaskedBatch) -> StudentLosses:
+        """MIC (docs/method.md §17.4): the student's training forward on the masked batch -> ``loss_masked_*``."""
+        with self.autocast():
             losses, metrics = self.mic.losses(self.model, batch)
-        self._check_finite(losses)
-        self._backward(sum(losses.values()))
-        if visuals is not None:
-            visuals.update(masked_image=batch.images, masked_label=batch.labels)
-        return {name: value.detach() for name, value in losses.items()}, metrics
-    # ------------------------------------------------------------------------------------------ end of MIC
-
-    # ------------------------------------------------------------------------------------------------------
-    def state_dict(self) -> Dict[str, Any]:
-        """Optimizer (from ``SimpleTrainer``), the RNG streams of every rank at the end of the step (a list
-        indexed by rank; a collective under DDP, so every rank calls it), the AMP grad scaler.
-
-        The teacher and the ImageNet model are saved as their own checkpointables (``"teacher"``,
-        ``"imnet_model"``) by the checkpointer, next to ``"model"`` (the student)."""
-        ret = super().state_dict()
-        ret["rng_states"] = gather_rng_states()
-        if self.grad_scaler is not None:
-            ret["grad_scaler"] = self.grad_scaler.state_dict()
-        return ret
-
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        if "rng_states" in state_dict:
-            # applied at the start of the next step, after the data loader started (its start draws from torch)
-            self._pending_rng_states = rank_rng_states(state_dict["rng_states"])
-        if self.grad_scaler is not None and "grad_scaler" in state_dict:
-            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+        return StudentLosses(losses, metrics)
 
 
-def amp_dtype_from_config(enabled: bool, name: str) -> Optional[torch.dtype]:
-    """``SOLVER.AMP.ENABLED``/``SOLVER.AMP.DTYPE`` -> autocast dtype (None = float32)."""
-    if not enabled:
-        return None
-    dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in dtypes:
-        raise ValueError(f"SOLVER.AMP.DTYPE must be one of {sorted(dtypes)}, got '{name}'")
-    return dtypes[name]
+def _debug_visuals(source: SourceOutputs, pseudo: PseudoLabels, mixed: MixedBatch,
+                   masked: Optional[MaskedBatch]) -> DACSStepVisuals:
+    """The tensors of the debug panel (detached), with the masked row when MIC ran."""
+    visuals = {
+        "target_image": pseudo.target_images.detach(),
+        "pseudo_label": pseudo.label.detach(),
+        "pseudo_weight": pseudo.weight.detach(),
+        "mix_mask": mixed.masks.detach(),
+        "mixed_image": mixed.images.detach(),
+        "mixed_label": mixed.labels.detach(),
+    }
+    if masked is not None:
+        visuals.update(masked_image=masked.images, masked_label=masked.labels)
+    visuals.update(source_image=source.images.detach(), source_label=source.labels.detach())
+    return visuals

@@ -57,6 +57,7 @@ class SignalAt(HookBase):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+@pytest.mark.slow  # a bit-exact resume; the default suite's is tests/engine/test_resume.py::test_resume_is_bit_exact[1]
 def test_sigterm_checkpoints_and_resume_is_bit_exact(data_root, reference, tmp_path):
     ref_dir, ref_student, ref_teacher = reference
     at = random.randint(PERIOD, MAX_ITER - 2)  # strictly between the checkpoints after iterations 2 and 5

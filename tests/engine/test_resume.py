@@ -40,7 +40,9 @@ from tests.helpers.training import (
 
 
 # ------------------------------------------------------------------------------------------- 3. exact resume
-@pytest.mark.parametrize("num_workers", [0, 1])
+# the default suite's one bit-exact resume test (1 loader worker: the most complete); the other resume tests
+# (0 workers, SIGKILL, SIGTERM pre-emption, MIC) are slow
+@pytest.mark.parametrize("num_workers", [pytest.param(0, marks=pytest.mark.slow), 1])
 def test_resume_is_bit_exact(data_root, reference_run, tmp_path, num_workers):
     half = REF_ITERS // 2
     cfg = make_cfg(tmp_path, *REF_OPTS, "DATALOADER.NUM_WORKERS", str(num_workers))
@@ -118,7 +120,8 @@ def _writing_second_checkpoint(folder) -> bool:
     return os.path.exists(os.path.join(folder, "last_checkpoint")) and bool(_partial_files(folder, "model_*.pth"))
 
 
-@pytest.mark.parametrize("random_kills", [0, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.slow  # resumes bit-exactly as test_resume_is_bit_exact[1] does in the default suite
+@pytest.mark.parametrize("random_kills", [0, 2])
 def test_sigkill_during_checkpoint_write_then_resume(data_root, cli_run, tmp_path, random_kills):
     """Kill -9 while a checkpoint is being written (then ``random_kills`` times at random moments of resumed
     runs); every checkpoint stays complete, ``--resume`` finishes the run and the result equals the

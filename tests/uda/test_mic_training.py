@@ -5,8 +5,8 @@
   runs after the mixed backward and nothing after it draws); no ``loss_masked_*`` term without MIC;
 * a MIC run (in-process, and through ``tools/train_net.py``: slow) logs finite ``loss_masked_sem_seg`` /
   ``loss_masked_sem_seg_hr`` in metrics.json, the total loss includes them, the debug panel gets the masked row;
-* an interrupted MIC run resumes bit-exactly (student, teacher, optimizer, scheduler, losses);
-* MIC sees the DACS pseudo-labels and the weights after the margin mask; ``separate`` mode and bf16 AMP run.
+* an interrupted MIC run resumes bit-exactly (student, teacher, optimizer, scheduler, losses; slow);
+* MIC sees the DACS pseudo-labels and the weights after the margin mask; ``separate`` mode and bf16 AMP (slow) run.
 """
 import json
 import math
@@ -16,6 +16,7 @@ import torch
 from detectron2.engine import HookBase
 from PIL import Image
 
+from hrda_d2.uda import MaskedImageConsistency
 from hrda_d2.utils.rng import get_rng_states
 from tests.helpers.training import (
     StopAfter, StopTraining, assert_same_training_state, build_trainer, cli_opts, final_state, loss_history,
@@ -44,24 +45,29 @@ class RecordRngAfterStep(HookBase):
         self.states[self.trainer.iter] = get_rng_states()
 
 
+class RecordingMIC(MaskedImageConsistency):
+    """The step's MIC, recording the RNG states at its start and the pseudo weights it is given."""
+
+    def __init__(self, cfg, step):
+        super().__init__(cfg)
+        self.step, self.calls = step, []
+
+    def masked_batch(self, src_images, src_labels, trg_images, pseudo_label, pseudo_weight):
+        self.calls.append({"rng": get_rng_states(), "pseudo_weight": pseudo_weight.clone(), "iter": self.step.iter})
+        return super().masked_batch(src_images, src_labels, trg_images, pseudo_label, pseudo_weight)
+
+
 def _record_mic_calls(trainer):
-    """Wrap the step's MIC method: RNG states at its start and the pseudo-labels / weights it is given."""
-    step = trainer._trainer
-    calls = []
-    original = step._masked_consistency
-
-    def recording(src_images, src_labels, targets, visuals):
-        calls.append({"rng": get_rng_states(), "pseudo_weight": targets[2].clone(), "iter": step.iter})
-        return original(src_images, src_labels, targets, visuals)
-
-    step._masked_consistency = recording
-    return calls
+    """Replace the step's MIC by a :class:`RecordingMIC` of the same config; returns its list of calls."""
+    step = trainer.dacs_step
+    step.mic = RecordingMIC(trainer.cfg, step)
+    return step.mic.calls
 
 
 def test_mic_disabled_is_the_step_without_mic(data_root, tmp_path):
     plain_cfg = make_cfg(tmp_path / "plain", "SOLVER.MAX_ITER", "1", *QUIET, *DACS)
     plain = build_trainer(plain_cfg)
-    assert plain._trainer.mic is None
+    assert plain.dacs_step.mic is None
     plain.resume_or_load(resume=False)
     recorder = RecordRngAfterStep()
     plain.register_hooks([recorder])
@@ -122,7 +128,9 @@ def test_mic_uses_the_dacs_pseudo_weights_after_the_margin_mask(data_root, tmp_p
 
 @pytest.mark.parametrize("opts", [
     ["UDA.MIC.MODE", "separate", "INPUT.TARGET.PSEUDO_MARGINS", "[]"],  # the CS -> ACDC / Dark Zurich setting
-    ["SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.DTYPE", "bfloat16"],  # the masked forward under autocast
+    # the masked forward under autocast; slow: the default suite's bf16 DACS step is
+    # tests/engine/test_dacs_training.py::test_bfloat16_autocast_runs_the_dacs_step
+    pytest.param(["SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.DTYPE", "bfloat16"], marks=pytest.mark.slow),
 ], ids=["separate", "bfloat16"])
 def test_other_settings_run(data_root, tmp_path, opts):
     trainer = train(make_cfg(tmp_path, "SOLVER.MAX_ITER", "1", *QUIET, *MIC_ON, *opts))
@@ -136,6 +144,7 @@ RESUME_OPTS = ["SOLVER.MAX_ITER", str(RESUME_ITERS), "TEST.EVAL_PERIOD", "0", "D
                "SOLVER.CHECKPOINT_PERIOD", "2", "UDA.DEBUG_IMG_INTERVAL", "0", *MIC_ON]
 
 
+@pytest.mark.slow  # a bit-exact resume; the default suite's is tests/engine/test_resume.py::test_resume_is_bit_exact[1]
 def test_mic_resume_is_bit_exact(data_root, tmp_path):
     reference = train(make_cfg(tmp_path / "straight", *RESUME_OPTS))
     expected, expected_losses = final_state(reference), loss_history(reference)
