@@ -27,7 +27,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.enviro
 torch.set_num_threads(1)
 
 # fixtures shared by several test folders
-pytest_plugins = ["tests.helpers.training_fixtures", "tests.helpers.checkpoint_fixtures"]
+pytest_plugins = ["tests.helpers.training_fixtures", "tests.helpers.checkpoint_fixtures", "tests.helpers.dlv2_reference"]
 
 
 @pytest.fixture(autouse=True)
