@@ -187,9 +187,9 @@ def fp16_resume() -> Dict[str, Any]:
             out = {"start_iter_after_resume": start,
                    "student_max_abs_diff": diff(straight.student, resumed.student),
                    "teacher_max_abs_diff": diff(straight.teacher, resumed.teacher),
-                   "grad_scaler_equal": straight.dacs_step.grad_scaler.state_dict()
-                   == resumed.dacs_step.grad_scaler.state_dict(),
-                   "grad_scale": straight.dacs_step.grad_scaler.get_scale()}
+                   "grad_scaler_equal": straight.uda_step.grad_scaler.state_dict()
+                   == resumed.uda_step.grad_scaler.state_dict(),
+                   "grad_scale": straight.uda_step.grad_scaler.get_scale()}
     finally:
         torch.use_deterministic_algorithms(False)
     out["passed"] = (start == 1 and out["grad_scaler_equal"] and out["student_max_abs_diff"] <= 1e-4

@@ -95,7 +95,7 @@ def _rank_main(settings_json: str, variant: str, out_path: str) -> None:
     cfg = build_cfg(settings.config_file, settings.tiny, variant, settings.opts, settings.device)
     seed_all_rng(cfg.SEED + comm.get_rank())
     trainer = synthetic_trainer(cfg)
-    step = trainer.dacs_step
+    step = trainer.uda_step
     device = step.student.device
     allreduces = AllReduceCounter().attach(step.model)
     backwards = BackwardCounter(step.student)

@@ -56,7 +56,7 @@ def _source_inputs(cfg, model, seed: int):
 
 def phase_train(cfg, settings: BenchmarkSettings, variant: str) -> Dict[str, Any]:
     trainer = synthetic_trainer(cfg)
-    step = trainer.dacs_step
+    step = trainer.uda_step
     device = step.student.device
     memory = MemoryMeter(device)
     timer = StageTimer(device)

@@ -42,6 +42,7 @@ __all__ = [
     "convert_resnet_v1c",
     "is_dlv2_head",
     "is_resnet_v1c",
+    "resnet_v1c_key",
     "resnet_v1c_state_dict_shapes",
 ]
 
@@ -98,7 +99,8 @@ def _depth_of(sd: Mapping[str, torch.Tensor], where: str) -> int:
     return depth
 
 
-def _rename(key: str) -> str:
+def resnet_v1c_key(key: str) -> str:
+    """This project's name of an original ResNet-V1c key (``layer3.22.conv2.weight`` -> ``res4.22.conv2.weight``)."""
     parts = key.split(".")
     if parts[0] == "stem":
         return f"stem.{_STEM[parts[1]]}.{'.'.join(parts[2:])}"
@@ -125,7 +127,7 @@ def convert_resnet_v1c(sd: Mapping[str, torch.Tensor], where: str) -> Tuple["Ord
         raise CheckpointConversionError(
             f"{where}: inconsistent ResNet-{depth}-V1c weights: missing [{first_items(missing)}], unexpected "
             f"[{first_items(unexpected)}], wrong shapes [{first_items(wrong)}]")
-    return OrderedDict((_rename(k), v) for k, v in backbone.items()), f"resnet{depth}_v1c"
+    return OrderedDict((resnet_v1c_key(k), v) for k, v in backbone.items()), f"resnet{depth}_v1c"
 
 
 def convert_dlv2_head(sd: Mapping[str, torch.Tensor], in_channels: int, where: str) -> Tuple[

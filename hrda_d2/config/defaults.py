@@ -169,7 +169,12 @@ def _add_datasets_config(cfg: CN) -> None:
 
 def _add_uda_config(cfg: CN) -> None:
     cfg.UDA = CN()
-    cfg.UDA.ENABLED = True  # False = source-only training in the same loop
+    # the adaptation method (hrda_d2/uda/, docs/method.md §7 and §18): "dacs" (self-training; HRDA's and
+    # DAFormer's), "advseg" (output-space adversarial training), "minent" (entropy minimisation), "source_only",
+    # "target_only" (the oracle: supervised on DATASETS.TARGET's labels)
+    cfg.UDA.METHOD = "dacs"
+    # False = source-only training (the first release's switch; UDA.METHOD "source_only" says the same)
+    cfg.UDA.ENABLED = True
     cfg.UDA.ALPHA = 0.999
     cfg.UDA.PSEUDO_THRESHOLD = 0.968
     cfg.UDA.PSEUDO_WEIGHT_IGNORE_TOP = 0
@@ -200,6 +205,19 @@ def _add_uda_config(cfg: CN) -> None:
     cfg.UDA.MIC.MASK_RATIO = 0.7  # share of masked blocks: a block is kept where uniform(0, 1) > MASK_RATIO
     cfg.UDA.MIC.BLOCK_SIZE = 64  # block side in input pixels (grid = round(H / BLOCK_SIZE) x round(W / ...))
     cfg.UDA.MIC.LAMBDA = 1.0  # weight of the masked fused loss term (the detail-crop term stays unscaled)
+    # AdvSeg (uda/advseg_step.py, docs/method.md §18.4): a fully convolutional discriminator on the softmax of the
+    # target predictions, its own Adam with poly decay (no warm-up); the original's configs/_base_/uda/advseg.py
+    cfg.UDA.ADVSEG = CN()
+    cfg.UDA.ADVSEG.LAMBDA_ADV = 0.001  # weight of the generator's adversarial loss on the target prediction
+    cfg.UDA.ADVSEG.GAN_LOSS = "LS"  # "LS" (least squares, MSE; the paper's) | "VANILLA" (BCE with logits)
+    cfg.UDA.ADVSEG.DISCRIMINATOR_CHANNELS = 64  # ndf: conv widths 64, 128, 256, 512
+    cfg.UDA.ADVSEG.LR = 1e-4
+    cfg.UDA.ADVSEG.LR_POWER = 0.9
+    cfg.UDA.ADVSEG.LR_MIN = 0.0
+    cfg.UDA.ADVSEG.BETAS = [0.9, 0.99]
+    # MinEnt (uda/minent_step.py, docs/method.md §18.5): entropy of the target prediction, normalised by log2(C)
+    cfg.UDA.MINENT = CN()
+    cfg.UDA.MINENT.LAMBDA = 0.001
 
 
 def _add_solver_config(cfg: CN) -> None:

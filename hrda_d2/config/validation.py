@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from detectron2.config import CfgNode, get_cfg
 
 from .defaults import add_hrda_config
+from .uda_method import SELF_TRAINING, UDA_METHODS, uda_method
 
 __all__ = ["CITYSCAPES_FD_CLASSES", "ConfigError", "IGNORED_DETECTRON2_KEYS", "config_problems", "validate_config"]
 
@@ -55,6 +56,17 @@ IGNORED_DETECTRON2_KEYS: Dict[str, str] = {
     "MODEL.SEM_SEG_HEAD.COMMON_STRIDE": "MODEL.SEM_SEG_HEAD.IN_FEATURES (the first map sets the output stride)",
     "MODEL.SEM_SEG_HEAD.CONVS_DIM": "MODEL.SEM_SEG_HEAD.EMBED_DIM",
 }
+
+
+GAN_LOSSES = ("LS", "VANILLA")  # UDA.ADVSEG.GAN_LOSS: least squares (MSE) or BCE with logits
+
+
+def _method(cfg: CfgNode) -> Optional[str]:
+    """The method of ``cfg`` (None when the method keys contradict each other: reported by the combinations)."""
+    try:
+        return uda_method(cfg)
+    except ValueError:
+        return None
 
 
 class ConfigError(ValueError):
@@ -132,7 +144,7 @@ def _check_label_space(p: _Problems, cfg: CfgNode) -> None:
     if not isinstance(num_classes, int) or num_classes < 1:
         p.add("MODEL.SEM_SEG_HEAD.NUM_CLASSES", "must be a positive number of classes", "e.g. 19 for Cityscapes")
         return
-    fd_used = cfg.UDA.ENABLED and cfg.UDA.FD.LAMBDA > 0
+    fd_used = _method(cfg) == SELF_TRAINING and cfg.UDA.FD.LAMBDA > 0
     classes = list(cfg.UDA.FD.CLASSES)
     outside = [c for c in classes if not isinstance(c, int) or not 0 <= c < num_classes]
     if outside:
@@ -245,11 +257,21 @@ def _check_combinations(p: _Problems, cfg: CfgNode) -> None:
             if _get(cfg, key) != _get(defaults, key):
                 p.add(key, "is read by SOLVER.OPTIMIZER 'SGD' only, and SOLVER.OPTIMIZER is 'ADAMW'",
                       "set SOLVER.BETAS for AdamW, or SOLVER.OPTIMIZER SGD")
-    if cfg.UDA.ENABLED and cfg.UDA.MIX != "class":
+    try:
+        method = uda_method(cfg)
+    except ValueError as e:
+        p.add("UDA.METHOD", str(e), f"one of {UDA_METHODS}")
+        return
+    if method == SELF_TRAINING and cfg.UDA.MIX != "class":
         p.add("UDA.MIX", "is not a mixing this project implements (DACS mixes with ClassMix)", "use 'class'")
-    if cfg.UDA.MIC.ENABLED and not cfg.UDA.ENABLED:
-        p.add("UDA.MIC.ENABLED", "needs self-training: MIC trains on the DACS teacher's pseudo-labels, and "
-              "UDA.ENABLED is False", "set UDA.ENABLED True, or UDA.MIC.ENABLED False")
+    if cfg.UDA.MIC.ENABLED and method != SELF_TRAINING:
+        p.add("UDA.MIC.ENABLED", f"needs self-training: MIC trains on the DACS teacher's pseudo-labels, and the "
+              f"method is {method!r}", "set UDA.ENABLED True and UDA.METHOD 'dacs', or UDA.MIC.ENABLED False")
+    if method in ("advseg", "minent") and len(cfg.MODEL.HRDA.SCALES) == 2 and cfg.MODEL.HRDA.FEATURE_SCALE != 0.5:
+        p.add("MODEL.HRDA.FEATURE_SCALE", f"UDA.METHOD {method!r} with HRDA adapts the fused prediction resized to "
+              f"half the input (the original asserts feature_scale 0.5)", "use 0.5")
+    if method == "advseg" and str(cfg.UDA.ADVSEG.GAN_LOSS).upper() not in GAN_LOSSES:
+        p.add("UDA.ADVSEG.GAN_LOSS", "is not a GAN loss of AdvSeg", f"use one of {GAN_LOSSES}")
 
 
 def _check_ignored_detectron2_keys(p: _Problems, cfg: CfgNode, defaults: Optional[CfgNode] = None) -> None:

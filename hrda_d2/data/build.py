@@ -1,7 +1,8 @@
 """Training and test data loaders.
 
 ``build_train_loader(cfg, start_iter)`` yields ``(source_batch, target_batch)`` pairs forever
-(``target_batch`` is None for source-only training, ``UDA.ENABLED False``); each stream is its own Detectron2
+(``target_batch`` is None for source-only training; ``target_only`` yields ``(labelled target batch, None)``,
+see :func:`build_train_loader`); each stream is its own Detectron2
 loader (``build_batch_data_loader`` over a :class:`~hrda_d2.data.common.PositionSeededDataset` with an
 :class:`~hrda_d2.data.samplers.InfinitePositionSampler`), with
 ``DATALOADER.NUM_WORKERS`` worker processes per stream and ``SOLVER.IMS_PER_BATCH`` images per
@@ -28,6 +29,7 @@ from detectron2.data.common import DatasetFromList, MapDataset
 from detectron2.utils import comm
 from torch.utils.data import DataLoader, Dataset
 
+from ..config import uda_method
 from .datasets import load_split
 from .dataset_mappers import SourceTrainMapper, TargetTrainMapper, TestMapper
 from .common import PositionSeededDataset
@@ -105,10 +107,11 @@ def build_source_train_dataset(cfg) -> Tuple[Dataset, bool]:
     return dataset, True
 
 
-def build_target_train_dataset(cfg) -> Dataset:
-    """``MapDataset(DatasetFromList(target dicts), TargetTrainMapper(cfg))``."""
+def build_target_train_dataset(cfg, labelled: bool = False) -> Dataset:
+    """``MapDataset(DatasetFromList(target dicts), TargetTrainMapper(cfg))``; ``labelled``: every sample must have
+    its label (the target-only oracle)."""
     dicts = load_training_dicts(tuple(cfg.DATASETS.TARGET))
-    return MapDataset(DatasetFromList(dicts, copy=False), TargetTrainMapper(cfg))
+    return MapDataset(DatasetFromList(dicts, copy=False), TargetTrainMapper(cfg, require_label=labelled))
 
 
 def _build_stream_loader(cfg, dataset: Dataset, stream_id: int, draws_items: bool, start_iter: int) -> DataLoader:
@@ -132,9 +135,9 @@ def build_source_train_loader(cfg, start_iter: int = 0) -> DataLoader:
     return _build_stream_loader(cfg, dataset, SOURCE_STREAM_ID, draws_items, start_iter)
 
 
-def build_target_train_loader(cfg, start_iter: int = 0) -> DataLoader:
-    """Infinite loader of target batches (stream 1)."""
-    return _build_stream_loader(cfg, build_target_train_dataset(cfg), TARGET_STREAM_ID, False, start_iter)
+def build_target_train_loader(cfg, start_iter: int = 0, labelled: bool = False) -> DataLoader:
+    """Infinite loader of target batches (stream 1); ``labelled`` as :func:`build_target_train_dataset`."""
+    return _build_stream_loader(cfg, build_target_train_dataset(cfg, labelled), TARGET_STREAM_ID, False, start_iter)
 
 
 class TrainPairLoader:
@@ -161,10 +164,13 @@ class TrainPairLoader:
 
 
 def build_train_loader(cfg, start_iter: int = 0) -> TrainPairLoader:
-    """(source, target) batch pairs from iteration ``start_iter`` on (see module doc); the target stream only
-    with ``UDA.ENABLED``."""
+    """The batches of ``UDA.METHOD`` from iteration ``start_iter`` on (see module doc): (source, target) pairs for
+    the adaptation methods, (source, None) for ``source_only``, (labelled target, None) for ``target_only``."""
+    method = uda_method(cfg)
+    if method == "target_only":
+        return TrainPairLoader(build_target_train_loader(cfg, start_iter, labelled=True))
     source_loader = build_source_train_loader(cfg, start_iter)
-    target_loader = build_target_train_loader(cfg, start_iter) if cfg.UDA.ENABLED else None
+    target_loader = build_target_train_loader(cfg, start_iter) if method != "source_only" else None
     return TrainPairLoader(source_loader, target_loader)
 
 

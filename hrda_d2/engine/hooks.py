@@ -44,7 +44,7 @@ def _grid(rows: List[List[tuple]]) -> Image.Image:
 
 
 class DebugImageHook(HookBase):
-    """After every iteration whose DACS step kept its tensors (``trainer.dacs_step.visuals``: every
+    """After every iteration whose DACS step kept its tensors (``trainer.uda_step.visuals``: every
     ``UDA.DEBUG_IMG_INTERVAL`` iterations), writes ``<output_dir>/debug/<iter+1:06d>_<sample>.png`` and puts the
     same panels into the event storage (``put_image``: TensorBoard): source image and label, target image,
     pseudo-label, pseudo weight, ClassMix mask, mixed image and label, and the student's LR / HR / fused
@@ -60,7 +60,7 @@ class DebugImageHook(HookBase):
         self._max_samples = max_samples
 
     def after_step(self) -> None:
-        step = self.trainer.dacs_step
+        step = self.trainer.uda_step
         if step.visuals is None:
             return
         with preserve_rng_states():

@@ -31,7 +31,8 @@ from ..data.build import build_test_loader, build_train_loader
 from ..data.datasets.cityscapes_classes import SYNTHIA_MIOU16_CLASSES
 from ..evaluation import OfficialCityscapesSemSegEvaluator, SemSegMIoUEvaluator, SemSegPredictionWriter
 from ..solver import build_lr_scheduler, build_optimizer
-from ..uda import DACSStepTrainer
+from ..uda import FCDiscriminator, UDAStepTrainer, build_uda_step, uses_discriminator, uses_teacher
+from ..uda.advseg_step import build_discriminator_optimizer
 from ..utils.file_io import atomic_write_text, remove_stale_partial_files
 from ..utils.rng import preserve_rng_states
 from .hooks import DebugImageHook
@@ -52,37 +53,43 @@ def broadcast_from_main_process(module: torch.nn.Module) -> None:
 
 
 class HRDATrainer(DefaultTrainer):
-    """Trainer for every config in ``configs/`` (DACS, or source-only with ``UDA.ENABLED False``)."""
+    """Trainer for every config in ``configs/``: the step of ``UDA.METHOD`` (DACS, AdvSeg, MinEnt, source-only,
+    target-only; :func:`hrda_d2.uda.build_uda_step`) and the models it needs."""
 
     def __init__(self, cfg):
         """Mirrors ``DefaultTrainer.__init__`` of Detectron2 0.7 (upstream commit a59f0563), which cannot be reused
         through ``super()``: it hard-codes one model, ``SimpleTrainer``/``AMPTrainer`` as the step and
         ``create_ddp_model``'s CUDA device ids. Differences: three models (student, EMA teacher, frozen ImageNet
-        model), the DACS step (:class:`DACSStepTrainer`), CPU (gloo) DDP without device ids, and the atomic
-        checkpointer holding the teacher and the ImageNet model."""
+        model; AdvSeg: a discriminator), the step of the method (``build_uda_step``), CPU (gloo) DDP without device
+        ids, and the atomic checkpointer holding the teacher, the ImageNet model and the discriminator."""
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         validate_config(cfg, "HRDATrainer config")
         self.cfg = cfg
-        uda = cfg.UDA.ENABLED
         student = self.build_model(cfg)
-        teacher = self.build_model(cfg, log=False) if uda else None
-        imnet_model = self.build_model(cfg, log=False) if uda and cfg.UDA.FD.LAMBDA > 0 else None
-        optimizer = self.build_optimizer(cfg, student)
+        self.teacher = self.build_model(cfg, log=False) if uses_teacher(cfg) else None
+        self.imnet_model = (self.build_model(cfg, log=False)
+                            if self.teacher is not None and cfg.UDA.FD.LAMBDA > 0 else None)
+        self.discriminator = self.build_discriminator(cfg, student.device) if uses_discriminator(cfg) else None
+        optimizer = self.build_optimizer(cfg, student, self.discriminator)
         data_loader = self.build_train_loader(cfg)
         # CPU (gloo) DDP takes no device_ids; Detectron2's default ([local rank]) is for CUDA modules only
         device_ids = [comm.get_local_rank()] if student.device.type == "cuda" else None
         ddp_student = create_ddp_model(student, broadcast_buffers=False, device_ids=device_ids)
-        self._trainer = DACSStepTrainer(cfg, model=ddp_student, data_loader=data_loader, optimizer=optimizer,
-                                        teacher=teacher, imnet_model=imnet_model)
+        extra = {}
+        if self.discriminator is not None:
+            extra = {"discriminator": create_ddp_model(self.discriminator, broadcast_buffers=False,
+                                                       device_ids=device_ids),
+                     "discriminator_optimizer": build_discriminator_optimizer(cfg, self.discriminator)}
+        self._trainer = build_uda_step(cfg, ddp_student, data_loader, optimizer, teacher=self.teacher,
+                                       imnet_model=self.imnet_model, **extra)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         checkpointables = {"trainer": weakref.proxy(self)}
-        if teacher is not None:
-            checkpointables["teacher"] = teacher
-        if imnet_model is not None:
-            checkpointables["imnet_model"] = imnet_model
+        for name in ("teacher", "imnet_model", "discriminator"):
+            if getattr(self, name) is not None:
+                checkpointables[name] = getattr(self, name)
         self.checkpointer = AtomicDetectionCheckpointer(student, cfg.OUTPUT_DIR, **checkpointables)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -90,17 +97,9 @@ class HRDATrainer(DefaultTrainer):
 
     # ------------------------------------------------------------------------------------------------------
     @property
-    def dacs_step(self) -> DACSStepTrainer:
-        """The step that runs each iteration (Detectron2 keeps it as ``_trainer``)."""
+    def uda_step(self) -> UDAStepTrainer:
+        """The step that runs each iteration, the method's (Detectron2 keeps it as ``_trainer``)."""
         return self._trainer
-
-    @property
-    def teacher(self) -> Optional[torch.nn.Module]:
-        return self._trainer.teacher
-
-    @property
-    def imnet_model(self) -> Optional[torch.nn.Module]:
-        return self._trainer.imnet_model
 
     @property
     def student(self) -> torch.nn.Module:
@@ -153,7 +152,7 @@ class HRDATrainer(DefaultTrainer):
             for hook in ret:
                 if isinstance(hook, hooks.PeriodicCheckpointer):
                     hook.max_to_keep = self.cfg.SOLVER.CHECKPOINT_MAX_KEEP
-        if self.cfg.UDA.ENABLED and self.cfg.UDA.DEBUG_IMG_INTERVAL > 0 and comm.is_main_process():
+        if uses_teacher(self.cfg) and self.cfg.UDA.DEBUG_IMG_INTERVAL > 0 and comm.is_main_process():
             colors = MetadataCatalog.get(self.cfg.DATASETS.SOURCE[0]).get("stuff_colors")
             position = next(i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter))
             ret.insert(position, DebugImageHook(self.cfg.OUTPUT_DIR, colors))
@@ -180,8 +179,19 @@ class HRDATrainer(DefaultTrainer):
         return model
 
     @classmethod
-    def build_optimizer(cls, cfg, model):
-        return build_optimizer(cfg, model)
+    def build_optimizer(cls, cfg, model, discriminator: Optional[torch.nn.Module] = None):
+        """The optimizer over the student and, for AdvSeg, the discriminator (the original's optimizer covers the
+        whole AdvSeg module, docs/method.md §18.4)."""
+        return build_optimizer(cfg, model, None if discriminator is None else {"discriminator": discriminator})
+
+    @classmethod
+    def build_discriminator(cls, cfg, device: torch.device) -> torch.nn.Module:
+        """AdvSeg's discriminator on the softmax of ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` classes, on the student's
+        device; every rank starts from rank 0's weights."""
+        discriminator = FCDiscriminator(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+                                        cfg.UDA.ADVSEG.DISCRIMINATOR_CHANNELS).to(device)
+        broadcast_from_main_process(discriminator)
+        return discriminator
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):

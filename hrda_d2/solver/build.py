@@ -16,7 +16,7 @@ Parameters with equal ``(lr, weight_decay)`` share one param group (mmcv used on
 update is the same). Frozen parameters (``requires_grad`` False) are left out.
 """
 import logging
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from detectron2.solver.build import maybe_add_gradient_clipping, reduce_param_groups
@@ -37,12 +37,15 @@ def get_hrda_param_groups(
     head_lr_multiplier: float,
     norm_decay_multiplier: float,
     head_prefixes: Sequence[str] = (),
+    extra_modules: Optional[Mapping[str, nn.Module]] = None,
 ) -> List[Dict[str, Any]]:
     """Param groups of the rules in the module docstring.
 
     Args:
         model: the student (an ``HRDA`` meta-architecture, possibly wrapped in DistributedDataParallel).
         head_prefixes: name prefixes trained like the decode heads, besides ``DECODE_HEAD_PREFIXES``.
+        extra_modules: further modules the optimizer also updates, by name (their parameters are named
+            ``<name>.<parameter>``), e.g. AdvSeg's ``{"discriminator": D}`` (docs/method.md §18.4).
 
     Returns:
         A list of ``{"params", "param_names", "lr", "weight_decay"}`` dicts, one per distinct
@@ -52,7 +55,10 @@ def get_hrda_param_groups(
         model = model.module
     per_parameter = []
     heads = DECODE_HEAD_PREFIXES + tuple(head_prefixes)
-    for name, param in model.named_parameters():
+    named = list(model.named_parameters())
+    for prefix, module in (extra_modules or {}).items():
+        named += [(f"{prefix}.{name}", param) for name, param in module.named_parameters()]
+    for name, param in named:
         if not param.requires_grad:
             continue
         if name.startswith(heads):
@@ -75,9 +81,11 @@ def get_hrda_param_groups(
 OPTIMIZERS = ("ADAMW", "SGD")
 
 
-def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg, model: nn.Module,
+                    extra_modules: Optional[Mapping[str, nn.Module]] = None) -> torch.optim.Optimizer:
     """The optimizer of ``SOLVER.OPTIMIZER`` over the trainable parameters of ``model`` (pass the student only),
-    with the param groups of :func:`get_hrda_param_groups`:
+    (and of ``extra_modules``, see :func:`get_hrda_param_groups`) with the param groups of
+    :func:`get_hrda_param_groups`:
 
     * ``"ADAMW"``: AdamW of the original (docs/method.md §11.1: ``lr = SOLVER.BASE_LR``, ``betas = SOLVER.BETAS``,
       ``weight_decay = SOLVER.WEIGHT_DECAY``, eps 1e-8, amsgrad off);
@@ -103,6 +111,7 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         head_lr_multiplier=solver.HEAD_LR_MULTIPLIER,
         norm_decay_multiplier=solver.BACKBONE_NORM_DECAY_MULTIPLIER,
         head_prefixes=tuple(solver.HEAD_LR_PARAM_PREFIXES),
+        extra_modules=extra_modules,
     )
     if name == "SGD":
         optimizer_class = maybe_add_gradient_clipping(cfg, torch.optim.SGD)

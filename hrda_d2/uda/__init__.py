@@ -1,31 +1,46 @@
-"""The adaptation method (docs/method.md §7, §17): one DACS iteration and its parts.
+"""The adaptation methods (docs/method.md §7, §17, §18): one step class per method, one iteration per ``run_step``.
 
 * :mod:`.step_base`: ``UDAStepTrainer``, the ``SimpleTrainer`` machinery every UDA step shares (batch and data
-  time, RNG restore, autocast, finite checks, backward, one DDP gradient sync per iteration, optimizer step,
-  metrics, named stages with an optional listener, checkpointed state);
-* :mod:`.dacs_step`: ``DACSStepTrainer``, the ``UDAStepTrainer`` whose ``run_step`` is one DACS iteration;
-* its parts, in the order of the iteration: :mod:`.ema` (EMA teacher, step 1), :mod:`.strong_augmentation`
-  (steps 3 and 8), :mod:`.feature_distance` (step 5), :mod:`.pseudo_labels` (step 6), :mod:`.class_mix`
-  (steps 7 and 8); MIC after step 9: :mod:`.masking` (block masking, §17.3) and :mod:`.masked_consistency`
-  (the masked image consistency loss, §17).
+  time, RNG restore, autocast, labelled / label-free student forwards, finite checks, backward, one DDP gradient
+  sync per iteration, optimizer step, metrics, named stages with an optional listener, checkpointed state);
+* :mod:`.build`: ``build_uda_step``, the step of ``UDA.METHOD``;
+* :mod:`.dacs_step`: ``DACSStepTrainer``, one DACS iteration (HRDA's and DAFormer's self-training; source-only
+  without a teacher), and its parts, in the order of the iteration: :mod:`.ema` (EMA teacher, step 1),
+  :mod:`.strong_augmentation` (steps 3 and 8), :mod:`.feature_distance` (step 5), :mod:`.pseudo_labels` (step 6),
+  :mod:`.class_mix` (steps 7 and 8); MIC after step 9: :mod:`.masking` (block masking, §17.3) and
+  :mod:`.masked_consistency` (the masked image consistency loss, §17);
+* :mod:`.advseg_step` (AdvSeg, with :mod:`.discriminator`), :mod:`.minent_step` (MinEnt), sharing
+  :mod:`.output_space`; :mod:`.supervised_step` (the target-only oracle).
 
 The workflow around it (models, optimizer, schedule, checkpoints, evaluation, hooks) is :mod:`hrda_d2.engine`.
 """
+from .advseg_step import AdvSegStepTrainer
+from .build import build_uda_step, uses_discriminator, uses_teacher
 from .dacs_step import DACSStepTrainer, amp_dtype_from_config
+from .discriminator import FCDiscriminator
 from .masked_consistency import MIC_MODES, MaskedBatch, MaskedImageConsistency, build_masked_batch
 from .masking import block_mask, block_mask_grid_shape, mask_images
+from .minent_step import MinEntStepTrainer
 from .step_base import StageListener, UDAStepTrainer
+from .supervised_step import SupervisedStepTrainer
 
 __all__ = [
+    "AdvSegStepTrainer",
     "DACSStepTrainer",
+    "FCDiscriminator",
     "MIC_MODES",
     "MaskedBatch",
     "MaskedImageConsistency",
+    "MinEntStepTrainer",
     "StageListener",
+    "SupervisedStepTrainer",
     "UDAStepTrainer",
     "amp_dtype_from_config",
     "block_mask",
     "block_mask_grid_shape",
     "build_masked_batch",
+    "build_uda_step",
     "mask_images",
+    "uses_discriminator",
+    "uses_teacher",
 ]

@@ -43,18 +43,27 @@ between the step queues its work without a single host synchronisation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from detectron2.config import configurable
 from torch import nn
 
+from ..config import SELF_TRAINING, uda_method
 from .class_mix import class_mix_batch, class_mix_masks
 from .ema import ema_update_, set_pseudo_label_mode
 from .feature_distance import imnet_feature_distance_loss
 from .masked_consistency import MaskedBatch, MaskedImageConsistency
 from .pseudo_labels import pseudo_labels_from_logits
-from .step_base import StageListener, UDAStepTrainer, amp_dtype_from_config, unwrap_model
+from .step_base import (
+    StageListener,
+    UDAStepTrainer,
+    amp_dtype_from_config,
+    prefixed_losses,
+    stack_field,
+    stack_images,
+    step_config,
+)
 from .strong_augmentation import StrongAugmentation, StrongAugmentationDraws
 
 __all__ = [
@@ -130,20 +139,6 @@ class MixedBatch:
     labels: torch.Tensor
     weight: torch.Tensor
     masks: torch.Tensor
-
-
-def _stack_images(batch: Sequence[Dict[str, Any]], device: torch.device) -> torch.Tensor:
-    """``N x 3 x H x W`` float images in 0..255 from the mapper dicts."""
-    return torch.stack([d["image"] for d in batch]).to(device=device, dtype=torch.float32, non_blocking=True)
-
-
-def _stack_field(batch: Sequence[Dict[str, Any]], key: str, device: torch.device) -> torch.Tensor:
-    return torch.stack([d[key] for d in batch]).to(device=device, non_blocking=True)
-
-
-def _prefixed(terms: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
-    """``{"loss_sem_seg": x}`` with prefix ``"mix_"`` -> ``{"loss_mix_sem_seg": x}``."""
-    return {f"loss_{prefix}{k[len('loss_'):]}": v for k, v in terms.items()}
 
 
 class DACSStepTrainer(UDAStepTrainer):
@@ -235,9 +230,7 @@ class DACSStepTrainer(UDAStepTrainer):
                     teacher: Optional[nn.Module], imnet_model: Optional[nn.Module]) -> Dict[str, Any]:
         """Constructor arguments of the step of ``cfg`` (``UDA.*``, ``SOLVER.AMP.*``, ``SOLVER.METRICS_PERIOD``)
         for the given student, loader, optimizer and models."""
-        amp_dtype = amp_dtype_from_config(cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.DTYPE)
-        device_type = unwrap_model(model).device.type
-        uda = cfg.UDA.ENABLED
+        uda = uda_method(cfg) == SELF_TRAINING
         return {
             "model": model,
             "data_loader": data_loader,
@@ -255,13 +248,9 @@ class DACSStepTrainer(UDAStepTrainer):
             "fd_feature": cfg.UDA.FD.FEATURE,
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-            "amp_dtype": amp_dtype,
-            "grad_scaler": torch.amp.GradScaler(device_type) if amp_dtype == torch.float16 else None,
             "debug_interval": cfg.UDA.DEBUG_IMG_INTERVAL if uda else 0,
-            "metrics_period": cfg.SOLVER.METRICS_PERIOD,
-            "max_iter": cfg.SOLVER.MAX_ITER,
-            "checkpoint_period": cfg.SOLVER.CHECKPOINT_PERIOD,
             "mic": MaskedImageConsistency(cfg) if uda and cfg.UDA.MIC.ENABLED else None,
+            **step_config(cfg, model),
         }
 
     # ------------------------------------------------------------------------------------------------------
@@ -337,13 +326,9 @@ class DACSStepTrainer(UDAStepTrainer):
 
     def source_forward(self, source_batch: List[Dict[str, Any]]) -> SourceOutputs:
         """Step 4: the student's training forward on the source batch (a random detail crop, NumPy)."""
-        student = self.student
-        images = student.normalize(_stack_images(source_batch, student.device))
-        labels = _stack_field(source_batch, "sem_seg", student.device).long()
-        with self.autocast():
-            raw, outputs = self.model(images=images, sem_seg=labels, return_outputs=True)
-        return SourceOutputs(losses=_prefixed(raw, "src_"), metrics={f"src_{k}": v for k, v in outputs.metrics.items()},
-                             images=images, labels=labels, features=outputs.features)
+        forward = self.labelled_forward(source_batch, "src_")
+        return SourceOutputs(forward.losses, forward.metrics, images=forward.images, labels=forward.labels,
+                             features=forward.outputs.features)
 
     def feature_distance(self, source: SourceOutputs) -> FeatureDistance:
         """Step 5: ImageNet feature distance on the map ``fd_feature`` (default: the deepest) of the source
@@ -366,8 +351,8 @@ class DACSStepTrainer(UDAStepTrainer):
         """Step 6: the teacher (pseudo-label mode: no dropout / drop-path, train-mode BN) on the target batch,
         HR slide inference, thresholded confidence weight times the margin mask (``valid_pseudo_mask``)."""
         device = self.student.device
-        target_images = self.student.normalize(_stack_images(target_batch, device))
-        valid_mask = (_stack_field(target_batch, "valid_pseudo_mask", device)
+        target_images = self.student.normalize(stack_images(target_batch, device))
+        valid_mask = (stack_field(target_batch, "valid_pseudo_mask", device)
                       if "valid_pseudo_mask" in target_batch[0] else None)
         set_pseudo_label_mode(self.teacher)
         with torch.no_grad(), self.autocast():
@@ -389,7 +374,7 @@ class DACSStepTrainer(UDAStepTrainer):
         with self.autocast():
             raw, outputs = self.model(images=mixed.images, sem_seg=mixed.labels, weight=mixed.weight,
                                       return_outputs=True)
-        return StudentLosses(_prefixed(raw, "mix_"), {f"mix_{k}": v for k, v in outputs.metrics.items()})
+        return StudentLosses(prefixed_losses(raw, "mix_"), {f"mix_{k}": v for k, v in outputs.metrics.items()})
 
     def masked_forward(self, batch: MaskedBatch) -> StudentLosses:
         """MIC (docs/method.md §17.4): the student's training forward on the masked batch -> ``loss_masked_*``."""

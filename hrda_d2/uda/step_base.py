@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Mapping, Optional, Protocol
+from typing import Any, Dict, Iterator, Mapping, Optional, Protocol, Sequence
 
 import torch
 from detectron2.engine import SimpleTrainer
@@ -33,7 +33,8 @@ from torch import nn
 
 from ..utils.rng import gather_rng_states, rank_rng_states, set_rng_states
 
-__all__ = ["StageListener", "StepInput", "UDAStepTrainer", "amp_dtype_from_config", "unwrap_model"]
+__all__ = ["LabelledForward", "StageListener", "StepInput", "UDAStepTrainer", "amp_dtype_from_config",
+           "prefixed_losses", "stack_field", "stack_images", "step_config", "unwrap_model"]
 
 
 class StageListener(Protocol):
@@ -46,11 +47,42 @@ class StageListener(Protocol):
 
 
 @dataclass
+class LabelledForward:
+    """The student's training forward on a labelled batch (:meth:`UDAStepTrainer.labelled_forward`).
+
+    losses: prefixed loss terms (``loss_<prefix>sem_seg`` ...), 0-dim with their graph; metrics: prefixed pixel
+    accuracies (``<prefix>acc_sem_seg`` ...); images: ``N x 3 x H x W`` normalised; labels: ``N x H x W`` int64;
+    outputs: the model's ``HRDATrainOutputs`` (features, crop box, the prediction ``logits``).
+    """
+
+    losses: Dict[str, torch.Tensor]
+    metrics: Dict[str, torch.Tensor]
+    images: torch.Tensor
+    labels: torch.Tensor
+    outputs: Any
+
+
+@dataclass
 class StepInput:
     """The loader's item for this iteration and the seconds spent waiting for it."""
 
     data: Any
     data_time: float
+
+
+def stack_images(batch: Sequence[Mapping[str, Any]], device: torch.device) -> torch.Tensor:
+    """``N x 3 x H x W`` float images in 0..255 from the mapper dicts."""
+    return torch.stack([d["image"] for d in batch]).to(device=device, dtype=torch.float32, non_blocking=True)
+
+
+def stack_field(batch: Sequence[Mapping[str, Any]], key: str, device: torch.device) -> torch.Tensor:
+    """``N x ...`` stack of the mapper dicts' field ``key`` (labels ``sem_seg``, ``valid_pseudo_mask``)."""
+    return torch.stack([d[key] for d in batch]).to(device=device, non_blocking=True)
+
+
+def prefixed_losses(terms: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+    """``{"loss_sem_seg": x}`` with prefix ``"mix_"`` -> ``{"loss_mix_sem_seg": x}``."""
+    return {f"loss_{prefix}{k[len('loss_'):]}": v for k, v in terms.items()}
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -130,6 +162,26 @@ class UDAStepTrainer(SimpleTrainer):
         self.optimizer.zero_grad(set_to_none=True)
         self._metrics_step = self._decide_metrics_step()
         return StepInput(data, data_time)
+
+    def labelled_forward(self, batch: Sequence[Mapping[str, Any]], prefix: str) -> LabelledForward:
+        """The student's training forward (random detail crop, NumPy) on a labelled batch of mapper dicts, through
+        its (possibly DDP-wrapped) ``__call__``, under :meth:`autocast`; terms and metrics get ``prefix``."""
+        student = self.student
+        images = student.normalize(stack_images(batch, student.device))
+        labels = stack_field(batch, "sem_seg", student.device).long()
+        with self.autocast():
+            raw, outputs = self.model(images=images, sem_seg=labels, return_outputs=True)
+        return LabelledForward(prefixed_losses(raw, prefix), {f"{prefix}{k}": v for k, v in outputs.metrics.items()},
+                               images, labels, outputs)
+
+    def unlabelled_forward(self, batch: Sequence[Mapping[str, Any]]) -> Any:
+        """The student's label-free training forward (the same random detail crop rule) on a batch of mapper
+        dicts; returns its ``HRDATrainOutputs`` (``logits`` = the prediction)."""
+        student = self.student
+        images = student.normalize(stack_images(batch, student.device))
+        with self.autocast():
+            _, outputs = self.model(images=images, return_outputs=True)
+        return outputs
 
     # ------------------------------------------------------------------------------------------------------
     @contextmanager
@@ -218,6 +270,20 @@ class UDAStepTrainer(SimpleTrainer):
             self._pending_rng_states = rank_rng_states(state_dict["rng_states"])
         if self.grad_scaler is not None and "grad_scaler" in state_dict:
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+
+
+def step_config(cfg, model: nn.Module) -> Dict[str, Any]:
+    """The constructor arguments every step takes from the config: AMP dtype and (float16) grad scaler
+    (``SOLVER.AMP``), ``SOLVER.METRICS_PERIOD``, ``SOLVER.MAX_ITER``, ``SOLVER.CHECKPOINT_PERIOD``."""
+    amp_dtype = amp_dtype_from_config(cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.DTYPE)
+    device_type = unwrap_model(model).device.type
+    return {
+        "amp_dtype": amp_dtype,
+        "grad_scaler": torch.amp.GradScaler(device_type) if amp_dtype == torch.float16 else None,
+        "metrics_period": cfg.SOLVER.METRICS_PERIOD,
+        "max_iter": cfg.SOLVER.MAX_ITER,
+        "checkpoint_period": cfg.SOLVER.CHECKPOINT_PERIOD,
+    }
 
 
 def amp_dtype_from_config(enabled: bool, name: str) -> Optional[torch.dtype]:

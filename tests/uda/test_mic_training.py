@@ -59,7 +59,7 @@ class RecordingMIC(MaskedImageConsistency):
 
 def _record_mic_calls(trainer):
     """Replace the step's MIC by a :class:`RecordingMIC` of the same config; returns its list of calls."""
-    step = trainer.dacs_step
+    step = trainer.uda_step
     step.mic = RecordingMIC(trainer.cfg, step)
     return step.mic.calls
 
@@ -67,7 +67,7 @@ def _record_mic_calls(trainer):
 def test_mic_disabled_is_the_step_without_mic(data_root, tmp_path):
     plain_cfg = make_cfg(tmp_path / "plain", "SOLVER.MAX_ITER", "1", *QUIET, *DACS)
     plain = build_trainer(plain_cfg)
-    assert plain.dacs_step.mic is None
+    assert plain.uda_step.mic is None
     plain.resume_or_load(resume=False)
     recorder = RecordRngAfterStep()
     plain.register_hooks([recorder])

@@ -56,7 +56,7 @@ def child(config: str, warmup: int, iters: int, threads: int) -> dict:
         trainer = HRDATrainer(cfg)
         trainer.resume_or_load(resume=False)
         setup_rss = peak_rss_mb()
-        step, times = trainer.dacs_step, []
+        step, times = trainer.uda_step, []
         original = step.run_step
 
         def timed_step():

@@ -260,10 +260,10 @@ class SourceTrainMapper(SemSegTrainMapper):
 
 class TargetTrainMapper(SemSegTrainMapper):
     """Target-domain training pipeline (``INPUT.TARGET.*`` keys): labels loaded when the dataset dict
-    has them (DACS does not use them), plus the ``valid_pseudo_mask`` of docs/method.md §10.3 when
-    ``INPUT.TARGET.PSEUDO_MARGINS`` is set."""
+    has them (DACS does not use them; ``require_label`` for the target-only oracle), plus the
+    ``valid_pseudo_mask`` of docs/method.md §10.3 when ``INPUT.TARGET.PSEUDO_MARGINS`` is set."""
 
     @classmethod
-    def from_config(cls, cfg) -> Dict[str, Any]:
-        return super().from_config(cfg, is_source=False)
+    def from_config(cls, cfg, require_label: bool = False) -> Dict[str, Any]:
+        return dict(super().from_config(cfg, is_source=False), require_label=require_label)
 

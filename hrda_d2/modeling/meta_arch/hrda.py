@@ -42,12 +42,17 @@ class HRDATrainOutputs:
         their graph (for the ImageNet feature distance). Two scales: the LR context features of the whole
         resized image for FEATURE_SCALE = LR scale (the paper's setting). One scale: the full-image features.
     crop_box: the detail crop used, ``(y1, y2, x1, x2)`` in input pixels (None with one scale / no HR crop).
-    metrics: pixel accuracies in percent (``acc_sem_seg``, ``acc_sem_seg_hr``), detached, for logging.
+    metrics: pixel accuracies in percent (``acc_sem_seg``, ``acc_sem_seg_hr``), detached, for logging (empty
+        without labels).
+    logits: this forward's prediction, with its graph: two scales: the fused logits ``N x C x H/os x W/os``
+        (the detail crop inserted, the attention masked to it); one scale: the head logits resized to the input
+        size ``N x C x H x W`` (the original's ``forward_with_aux`` 'main' output, what AdvSeg / MinEnt adapt).
     """
 
     features: Dict[str, Tensor]
     crop_box: Optional[CropBox]
     metrics: Dict[str, Tensor] = field(default_factory=dict)
+    logits: Optional[Tensor] = None
 
 
 def _as_pair(values: Optional[Sequence[int]], key: str) -> Optional[Tuple[int, int]]:
@@ -242,7 +247,7 @@ class HRDA(nn.Module):
     def forward_train(
         self,
         images: Tensor,
-        sem_seg: Tensor,
+        sem_seg: Optional[Tensor],
         weight: Optional[Tensor] = None,
         crop_box: Optional[Sequence[int]] = None,
         return_outputs: bool = False,
@@ -251,7 +256,8 @@ class HRDA(nn.Module):
 
         Args:
             images: normalised ``N x 3 x H x W``.
-            sem_seg: ``N x H x W`` int64 labels (``ignore_value`` ignored).
+            sem_seg: ``N x H x W`` int64 labels (``ignore_value`` ignored), or None: the same training forward
+                without losses (unlabelled target images of AdvSeg / MinEnt), only with ``return_outputs``.
             weight: optional ``N x H x W`` per-pixel loss weights.
             crop_box: detail crop ``(y1, y2, x1, x2)`` in input pixels; when None a random box with offsets
                 divisible by CROP_COORD_DIVISIBLE is drawn from NumPy's global RNG (one box per batch).
@@ -263,6 +269,11 @@ class HRDA(nn.Module):
             (attention-scaled context logits, if LR_LOSS_WEIGHT > 0); with ``return_outputs`` the tuple
             ``(losses, outputs)``. Every CE is averaged over all ``N*H*W`` label pixels.
         """
+        if sem_seg is None:
+            if not return_outputs or weight is not None:
+                raise ValueError("forward_train without labels returns only the outputs: pass return_outputs=True "
+                                 "(and no weight)")
+            return {}, self._unlabelled_train_outputs(images, crop_box)
         if sem_seg.dim() != 3 or images.dim() != 4 or sem_seg.shape != (images.shape[0], *images.shape[-2:]):
             raise ValueError(
                 f"forward_train expects images N x 3 x H x W and sem_seg N x H x W of the same size, got "
@@ -278,16 +289,30 @@ class HRDA(nn.Module):
             logits = resize_to_labels(self.sem_seg_head(features), sem_seg)
             ce = pixel_weighted_cross_entropy(logits, sem_seg, weight, self.ignore_value)
             losses = {"loss_sem_seg": self.single_scale_loss_weight * ce}
-            outputs = HRDATrainOutputs(features, None, {"acc_sem_seg": pixel_accuracy(logits, sem_seg)})
+            outputs = HRDATrainOutputs(features, None, {"acc_sem_seg": pixel_accuracy(logits, sem_seg)}, logits)
             return (losses, outputs) if return_outputs else losses
 
         lr_features, hr_features, box = self._train_features(images, crop_box)
-        losses, metrics = self.sem_seg_head.losses(self.sem_seg_head(lr_features, hr_features, box), sem_seg,
-                                                   weight, box)
+        scale_out = self.sem_seg_head(lr_features, hr_features, box)
+        losses, metrics = self.sem_seg_head.losses(scale_out, sem_seg, weight, box)
         if not return_outputs:
             return losses
         features = lr_features if self.feature_scale == self.lr_scale else hr_features
-        return losses, HRDATrainOutputs(features, box, metrics)
+        return losses, HRDATrainOutputs(features, box, metrics, scale_out.fusion.fused)
+
+    def _unlabelled_train_outputs(self, images: Tensor, crop_box: Optional[Sequence[int]]) -> HRDATrainOutputs:
+        """The training forward of ``forward_train`` (same random detail crop, same BN batches) without labels."""
+        if not self.is_multi_scale:
+            if crop_box is not None:
+                raise ValueError("crop_box is only used by the two-scale HRDA model (MODEL.HRDA.SCALES)")
+            features = self.backbone(images)
+            logits = F.interpolate(self.sem_seg_head(features), size=images.shape[-2:], mode="bilinear",
+                                   align_corners=False)
+            return HRDATrainOutputs(features, None, {}, logits)
+        lr_features, hr_features, box = self._train_features(images, crop_box)
+        fused = self.sem_seg_head(lr_features, hr_features, box).fusion.fused
+        features = lr_features if self.feature_scale == self.lr_scale else hr_features
+        return HRDATrainOutputs(features, box, {}, fused)
 
     def _train_features(
         self, images: Tensor, crop_box: Optional[Sequence[int]]
@@ -456,8 +481,9 @@ class HRDA(nn.Module):
         normalised tensors through ``__call__`` (so that wrappers such as DDP see the forward pass).
         """
         if images is not None:
-            if batched_inputs is not None or sem_seg is None:
-                raise ValueError("call the model either with batched_inputs or with images= and sem_seg=")
+            if batched_inputs is not None or (sem_seg is None and not return_outputs):
+                raise ValueError("call the model either with batched_inputs, or with images= and sem_seg= (or "
+                                 "images= and return_outputs=True for the label-free training forward)")
             return self.forward_train(images, sem_seg, weight, crop_box, return_outputs)
         if batched_inputs is None:
             raise ValueError("HRDA.forward needs batched_inputs (list of dicts) or images= and sem_seg=")

@@ -1,0 +1,52 @@
+"""The step of ``UDA.METHOD`` (:func:`~hrda_d2.config.uda_method`): one class per method, built from the config.
+
+=================  ====================================  =======================================================
+method             step                                  models besides the student
+=================  ====================================  =======================================================
+``dacs``           :class:`.dacs_step.DACSStepTrainer`   EMA teacher, frozen ImageNet model (``UDA.FD.LAMBDA``)
+``source_only``    :class:`.dacs_step.DACSStepTrainer`   none (the DACS step without a teacher)
+``advseg``         :class:`.advseg_step.AdvSegStepTrainer`  discriminator (+ its Adam)
+``minent``         :class:`.minent_step.MinEntStepTrainer`  none
+``target_only``    :class:`.supervised_step.SupervisedStepTrainer`  none
+=================  ====================================  =======================================================
+"""
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..config import uda_method
+from .advseg_step import AdvSegStepTrainer
+from .dacs_step import DACSStepTrainer
+from .minent_step import MinEntStepTrainer
+from .step_base import UDAStepTrainer
+from .supervised_step import SupervisedStepTrainer
+
+__all__ = ["build_uda_step", "uses_discriminator", "uses_teacher"]
+
+
+def uses_teacher(cfg) -> bool:
+    """Whether the method trains with an EMA teacher (and a frozen ImageNet model for the feature distance)."""
+    return uda_method(cfg) == "dacs"
+
+
+def uses_discriminator(cfg) -> bool:
+    return uda_method(cfg) == "advseg"
+
+
+def build_uda_step(cfg, model: nn.Module, data_loader, optimizer: torch.optim.Optimizer, *,
+                   teacher: Optional[nn.Module] = None, imnet_model: Optional[nn.Module] = None,
+                   discriminator: Optional[nn.Module] = None,
+                   discriminator_optimizer: Optional[torch.optim.Optimizer] = None) -> UDAStepTrainer:
+    """The step of ``cfg``'s method over the (possibly DDP-wrapped) student ``model``; the extra models as the
+    method needs them (module docstring)."""
+    method = uda_method(cfg)
+    if method in ("dacs", "source_only"):
+        return DACSStepTrainer(cfg, model=model, data_loader=data_loader, optimizer=optimizer, teacher=teacher,
+                               imnet_model=imnet_model)
+    if method == "advseg":
+        return AdvSegStepTrainer(cfg, model=model, data_loader=data_loader, optimizer=optimizer,
+                                 discriminator=discriminator, discriminator_optimizer=discriminator_optimizer)
+    if method == "minent":
+        return MinEntStepTrainer(cfg, model=model, data_loader=data_loader, optimizer=optimizer)
+    return SupervisedStepTrainer(cfg, model=model, data_loader=data_loader, optimizer=optimizer)

@@ -1,0 +1,65 @@
+"""MinEnt: entropy minimisation on the target prediction, one iteration per ``run_step`` (docs/method.md §18.5).
+
+1. source: the student's training forward on the labelled source batch -> ``loss_src_*``, backward;
+2. target: the student's label-free training forward on the target batch, its adapted prediction
+   (:func:`~.output_space.adaptation_logits`), ``loss_ent_trg = LAMBDA * normalized_entropy(softmax(prediction))``,
+   backward;
+3. one optimizer step.
+
+Random draws: the source detail crop, then the target one (NumPy), as in the original. Under DDP the source pass
+runs under ``no_sync``: one gradient all-reduce per iteration.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+from detectron2.config import configurable
+from torch import nn
+
+from .output_space import adaptation_logits, normalized_entropy
+from .step_base import StageListener, UDAStepTrainer, step_config
+
+__all__ = ["MinEntStepTrainer"]
+
+
+class MinEntStepTrainer(UDAStepTrainer):
+    """One MinEnt iteration (module docstring); ``lambda_ent`` = ``UDA.MINENT.LAMBDA``; the other arguments as
+    :class:`UDAStepTrainer` (``data_loader`` yields ``(source_batch, target_batch)``)."""
+
+    stage_prefix = "minent"
+
+    @configurable
+    def __init__(self, model: nn.Module, data_loader, optimizer: torch.optim.Optimizer, *, lambda_ent: float = 0.001,
+                 amp_dtype: Optional[torch.dtype] = None, grad_scaler: Optional[torch.amp.GradScaler] = None,
+                 metrics_period: int = 1, max_iter: Optional[int] = None, checkpoint_period: int = 0,
+                 stage_listener: Optional[StageListener] = None) -> None:
+        super().__init__(model, data_loader, optimizer, amp_dtype=amp_dtype, grad_scaler=grad_scaler,
+                         metrics_period=metrics_period, max_iter=max_iter, checkpoint_period=checkpoint_period,
+                         stage_listener=stage_listener)
+        self.lambda_ent = float(lambda_ent)
+
+    @classmethod
+    def from_config(cls, cfg, model: nn.Module, data_loader, optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
+        return {"model": model, "data_loader": data_loader, "optimizer": optimizer, "lambda_ent": cfg.UDA.MINENT.LAMBDA,
+                **step_config(cfg, model)}
+
+    def run_step(self) -> None:
+        step = self.start_step()
+        source_batch, target_batch = step.data
+        with self.stage("source"), self.gradient_sync(last=False):
+            source = self.labelled_forward(source_batch, "src_")  # step 1
+            self.check_finite(source.losses)
+            self.backward(sum(source.losses.values()))
+        losses = dict(source.losses)
+        with self.stage("target"), self.gradient_sync(last=True):
+            target = self.unlabelled_forward(target_batch)  # step 2
+            prediction = adaptation_logits(self.student, target.logits, source.images.shape[-2:])
+            entropy = {"loss_ent_trg": self.lambda_ent * normalized_entropy(torch.softmax(prediction.float(), dim=1))}
+            self.check_finite(entropy)
+            self.backward(entropy["loss_ent_trg"])
+        losses.update(entropy)
+        self.after_backward()
+        self.write_step_metrics(losses, source.metrics, step.data_time)
+        with self.stage("optimizer"):
+            self.optimizer_step()  # step 3
