@@ -3,7 +3,7 @@
 import pytest
 from detectron2.config import get_cfg
 
-from hrda_d2 import add_hrda_config
+from hrda_d2 import add_hrda_config, load_config
 from tests.helpers.paths import CONFIG_DIR
 
 
@@ -122,3 +122,46 @@ def test_config_layer_lists_exactly_the_implemented_mic_modes():
     from hrda_d2.uda import MIC_MODES
 
     assert sorted(MIC_MODE_NAMES) == sorted(MIC_MODES)
+
+
+TABLE2_ROWS = {  # config -> (method, HRDA, optimizer, lr, crop, colour aug, RCS, alpha, FD lambda, margins)
+    "gtaCAug2cs_advseg_dlv2": ("advseg", False, "SGD", 0.0025, 512, True, False, None, None, []),
+    "gtaCAugHR2csHR_advseg_hrda_dlv2": ("advseg", True, "SGD", 0.0025, 1024, True, False, None, None, []),
+    "gtaCAug2cs_minent_dlv2": ("minent", False, "SGD", 0.0025, 512, True, False, None, None, []),
+    "gtaCAugHR2csHR_minent_hrda_dlv2": ("minent", True, "SGD", 0.0025, 1024, True, False, None, None, []),
+    "gta2cs_dacs_dlv2": ("dacs", False, "ADAMW", 6e-5, 512, False, False, 0.99, 0.0, []),
+    "gtaHR2csHR_dacs_hrda_dlv2": ("dacs", True, "ADAMW", 6e-5, 1024, False, False, 0.99, 0.0, []),
+    "gta2cs_daformer_dlv2": ("dacs", False, "ADAMW", 6e-5, 512, False, True, 0.999, 0.005, [30, 240, 30, 30]),
+    "gtaHR2csHR_daformer_hrda_dlv2": ("dacs", True, "ADAMW", 6e-5, 1024, False, True, 0.999, 0.005,
+                                      [30, 240, 30, 30]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TABLE2_ROWS))
+def test_table2_rows_are_experiment_41(name):
+    """docs/method.md §18.9: DeepLabV2 (6, 12) on ResNet-101-V1c, whole inference, per-row method and schedule."""
+    from hrda_d2.config import uda_method
+
+    method, hrda, optimizer, lr, crop, colour, rcs, alpha, fd, margins = TABLE2_ROWS[name]
+    cfg = load_config(str(CONFIG_DIR / f"{name}.yaml"))
+    assert (cfg.MODEL.BACKBONE.NAME, cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.SEM_SEG_HEAD.NAME) == (
+        "build_resnet_v1c_backbone", 101, "DLV2Head")
+    assert list(cfg.MODEL.SEM_SEG_HEAD.ASPP_DILATIONS) == [6, 12] and cfg.TEST.MODE == "whole"
+    assert uda_method(cfg) == method and (len(cfg.MODEL.HRDA.SCALES) == 2) == hrda
+    if hrda:
+        assert list(cfg.MODEL.HRDA.HR_CROP_SIZE) == [512, 512] and cfg.MODEL.HRDA.HR_LOSS_WEIGHT == 0.1
+    assert (cfg.SOLVER.OPTIMIZER, cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_ITER, cfg.SOLVER.WARMUP_ITERS) == (
+        optimizer, lr, 40000, 1500)
+    assert cfg.SOLVER.HEAD_LR_MULTIPLIER == (1.0 if optimizer == "SGD" else 10.0)
+    assert cfg.SOLVER.BACKBONE_NORM_DECAY_MULTIPLIER == 1.0
+    if optimizer == "SGD":
+        assert (cfg.SOLVER.MOMENTUM, cfg.SOLVER.WEIGHT_DECAY) == (0.9, 5e-4)
+    assert list(cfg.INPUT.SOURCE.CROP_SIZE) == list(cfg.INPUT.TARGET.CROP_SIZE) == [crop, crop]
+    assert list(cfg.INPUT.SOURCE.SCALE) == ([1280, 720] if crop == 512 else [2560, 1440])
+    assert cfg.INPUT.SOURCE.PHOTOMETRIC_DISTORTION == colour and not cfg.INPUT.TARGET.PHOTOMETRIC_DISTORTION
+    assert cfg.DATASETS.RCS.ENABLED == rcs and list(cfg.INPUT.TARGET.PSEUDO_MARGINS) == margins
+    if rcs:
+        assert cfg.DATASETS.RCS.MIN_CROP_RATIO == (0.5 if crop == 512 else 2.0)
+    if method == "dacs":
+        assert (cfg.UDA.ALPHA, cfg.UDA.FD.LAMBDA) == (alpha, fd)
+    assert cfg.SOLVER.IMS_PER_BATCH == 2
