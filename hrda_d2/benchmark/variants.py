@@ -49,6 +49,11 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
     "compile": dict(opts=["MODEL.COMPILE", "True"], phases=("train", "infer"), desc="MODEL.COMPILE"),
     "mic": dict(opts=["UDA.MIC.ENABLED", "True"], phases=("train", "ddp"), desc="UDA.MIC (masked image consistency)"),
     "source_only": dict(opts=["UDA.ENABLED", "False"], phases=("ddp",), desc="UDA.ENABLED False (source only)"),
+    # the finite checks' cost: losses read every iteration, without / with the gradient check (compare the two)
+    "metrics": dict(opts=["SOLVER.METRICS_PERIOD", "1", "SOLVER.CHECK_FINITE_GRADIENTS", "False"], phases=("train",),
+                    desc="SOLVER.METRICS_PERIOD 1 (losses read and checked every iteration), no gradient check"),
+    "grad_check": dict(opts=["SOLVER.METRICS_PERIOD", "1"], phases=("train",),
+                       desc="SOLVER.METRICS_PERIOD 1 with SOLVER.CHECK_FINITE_GRADIENTS (the default check)"),
 }
 # "variant:phase+phase" restricts a variant to some of its phases
 DEFAULT_VARIANTS = {"cpu": "baseline,tile_reuse,ckpt:fwdbwd,ckpt_heads,bf16",

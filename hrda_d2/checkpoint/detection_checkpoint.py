@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -31,6 +31,7 @@ __all__ = [
     "AtomicDetectionCheckpointer",
     "CheckpointLoadError",
     "IncompatibleCheckpointError",
+    "NonFiniteWeightsError",
     "TeacherWeightsCheckpointer",
     "checkpoint_file_is_intact",
     "load_model_weights",
@@ -46,6 +47,23 @@ _MODEL_ENTRIES = ("model", "teacher", "imnet_model")  # the models a training ch
 
 class CheckpointLoadError(ValueError):
     """A file given as weights is not a checkpoint of this project (the message names it and what it is)."""
+
+
+class NonFiniteWeightsError(FloatingPointError):
+    """A checkpoint was about to be written with NaN / inf weights; nothing was written."""
+
+
+def first_nonfinite_weight(data: Dict[str, Any]) -> Optional[str]:
+    """``"<entry> <key>"`` of the first floating tensor that is not finite in the model entries of a checkpoint
+    (``model``, ``teacher``, ``imnet_model``, ``discriminator``), or None. One reduction per tensor."""
+    for entry in _MODEL_ENTRIES + ("discriminator",):
+        state = data.get(entry)
+        if not isinstance(state, dict):
+            continue
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+                return f"'{entry}' tensor {key}"
+    return None
 
 
 class IncompatibleCheckpointError(CheckpointLoadError):
@@ -162,6 +180,14 @@ class AtomicDetectionCheckpointer(_NamedFileLoading, DetectionCheckpointer):
             return
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
+        bad = first_nonfinite_weight(data)
+        if bad is not None:
+            previous = self.get_checkpoint_file() if self.has_checkpoint() else ""
+            raise NonFiniteWeightsError(
+                f"not writing {save_file}: {bad} is not finite (NaN/inf weights); "
+                + (f"the last checkpoint {previous} stays last_checkpoint" if previous else "no earlier checkpoint")
+                + ". Find the iteration in the log (the losses / gradients are checked every SOLVER.METRICS_PERIOD "
+                  "iterations) and resume from the last checkpoint with --resume.")
         self.logger.info(f"Saving checkpoint to {save_file}")
         try:
             atomic_torch_save(data, save_file)

@@ -252,6 +252,12 @@ def _add_solver_config(cfg: CN) -> None:
     # checked for NaN/inf and written to the event storage only then (and at the last iteration);
     # 1 = every iteration. 20 = Detectron2's logging period
     cfg.SOLVER.METRICS_PERIOD = 20
+    # on those iterations (and so on every checkpoint iteration and the last one) also check the gradients before the
+    # optimizer step (one reduction); a non-finite gradient stops training, naming the parameter and the losses
+    cfg.SOLVER.CHECK_FINITE_GRADIENTS = True
+    # skip up to this many such steps instead (gradients zeroed, a warning with the count); 0 = stop at the first.
+    # With float16 AMP the GradScaler skips inf/NaN steps itself
+    cfg.SOLVER.SKIP_NONFINITE_STEPS = 0
     cfg.TEST.EVAL_PERIOD = 4000
     cfg.SEED = 1
 

@@ -27,14 +27,14 @@ is part of this step's state (``discriminator_optimizer``), so ``--resume`` cont
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator
 
 import torch
 from detectron2.config import configurable
 from torch import nn
 
 from .output_space import SOURCE_DOMAIN_LABEL, TARGET_DOMAIN_LABEL, adaptation_logits, gan_loss
-from .step_base import StageListener, UDAStepTrainer, step_config, unwrap_model
+from .step_base import UDAStepTrainer, step_config, unwrap_model
 
 __all__ = ["AdvSegStepTrainer", "build_discriminator_optimizer", "discriminator_lr"]
 
@@ -48,9 +48,9 @@ class AdvSegStepTrainer(UDAStepTrainer):
     """One AdvSeg iteration (module docstring) on :class:`UDAStepTrainer`.
 
     Args:
-        model, data_loader, optimizer, amp_dtype, grad_scaler, metrics_period, max_iter, checkpoint_period,
-            stage_listener: as :class:`UDAStepTrainer`; ``data_loader`` yields ``(source_batch, target_batch)``;
-            ``optimizer`` covers the student and the discriminator.
+        model, data_loader, optimizer, max_iter, step_options: as :class:`UDAStepTrainer`; ``data_loader`` yields
+            ``(source_batch, target_batch)``; ``optimizer`` covers the student and the discriminator; ``max_iter``
+            also ends the discriminator's poly schedule.
         discriminator: the :class:`~.discriminator.FCDiscriminator`, possibly wrapped in DDP.
         discriminator_optimizer: its Adam (one param group).
         lambda_adv: ``UDA.ADVSEG.LAMBDA_ADV``. gan_loss_kind: ``UDA.ADVSEG.GAN_LOSS``.
@@ -73,16 +73,10 @@ class AdvSegStepTrainer(UDAStepTrainer):
         discriminator_lr: float = 1e-4,
         discriminator_lr_power: float = 0.9,
         discriminator_lr_min: float = 0.0,
-        amp_dtype: Optional[torch.dtype] = None,
-        grad_scaler: Optional[torch.amp.GradScaler] = None,
-        metrics_period: int = 1,
         max_iter: int = 40000,
-        checkpoint_period: int = 0,
-        stage_listener: Optional[StageListener] = None,
+        **step_options: Any,
     ) -> None:
-        super().__init__(model, data_loader, optimizer, amp_dtype=amp_dtype, grad_scaler=grad_scaler,
-                         metrics_period=metrics_period, max_iter=max_iter, checkpoint_period=checkpoint_period,
-                         stage_listener=stage_listener)
+        super().__init__(model, data_loader, optimizer, max_iter=max_iter, **step_options)
         if len(discriminator_optimizer.param_groups) != 1:
             raise ValueError("AdvSegStepTrainer: the discriminator optimizer must have one param group")
         self.discriminator = discriminator
@@ -156,8 +150,17 @@ class AdvSegStepTrainer(UDAStepTrainer):
         self.after_backward()
         self.write_step_metrics(losses, source.metrics, step.data_time)
         with self.stage("optimizer"):  # step 5
-            self.optimizer_step()
-            self.discriminator_optimizer.step()
+            if self.gradients_are_finite(losses):
+                self.optimizer_step()
+                self.discriminator_optimizer.step()
+
+    @property
+    def optimizers(self):
+        return (self.optimizer, self.discriminator_optimizer)
+
+    def named_trainable_parameters(self):
+        yield from super().named_trainable_parameters()
+        yield from (("discriminator." + n, p) for n, p in self.discriminator_module.named_parameters())
 
     # ------------------------------------------------------------------------------------------------------
     def generator_loss(self, target_prediction: torch.Tensor) -> torch.Tensor:

@@ -56,7 +56,6 @@ from .feature_distance import imnet_feature_distance_loss
 from .masked_consistency import MaskedBatch, MaskedImageConsistency
 from .pseudo_labels import pseudo_labels_from_logits
 from .step_base import (
-    StageListener,
     UDAStepTrainer,
     amp_dtype_from_config,
     prefixed_losses,
@@ -148,8 +147,9 @@ class DACSStepTrainer(UDAStepTrainer):
     imnet_model=...)``, or from explicit arguments:
 
     Args:
-        model, data_loader, optimizer, amp_dtype, grad_scaler, metrics_period, max_iter, checkpoint_period,
-            stage_listener: as :class:`UDAStepTrainer`; ``data_loader`` yields ``(source_batch, target_batch)``
+        model, data_loader, optimizer, step_options (amp_dtype, grad_scaler, metrics_period, max_iter,
+            checkpoint_period, stage_listener, check_gradients, skip_nonfinite_steps): as :class:`UDAStepTrainer`;
+            ``data_loader`` yields ``(source_batch, target_batch)``
             pairs of mapper dicts; ``target_batch`` is ignored (may be None) when ``teacher`` is None
             (source-only).
         teacher: EMA teacher (same architecture), or None for source-only training.
@@ -189,18 +189,11 @@ class DACSStepTrainer(UDAStepTrainer):
         fd_feature: str = "",
         num_classes: int = 19,
         ignore_value: int = 255,
-        amp_dtype: Optional[torch.dtype] = None,
-        grad_scaler: Optional[torch.amp.GradScaler] = None,
         debug_interval: int = 0,
-        metrics_period: int = 1,
-        max_iter: Optional[int] = None,
-        checkpoint_period: int = 0,
         mic: Optional[MaskedImageConsistency] = None,
-        stage_listener: Optional[StageListener] = None,
+        **step_options: Any,
     ) -> None:
-        super().__init__(model, data_loader, optimizer, amp_dtype=amp_dtype, grad_scaler=grad_scaler,
-                         metrics_period=metrics_period, max_iter=max_iter, checkpoint_period=checkpoint_period,
-                         stage_listener=stage_listener)
+        super().__init__(model, data_loader, optimizer, **step_options)
         if teacher is not None and strong_augmentation is None:
             raise ValueError("DACSStepTrainer: self-training (a teacher) needs a StrongAugmentation")
         if mic is not None and teacher is None:
@@ -317,7 +310,8 @@ class DACSStepTrainer(UDAStepTrainer):
         self.after_backward()
         self.write_step_metrics(losses, scalars, step.data_time)
         with self.stage("optimizer"):
-            self.optimizer_step()
+            if self.gradients_are_finite(losses):
+                self.optimizer_step()
 
     # ------------------------------------------------------------------------------------------ the steps
     def update_teacher(self) -> float:

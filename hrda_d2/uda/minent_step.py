@@ -11,14 +11,14 @@ runs under ``no_sync``: one gradient all-reduce per iteration.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import torch
 from detectron2.config import configurable
 from torch import nn
 
 from .output_space import adaptation_logits, normalized_entropy
-from .step_base import StageListener, UDAStepTrainer, step_config
+from .step_base import UDAStepTrainer, step_config
 
 __all__ = ["MinEntStepTrainer"]
 
@@ -31,12 +31,8 @@ class MinEntStepTrainer(UDAStepTrainer):
 
     @configurable
     def __init__(self, model: nn.Module, data_loader, optimizer: torch.optim.Optimizer, *, lambda_ent: float = 0.001,
-                 amp_dtype: Optional[torch.dtype] = None, grad_scaler: Optional[torch.amp.GradScaler] = None,
-                 metrics_period: int = 1, max_iter: Optional[int] = None, checkpoint_period: int = 0,
-                 stage_listener: Optional[StageListener] = None) -> None:
-        super().__init__(model, data_loader, optimizer, amp_dtype=amp_dtype, grad_scaler=grad_scaler,
-                         metrics_period=metrics_period, max_iter=max_iter, checkpoint_period=checkpoint_period,
-                         stage_listener=stage_listener)
+                 **step_options: Any) -> None:
+        super().__init__(model, data_loader, optimizer, **step_options)
         self.lambda_ent = float(lambda_ent)
 
     @classmethod
@@ -61,5 +57,6 @@ class MinEntStepTrainer(UDAStepTrainer):
         losses.update(entropy)
         self.after_backward()
         self.write_step_metrics(losses, source.metrics, step.data_time)
-        with self.stage("optimizer"):
-            self.optimizer_step()  # step 3
+        with self.stage("optimizer"):  # step 3
+            if self.gradients_are_finite(losses):
+                self.optimizer_step()

@@ -21,6 +21,7 @@ gradients, which equals the sum over passes of the per-pass means up to float ro
 """
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from ..utils.rng import gather_rng_states, rank_rng_states, set_rng_states
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["LabelledForward", "StageListener", "StepInput", "UDAStepTrainer", "amp_dtype_from_config",
            "prefixed_losses", "stack_field", "stack_images", "step_config", "unwrap_model"]
@@ -103,6 +106,10 @@ class UDAStepTrainer(SimpleTrainer):
             iterations (1 = every iteration), at iteration ``max_iter - 1`` when ``max_iter`` is given and at every
             ``checkpoint_period``-th iteration (``SOLVER.CHECKPOINT_PERIOD``; 0 = no checkpoints).
         stage_listener: a :class:`StageListener`, or None (nothing is called).
+        check_gradients: on metrics steps (which include every checkpoint iteration and the last one), check the
+            gradients before the optimizer step (:meth:`gradients_are_finite`; ``SOLVER.CHECK_FINITE_GRADIENTS``).
+        skip_nonfinite_steps: how many steps with non-finite gradients may be skipped (gradients zeroed, a
+            warning) instead of stopping training (``SOLVER.SKIP_NONFINITE_STEPS``; 0 = stop at the first).
     """
 
     stage_prefix = "uda"  # record_function names: "<stage_prefix>/<stage name>"
@@ -119,8 +126,13 @@ class UDAStepTrainer(SimpleTrainer):
         max_iter: Optional[int] = None,
         checkpoint_period: int = 0,
         stage_listener: Optional[StageListener] = None,
+        check_gradients: bool = True,
+        skip_nonfinite_steps: int = 0,
     ) -> None:
         super().__init__(model, data_loader, optimizer)
+        self.check_gradients = bool(check_gradients)
+        self.skip_nonfinite_steps = int(skip_nonfinite_steps)
+        self.skipped_steps = 0  # non-finite steps skipped so far (SOLVER.SKIP_NONFINITE_STEPS); checkpointed
         self.amp_dtype = amp_dtype
         self.grad_scaler = grad_scaler
         self.metrics_period = max(int(metrics_period), 1)
@@ -236,6 +248,47 @@ class UDAStepTrainer(SimpleTrainer):
         else:
             loss.backward()
 
+    def named_trainable_parameters(self) -> Iterator:
+        """``(name, parameter)`` of everything the optimizer updates, for messages (the student's parameters; a
+        method with more models adds theirs)."""
+        return self.student.named_parameters()
+
+    def gradients_are_finite(self, losses: Mapping[str, torch.Tensor]) -> bool:
+        """Whether the optimizer step may follow (docs/method.md §7.2, the frame; §15 Q20).
+
+        On metrics steps, one reduction over every gradient of the optimizer (``torch._foreach_norm``, one host
+        read); other iterations return True without touching the device. A non-finite gradient raises a
+        ``FloatingPointError`` naming the first such parameter and this iteration's loss terms, unless
+        ``skip_nonfinite_steps`` allows skipping: then every optimizer's gradients are zeroed, a warning counts
+        the skips, and False is returned (the caller skips its optimizer steps). With the float16 grad scaler
+        the scaler's own inf/NaN skip applies instead."""
+        if not (self.check_gradients and self._metrics_step) or self.grad_scaler is not None:
+            return True
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())):
+            return True
+        name = next((n for n, p in self.named_trainable_parameters()
+                     if p.grad is not None and not torch.isfinite(p.grad).all()), "?")
+        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+        if self.skipped_steps < self.skip_nonfinite_steps:
+            self.skipped_steps += 1
+            logger.warning("iteration %d: non-finite gradient of %s (losses: %s); step skipped (%d of "
+                           "SOLVER.SKIP_NONFINITE_STEPS %d)", self.iter, name, terms, self.skipped_steps,
+                           self.skip_nonfinite_steps)
+            for optimizer in self.optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            return False
+        raise FloatingPointError(
+            f"Non-finite gradient of parameter '{name}' at iteration {self.iter} (loss terms: {terms}): training "
+            f"stopped before the optimizer step, so the weights and the checkpoints stay finite. Check the learning "
+            f"rate (SOLVER.BASE_LR), the input data of this iteration and SOLVER.AMP; resume from the last "
+            f"checkpoint with --resume, or allow skipping such steps with SOLVER.SKIP_NONFINITE_STEPS.")
+
+    @property
+    def optimizers(self) -> Sequence[torch.optim.Optimizer]:
+        """Every optimizer of the step (the main one; a method with more adds them)."""
+        return (self.optimizer,)
+
     def optimizer_step(self) -> None:
         """One optimizer step (through the grad scaler, which also updates its scale, when there is one)."""
         if self.grad_scaler is not None:
@@ -256,15 +309,18 @@ class UDAStepTrainer(SimpleTrainer):
     # ------------------------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
         """Optimizer (from ``SimpleTrainer``), the RNG streams of every rank at the end of the step (a list
-        indexed by rank; a collective under DDP, so every rank calls it), the AMP grad scaler."""
+        indexed by rank; a collective under DDP, so every rank calls it), the AMP grad scaler, the number of
+        skipped non-finite steps."""
         ret = super().state_dict()
         ret["rng_states"] = gather_rng_states()
+        ret["skipped_steps"] = self.skipped_steps
         if self.grad_scaler is not None:
             ret["grad_scaler"] = self.grad_scaler.state_dict()
         return ret
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
+        self.skipped_steps = int(state_dict.get("skipped_steps", 0))
         if "rng_states" in state_dict:
             # applied at the start of the next step, after the data loader started (its start draws from torch)
             self._pending_rng_states = rank_rng_states(state_dict["rng_states"])
@@ -283,6 +339,8 @@ def step_config(cfg, model: nn.Module) -> Dict[str, Any]:
         "metrics_period": cfg.SOLVER.METRICS_PERIOD,
         "max_iter": cfg.SOLVER.MAX_ITER,
         "checkpoint_period": cfg.SOLVER.CHECKPOINT_PERIOD,
+        "check_gradients": cfg.SOLVER.CHECK_FINITE_GRADIENTS,
+        "skip_nonfinite_steps": cfg.SOLVER.SKIP_NONFINITE_STEPS,
     }
 
 

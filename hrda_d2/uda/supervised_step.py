@@ -7,13 +7,13 @@ terms are the source's ``loss_src_*``.)
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import torch
 from detectron2.config import configurable
 from torch import nn
 
-from .step_base import StageListener, UDAStepTrainer, step_config
+from .step_base import UDAStepTrainer, step_config
 
 __all__ = ["SupervisedStepTrainer"]
 
@@ -26,12 +26,8 @@ class SupervisedStepTrainer(UDAStepTrainer):
 
     @configurable
     def __init__(self, model: nn.Module, data_loader, optimizer: torch.optim.Optimizer, *, prefix: str = "trg_",
-                 amp_dtype: Optional[torch.dtype] = None, grad_scaler: Optional[torch.amp.GradScaler] = None,
-                 metrics_period: int = 1, max_iter: Optional[int] = None, checkpoint_period: int = 0,
-                 stage_listener: Optional[StageListener] = None) -> None:
-        super().__init__(model, data_loader, optimizer, amp_dtype=amp_dtype, grad_scaler=grad_scaler,
-                         metrics_period=metrics_period, max_iter=max_iter, checkpoint_period=checkpoint_period,
-                         stage_listener=stage_listener)
+                 **step_options: Any) -> None:
+        super().__init__(model, data_loader, optimizer, **step_options)
         self.prefix = prefix
 
     @classmethod
@@ -49,4 +45,5 @@ class SupervisedStepTrainer(UDAStepTrainer):
         self.after_backward()
         self.write_step_metrics(forward.losses, forward.metrics, step.data_time)
         with self.stage("optimizer"):
-            self.optimizer_step()
+            if self.gradients_are_finite(forward.losses):
+                self.optimizer_step()
