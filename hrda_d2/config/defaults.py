@@ -187,6 +187,9 @@ def _add_uda_config(cfg: CN) -> None:
     # backbone map the feature distance compares ("" = the deepest, i.e. the smallest map: res5 of MiT);
     # e.g. "vit_tokens" for the pretrained tokens of a plain ViT instead of its newly initialised pyramid
     cfg.UDA.FD.FEATURE = ""
+    # HRDA: the distance on every scale, summed (context features of the whole image + the detail crop's, labels
+    # cut with the same box): the original's feature_scale='all' (Table 3 "LR0.5+HR0.5", Table S1)
+    cfg.UDA.FD.ALL_SCALES = False
     cfg.UDA.AUG = CN()
     cfg.UDA.AUG.BLUR = True
     cfg.UDA.AUG.COLOR_JITTER_STRENGTH = 0.2

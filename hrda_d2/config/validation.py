@@ -267,6 +267,9 @@ def _check_combinations(p: _Problems, cfg: CfgNode) -> None:
     if cfg.UDA.MIC.ENABLED and method != SELF_TRAINING:
         p.add("UDA.MIC.ENABLED", f"needs self-training: MIC trains on the DACS teacher's pseudo-labels, and the "
               f"method is {method!r}", "set UDA.ENABLED True and UDA.METHOD 'dacs', or UDA.MIC.ENABLED False")
+    if cfg.UDA.FD.ALL_SCALES and len(cfg.MODEL.HRDA.SCALES) != 2:
+        p.add("UDA.FD.ALL_SCALES", "the feature distance on every scale needs the two HRDA scales",
+              "set MODEL.HRDA.SCALES [1.0, 0.5], or UDA.FD.ALL_SCALES False")
     if method in ("advseg", "minent") and len(cfg.MODEL.HRDA.SCALES) == 2 and cfg.MODEL.HRDA.FEATURE_SCALE != 0.5:
         p.add("MODEL.HRDA.FEATURE_SCALE", f"UDA.METHOD {method!r} with HRDA adapts the fused prediction resized to "
               f"half the input (the original asserts feature_scale 0.5)", "use 0.5")

@@ -42,7 +42,7 @@ between the step queues its work without a single host synchronisation.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -50,6 +50,7 @@ from detectron2.config import configurable
 from torch import nn
 
 from ..config import SELF_TRAINING, uda_method
+from ..modeling.meta_arch.crop_utils import crop
 from .class_mix import class_mix_batch, class_mix_masks
 from .ema import ema_update_, set_pseudo_label_mode
 from .feature_distance import imnet_feature_distance_loss
@@ -95,11 +96,15 @@ class SourceOutputs(StudentLosses):
 
     images: ``N x 3 x H x W`` normalised source images. labels: ``N x H x W`` int64 source labels.
     features: the backbone maps at ``MODEL.HRDA.FEATURE_SCALE``, with their graph (for step 5).
+    scale_features: HRDA: the maps of every scale (context, detail crop), for ``UDA.FD.ALL_SCALES``.
+    crop_box: HRDA: the detail crop of this forward ``(y1, y2, x1, x2)``, else None.
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     features: Dict[str, torch.Tensor]
+    scale_features: List[Dict[str, torch.Tensor]] = field(default_factory=list)
+    crop_box: Optional[Sequence[int]] = None
 
 
 @dataclass
@@ -161,6 +166,7 @@ class DACSStepTrainer(UDAStepTrainer):
         fd_lambda, fd_classes, fd_min_ratio: ``UDA.FD.*``.
         fd_feature: ``UDA.FD.FEATURE``, the backbone map of the feature distance ("" = the deepest, i.e. the
             smallest map; res5 of MiT).
+        fd_all_scales: ``UDA.FD.ALL_SCALES``: the distance on every HRDA scale (summed), not only FEATURE_SCALE.
         num_classes, ignore_value: label space.
         debug_interval: every this many iterations the step keeps its tensors in :attr:`visuals` for the
             debug-image hook (0 = never).
@@ -187,6 +193,7 @@ class DACSStepTrainer(UDAStepTrainer):
         fd_classes: Sequence[int] = (6, 7, 11, 12, 13, 14, 15, 16, 17, 18),
         fd_min_ratio: float = 0.75,
         fd_feature: str = "",
+        fd_all_scales: bool = False,
         num_classes: int = 19,
         ignore_value: int = 255,
         debug_interval: int = 0,
@@ -210,6 +217,7 @@ class DACSStepTrainer(UDAStepTrainer):
         self.fd_classes = list(fd_classes)
         self.fd_min_ratio = fd_min_ratio
         self.fd_feature = fd_feature
+        self.fd_all_scales = bool(fd_all_scales)
         self.num_classes = num_classes
         self.ignore_value = ignore_value
         self.debug_interval = debug_interval
@@ -239,6 +247,7 @@ class DACSStepTrainer(UDAStepTrainer):
             "fd_classes": cfg.UDA.FD.CLASSES,
             "fd_min_ratio": cfg.UDA.FD.SCALE_MIN_RATIO,
             "fd_feature": cfg.UDA.FD.FEATURE,
+            "fd_all_scales": cfg.UDA.FD.ALL_SCALES,
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "debug_interval": cfg.UDA.DEBUG_IMG_INTERVAL if uda else 0,
@@ -322,24 +331,40 @@ class DACSStepTrainer(UDAStepTrainer):
         """Step 4: the student's training forward on the source batch (a random detail crop, NumPy)."""
         forward = self.labelled_forward(source_batch, "src_")
         return SourceOutputs(forward.losses, forward.metrics, images=forward.images, labels=forward.labels,
-                             features=forward.outputs.features)
+                             features=forward.outputs.features, scale_features=forward.outputs.scale_features,
+                             crop_box=forward.outputs.crop_box)
 
     def feature_distance(self, source: SourceOutputs) -> FeatureDistance:
         """Step 5: ImageNet feature distance on the map ``fd_feature`` (default: the deepest) of the source
-        forward against the frozen ImageNet model's (eval mode, no gradient)."""
+        forward against the frozen ImageNet model's (eval mode, no gradient). With ``fd_all_scales`` (HRDA, the
+        original's ``feature_scale='all'``): the SUM over the scales of the distances of the context features (whole
+        image) and the detail crop's (labels cut with the same box), as the original adds them."""
         self.imnet_model.eval()
+        if not self.fd_all_scales:
+            with torch.no_grad(), self.autocast():
+                imnet_features = self.imnet_model.extract_features(source.images)
+            return self._distance([(source.features, imnet_features, source.labels)])
         with torch.no_grad(), self.autocast():
-            imnet_features = self.imnet_model.extract_features(source.images)
-        features = source.features
-        name = self.fd_feature
-        if not name:  # the smallest map, the last of equal size (res5 of MiT: the original's last level)
-            name = min(reversed(list(features)), key=lambda k: features[k].shape[-2] * features[k].shape[-1])
-        elif name not in features:
-            raise KeyError(f"UDA.FD.FEATURE={name!r} is not a backbone output; the backbone returns {list(features)}")
-        loss, num_cells = imnet_feature_distance_loss(
-            features[name].float(), imnet_features[name].float(), source.labels, self.fd_classes, self.num_classes,
-            self.fd_min_ratio, self.fd_lambda, self.ignore_value)
-        return FeatureDistance(loss, num_cells)
+            imnet_scales = self.imnet_model.extract_scale_features(source.images, source.crop_box)
+        detail_labels = source.labels if source.crop_box is None else crop(source.labels, source.crop_box)
+        return self._distance(list(zip(source.scale_features, imnet_scales, (source.labels, detail_labels))))
+
+    def _distance(self, scales) -> FeatureDistance:
+        """``sum_s FD(student_s, imnet_s, labels_s)`` over ``(features, ImageNet features, labels)`` triples."""
+        losses, cells = [], 0
+        for features, imnet_features, labels in scales:
+            name = self.fd_feature
+            if not name:  # the smallest map, the last of equal size (res5 of MiT: the original's last level)
+                name = min(reversed(list(features)), key=lambda k: features[k].shape[-2] * features[k].shape[-1])
+            elif name not in features:
+                raise KeyError(f"UDA.FD.FEATURE={name!r} is not a backbone output; the backbone returns "
+                               f"{list(features)}")
+            loss, num_cells = imnet_feature_distance_loss(
+                features[name].float(), imnet_features[name].float(), labels, self.fd_classes, self.num_classes,
+                self.fd_min_ratio, self.fd_lambda, self.ignore_value)
+            losses.append(loss)
+            cells += num_cells
+        return FeatureDistance(losses[0] if len(losses) == 1 else sum(losses), cells)
 
     def pseudo_labels(self, target_batch: List[Dict[str, Any]]) -> PseudoLabels:
         """Step 6: the teacher (pseudo-label mode: no dropout / drop-path, train-mode BN) on the target batch,

@@ -47,12 +47,16 @@ class HRDATrainOutputs:
     logits: this forward's prediction, with its graph: two scales: the fused logits ``N x C x H/os x W/os``
         (the detail crop inserted, the attention masked to it); one scale: the head logits resized to the input
         size ``N x C x H x W`` (the original's ``forward_with_aux`` 'main' output, what AdvSeg / MinEnt adapt).
+    scale_features: two scales: the backbone maps of every scale, context first, then the detail crop's (the
+        feature distance on all scales, ``UDA.FD.ALL_SCALES``; the original's ``feature_scale='all'``); one scale:
+        empty.
     """
 
     features: Dict[str, Tensor]
     crop_box: Optional[CropBox]
     metrics: Dict[str, Tensor] = field(default_factory=dict)
     logits: Optional[Tensor] = None
+    scale_features: List[Dict[str, Tensor]] = field(default_factory=list)
 
 
 def _as_pair(values: Optional[Sequence[int]], key: str) -> Optional[Tuple[int, int]]:
@@ -298,7 +302,7 @@ class HRDA(nn.Module):
         if not return_outputs:
             return losses
         features = lr_features if self.feature_scale == self.lr_scale else hr_features
-        return losses, HRDATrainOutputs(features, box, metrics, scale_out.fusion.fused)
+        return losses, HRDATrainOutputs(features, box, metrics, scale_out.fusion.fused, [lr_features, hr_features])
 
     def _unlabelled_train_outputs(self, images: Tensor, crop_box: Optional[Sequence[int]]) -> HRDATrainOutputs:
         """The training forward of ``forward_train`` (same random detail crop, same BN batches) without labels."""
@@ -312,7 +316,7 @@ class HRDA(nn.Module):
         lr_features, hr_features, box = self._train_features(images, crop_box)
         fused = self.sem_seg_head(lr_features, hr_features, box).fusion.fused
         features = lr_features if self.feature_scale == self.lr_scale else hr_features
-        return HRDATrainOutputs(features, box, {}, fused)
+        return HRDATrainOutputs(features, box, {}, fused, [lr_features, hr_features])
 
     def _train_features(
         self, images: Tensor, crop_box: Optional[Sequence[int]]
@@ -346,6 +350,16 @@ class HRDA(nn.Module):
         if not self.is_multi_scale:
             return self.backbone(images)
         return self.backbone(self._rescale(images, self.feature_scale))
+
+    def extract_scale_features(self, images: Tensor, crop_box: Optional[CropBox]) -> List[Dict[str, Tensor]]:
+        """Backbone features of every scale as a training forward sees them (two scales): the context image, then
+        the detail image (blurred with BLUR_HR_CROP) cut with ``crop_box`` (the student's detail crop; None = the
+        whole image) - the original's ``extract_feat`` with ``feature_scale='all'`` (docs/method.md §7.2 step 5)."""
+        if not self.is_multi_scale:
+            raise ValueError("features of every scale need two scales (MODEL.HRDA.SCALES)")
+        detail = self._detail_image(images)
+        return [self.backbone(self._rescale(images, self.lr_scale)),
+                self.backbone(detail if crop_box is None else crop(detail, crop_box))]
 
     # ------------------------------------------------------------------------------------------------------
     # inference
