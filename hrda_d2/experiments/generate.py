@@ -87,11 +87,19 @@ def run_output_dir(work_dir: str, run: Run, tiny: bool = False, startup_test: bo
     return os.path.join(*parts, run.exp, run.name)
 
 
+class _YamlDumper(yaml.SafeDumper):
+    """Block-style mappings, flow-style lists (``CROP_SIZE: [512, 512]``)."""
+
+
+_YamlDumper.add_representer(
+    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True))
+
+
 def _write_checked(path: str, header: Sequence[str], content: Dict[str, Any]) -> None:
     """Write ``path`` via a temporary file that must pass ``load_config`` (else :class:`GenerationError`)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    text = "".join(f"# {line}\n" for line in header) + yaml.safe_dump(content, sort_keys=False, width=120,
-                                                                       default_flow_style=None)
+    body = yaml.dump(content, Dumper=_YamlDumper, sort_keys=False, width=120, default_flow_style=False)
+    text = "".join(f"# {line}\n" for line in header) + body
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         f.write(text)
