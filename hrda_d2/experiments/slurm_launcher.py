@@ -73,6 +73,9 @@ class TrainingJob(submitit.helpers.Checkpointable):
         self._process = None
 
     def __call__(self) -> str:
+        if not logging.getLogger().handlers:  # the job process: its log is the job's stderr file
+            logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s (%(asctime)s) - %(message)s")
+        logger.info("%s: starting %s", self.output_dir, " ".join(self.command))
         self._process = TrainingProcess(self.command, env={**os.environ, **self.env_updates}, cwd=self.cwd,
                                         ignore_signals=(SUBMITIT_SIGNAL,))
         returncode = self._process.run()
@@ -119,15 +122,25 @@ class SlurmResources:
         return max(5.0, self.signal_delay_s - 15.0)
 
 
-def build_executor(folder: str, resources: SlurmResources, cluster: str = "slurm") -> submitit.AutoExecutor:
-    """A submitit executor for ``cluster`` (``slurm``; ``local`` / ``debug`` run the same jobs on this machine)."""
-    kwargs = {f"{cluster}_max_num_timeout": resources.max_requeues} if cluster in ("slurm", "local") else {}
-    executor = submitit.AutoExecutor(folder=folder, cluster=cluster, **kwargs)
+def build_executor(folder: str, resources: SlurmResources, cluster: str = "slurm") -> submitit.Executor:
+    """A submitit executor for ``cluster``: ``slurm``, or ``local`` (submitit's LocalExecutor: the same jobs, signals and
+    requeues as processes on this machine; only the time limit, GPUs and signal delay apply) or ``debug`` (in this
+    process, no signals)."""
+    if cluster == "local":
+        executor = submitit.LocalExecutor(folder=folder, max_num_timeout=resources.max_requeues)
+        executor.update_parameters(timeout_min=resources.timeout_min, gpus_per_node=resources.gpus_per_node,
+                                   tasks_per_node=1, signal_delay_s=resources.signal_delay_s)
+        return executor
+    if cluster == "debug":
+        return submitit.DebugExecutor(folder=folder)
+    if cluster != "slurm":
+        raise ValueError(f"unknown submitit cluster {cluster!r} (slurm, local or debug)")
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=resources.max_requeues)
     executor.update_parameters(
         name=resources.job_name, timeout_min=int(resources.timeout_min), gpus_per_node=resources.gpus_per_node,
         cpus_per_task=resources.cpus_per_task, mem_gb=resources.mem_gb, nodes=1, tasks_per_node=1,
         slurm_partition=resources.partition, slurm_array_parallelism=resources.array_parallelism,
-        slurm_signal_delay_s=resources.signal_delay_s, local_signal_delay_s=resources.signal_delay_s,
+        slurm_signal_delay_s=resources.signal_delay_s,
         slurm_additional_parameters={"requeue": True, **resources.additional})
     return executor
 
