@@ -28,6 +28,7 @@ DESCRIPTION = """The paper experiments in one command (docs/experiments.md).
 Ids: 40 41 42 43 44 49 (HRDA experiments.py), mic80 mic81 (MIC experiments.py ids 80, 81), dinov2 (this project).
 --tiny runs any of them on CPU on the generated replicas (datasets/prepare_synthetic.py ROOT --prepare; pass
 --datasets ROOT); --startup-test trains 2 iterations of every seed-0 run, as the original's --startup-test.
+Config overrides for every launched run go after "--": ... --launcher local -- SOLVER.MAX_ITER 8000
 """
 
 
@@ -68,7 +69,8 @@ def parser() -> argparse.ArgumentParser:
     slurm.add_argument("--submitit-cluster", default="slurm", choices=("slurm", "local", "debug"),
                        help="submitit executor ('local': the same job array on this machine)")
     p.add_argument("--train-script", default=TRAIN_NET, help=argparse.SUPPRESS)  # a train_net stand-in (tests)
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides appended to every launched run")
+    p.add_argument("opts", nargs=argparse.REMAINDER,
+                   help="after --: KEY VALUE overrides appended to every launched run (-- SOLVER.MAX_ITER 8000)")
     return p
 
 
@@ -96,7 +98,8 @@ def _launch(args, exps: Sequence[str], generated: Dict[str, List[GeneratedRun]])
     from .local_launcher import run_local  # noqa: deferred: the SLURM path needs submitit, the local one not
 
     runs = [g for exp in exps for g in generated[exp]
-            if (args.seeds is None or g.run.seed in args.seeds) and (args.only is None or any(t in g.run.name for t in args.only))]
+            if (args.seeds is None or g.run.seed in args.seeds)
+            and (args.only is None or any(text in g.run.name for text in args.only))]
     blocked = [g for g in runs if g.blocked]
     for g in blocked:
         logger.warning("%s is not launched: %s", g.run.name, "; ".join(g.problems))
@@ -110,7 +113,9 @@ def _launch(args, exps: Sequence[str], generated: Dict[str, List[GeneratedRun]])
         logger.info("local launcher: %d runs, %d skipped, %d trained, %d failed or stopped", len(outcomes),
                     sum(o.skipped for o in outcomes), sum(o.returncode == 0 for o in outcomes), len(failed))
         stopped = [o.returncode for o in failed if o.returncode and o.returncode > 128]
-        return stopped[-1] if stopped else (1 if failed or len(outcomes) < len(items) else 0)
+        if stopped:
+            return stopped[-1]
+        return 1 if failed or len(outcomes) < len(items) else 0
     from .slurm_launcher import SlurmResources, submit_array
 
     resources = SlurmResources(gpus_per_node=args.gpus, cpus_per_task=args.cpus, mem_gb=args.mem_gb,

@@ -123,9 +123,9 @@ class SlurmResources:
 
 
 def build_executor(folder: str, resources: SlurmResources, cluster: str = "slurm") -> submitit.Executor:
-    """A submitit executor for ``cluster``: ``slurm``, or ``local`` (submitit's LocalExecutor: the same jobs, signals and
-    requeues as processes on this machine; only the time limit, GPUs and signal delay apply) or ``debug`` (in this
-    process, no signals)."""
+    """A submitit executor for ``cluster``: ``slurm``, or ``local`` (submitit's LocalExecutor: the same jobs, signals
+    and requeues as processes on this machine; only the time limit, GPUs and signal delay apply) or ``debug`` (in
+    this process, no signals)."""
     if cluster == "local":
         executor = submitit.LocalExecutor(folder=folder, max_num_timeout=resources.max_requeues)
         executor.update_parameters(timeout_min=resources.timeout_min, gpus_per_node=resources.gpus_per_node,

@@ -99,7 +99,8 @@ def our_fields(view: View) -> dict:
     if view["MODEL.BACKBONE.NAME"] != "build_mit_backbone":
         out["depth"] = view["MODEL.RESNETS.DEPTH"]
     if len(view["MODEL.HRDA.SCALES"]) == 2:
-        out["hrda"] = {"scales": sorted(view["MODEL.HRDA.SCALES"]), "hr_crop_size": list(view["MODEL.HRDA.HR_CROP_SIZE"]),
+        out["hrda"] = {"scales": sorted(view["MODEL.HRDA.SCALES"]),
+                       "hr_crop_size": list(view["MODEL.HRDA.HR_CROP_SIZE"]),
                        "feature_scale": view["MODEL.HRDA.FEATURE_SCALE"],
                        "hr_loss_weight": view["MODEL.HRDA.HR_LOSS_WEIGHT"],
                        "lr_loss_weight": view["MODEL.HRDA.LR_LOSS_WEIGHT"],

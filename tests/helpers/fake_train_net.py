@@ -28,7 +28,8 @@ def main() -> int:
     with open(config) as f:
         seed = int(re.search(r"^SEED: (\d+)", f.read(), re.MULTILINE).group(1))
     call = {"argv": args, "resume": "--resume" in args,
-            "usr2_ignored": signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN, "pgid_is_pid": os.getpgid(0) == os.getpid()}
+            "usr2_ignored": signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN,
+            "pgid_is_pid": os.getpgid(0) == os.getpid()}
     behaviour = os.environ.get("FAKE_TRAIN", "finish")
     resumed = os.path.isfile(os.path.join(output_dir, "last_checkpoint"))
     if behaviour != "finish" and not resumed:
