@@ -1,6 +1,6 @@
 """The package's layers form one total order (README "Project layout"), and no module import circle exists.
 
-    utils < config < modeling < data < solver | evaluation < uda < checkpoint < engine < benchmark
+    utils < config < modeling < data < solver | evaluation < uda < checkpoint < engine < benchmark < experiments
 
 A module may import only from layers below its own (and from its own layer); ``solver`` and ``evaluation`` share a
 rank and do not import each other. ``tools/`` and ``demo/`` are scripts above every layer (run by path, never
@@ -19,7 +19,7 @@ PACKAGE = REPO_ROOT / "hrda_d2"
 # lowest first; layers in one tuple share a rank
 LAYER_ORDER: Sequence[Tuple[str, ...]] = (
     ("utils",), ("config",), ("modeling",), ("data",), ("solver", "evaluation"), ("uda",), ("checkpoint",),
-    ("engine",), ("benchmark",),
+    ("engine",), ("benchmark",), ("experiments",),
 )
 RANK: Dict[str, int] = {layer: rank for rank, layers in enumerate(LAYER_ORDER) for layer in layers}
 

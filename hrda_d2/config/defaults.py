@@ -147,6 +147,10 @@ def _add_input_config(cfg: CN) -> None:
     # resizing and cropping; [] disables the margin mask
     cfg.INPUT.TARGET.PSEUDO_MARGINS = [30, 240, 30, 30]
     cfg.INPUT.TARGET.VALID_MASK_SIZE = [1024, 2048]
+    # synchronized crop (the crop-size study's sync_crop_size, docs/method.md §10.4): one random window of this
+    # (H, W) cut out of the source and the target sample of each batch position, after their own crops and
+    # after rare class sampling; needs equal SOURCE / TARGET crop sizes. [] = off
+    cfg.INPUT.SYNC_CROP_SIZE = []
     # Test pipeline: keep-ratio rescale to SCALE; predictions are resized back to the original size
     cfg.INPUT.TEST = CN()
     cfg.INPUT.TEST.SCALE = [2048, 1024]

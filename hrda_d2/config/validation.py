@@ -5,7 +5,8 @@
 * class ids in the class lists (``UDA.FD.CLASSES``) within ``0 .. MODEL.SEM_SEG_HEAD.NUM_CLASSES - 1``; the
   Cityscapes default of ``UDA.FD.CLASSES`` kept for another label space (docs/method.md §7.2 step 5) must be
   replaced (or the feature distance switched off with ``UDA.FD.LAMBDA 0``); mIoU16 needs the 19 classes;
-* geometry: detail crop <= training crops, slide stride in ``(0, window]``, positive sizes, context scales whose
+* geometry: detail crop <= training crops (the synchronized window ``INPUT.SYNC_CROP_SIZE`` when set, which needs
+  equal source / target crops and a fixed SEED), slide stride in ``(0, window]``, positive sizes, context scales whose
   logits the fusion can place (docs/method.md §5.3);
 * ratios, probabilities, weights and thresholds in their ranges;
 * combinations: MIC without self-training, a learned and a fixed attention at once is impossible by
@@ -164,6 +165,9 @@ def _check_label_space(p: _Problems, cfg: CfgNode) -> None:
 
 def _check_geometry(p: _Problems, cfg: CfgNode) -> None:
     crops = {key: p.check_pair(key) for key in ("INPUT.SOURCE.CROP_SIZE", "INPUT.TARGET.CROP_SIZE")}
+    sync = _check_sync_crop(p, cfg, crops)
+    if sync:  # the model is trained on the synchronized windows (docs/method.md §10.4)
+        crops = {"INPUT.SYNC_CROP_SIZE": sync}
     window = p.check_pair("TEST.SLIDE.CROP_SIZE")
     stride = p.check_pair("TEST.SLIDE.STRIDE")
     if window and stride and any(s > w for s, w in zip(stride, window)):
@@ -202,6 +206,25 @@ def _check_geometry(p: _Problems, cfg: CfgNode) -> None:
                       f"detail-logit rows, the farthest detail crop ends at row {needed}", "choose a context scale "
                       "s with crop * s divisible by the output stride (0.5, 0.25, 0.75 for 1024 / 512 crops)")
                 break
+
+
+def _check_sync_crop(p: _Problems, cfg: CfgNode, crops: Dict[str, Optional[Sequence[int]]]) -> Optional[Sequence[int]]:
+    """``INPUT.SYNC_CROP_SIZE``: [] or a window <= the (equal) source and target crops, with a fixed SEED (both
+    streams derive the window of a batch position from it)."""
+    sync = p.check_pair("INPUT.SYNC_CROP_SIZE", allow_empty=True)
+    if not sync:
+        return None
+    source, target = crops["INPUT.SOURCE.CROP_SIZE"], crops["INPUT.TARGET.CROP_SIZE"]
+    if source and target and list(source) != list(target):
+        p.add("INPUT.SYNC_CROP_SIZE", f"cuts one window out of a source and a target crop of the same size, but "
+              f"INPUT.SOURCE.CROP_SIZE is {source} and INPUT.TARGET.CROP_SIZE {target}", "use equal crop sizes")
+    elif source and any(s > c for s, c in zip(sync, source)):
+        p.add("INPUT.SYNC_CROP_SIZE", f"is larger than the training crops {source}",
+              f"use a window <= {source}, or [] (off)")
+    if cfg.SEED < 0:
+        p.add("INPUT.SYNC_CROP_SIZE", f"needs a fixed seed (SEED={cfg.SEED} draws a different random seed per "
+              f"stream, so source and target would cut different windows)", "set SEED >= 0")
+    return sync
 
 
 def _output_stride(cfg: CfgNode) -> Optional[int]:

@@ -18,8 +18,9 @@ shuffled passes). ``cfg.SEED < 0`` draws one seed shared by all ranks (logged; r
 
 Keys read: ``DATASETS.SOURCE``, ``DATASETS.TARGET`` (split names; several are concatenated, RCS needs
 exactly one source split whose metadata has ``dataset_root``), ``DATASETS.RCS.{ENABLED, CLASS_TEMP,
-MIN_PIXELS, MIN_CROP_RATIO}``, ``DATALOADER.NUM_WORKERS``, ``SOLVER.IMS_PER_BATCH``, ``SEED``, and the
-mappers' ``INPUT.*`` / ``MODEL.SEM_SEG_HEAD.{NUM_CLASSES, IGNORE_VALUE}`` keys.
+MIN_PIXELS, MIN_CROP_RATIO}``, ``DATALOADER.NUM_WORKERS``, ``SOLVER.IMS_PER_BATCH``, ``SEED``,
+``INPUT.SYNC_CROP_SIZE`` (one window for the source and target sample of each position, :mod:`.sync_crop`), and
+the mappers' ``INPUT.*`` / ``MODEL.SEM_SEG_HEAD.{NUM_CLASSES, IGNORE_VALUE}`` keys.
 """
 import logging
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -35,6 +36,7 @@ from .dataset_mappers import SourceTrainMapper, TargetTrainMapper, TestMapper
 from .common import PositionSeededDataset
 from .samplers import InfinitePositionSampler
 from .rare_class_sampling import RareClassSamplingDataset, load_rcs_statistics
+from .sync_crop import SynchronizedCropStream
 
 __all__ = [
     "SOURCE_STREAM_ID",
@@ -121,6 +123,8 @@ def _build_stream_loader(cfg, dataset: Dataset, stream_id: int, draws_items: boo
     total_batch = int(cfg.SOLVER.IMS_PER_BATCH)
     seed = _stream_seed(cfg)
     seeded = PositionSeededDataset(dataset, seed, stream_id, shuffle=not draws_items)
+    if cfg.INPUT.SYNC_CROP_SIZE:  # the same window for the source and the target sample of a position
+        seeded = SynchronizedCropStream(seeded, seed, cfg.INPUT.SYNC_CROP_SIZE)
     sampler = InfinitePositionSampler(start_position=start_iter * total_batch)
     # ``seed`` gives the DataLoader its own torch.Generator (for the workers' base seed), so creating
     # the loader's iterator does not consume the trainer's global torch RNG

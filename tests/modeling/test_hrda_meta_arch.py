@@ -11,6 +11,7 @@ from detectron2.modeling import Backbone, build_model
 from torch import nn
 from torch.nn import functional as F
 
+from hrda_d2.config import config_problems
 from hrda_d2.modeling.losses import pixel_weighted_cross_entropy
 from hrda_d2.modeling.meta_arch import HRDA, HRDAHead
 from hrda_d2.modeling.meta_arch.crop_utils import merge_windows, random_crop_box, scale_box, sliding_window_boxes
@@ -458,3 +459,43 @@ def test_invalid_scale_settings_raise():
         build_model(tiny_cfg(**{"MODEL.HRDA.FEATURE_SCALE": 0.25}))
     with pytest.raises(ValueError, match="TEST.MODE"):
         build_model(tiny_cfg(**{"TEST.MODE": "sliding"}))
+
+
+def test_same_scales_take_the_detail_crop_from_the_same_image_and_fuse_without_upsampling():
+    """MODEL.HRDA.SCALES [1, 1] (the original's ``samescale``, HRDA Table 6): context = the whole image at scale 1,
+    detail = a crop of that same image, attention mask and HR logits placed at box / 4, no upsampling."""
+    rng = np.random.default_rng(5)
+    img = rng.normal(size=(2, 3, 64, 64))
+    labels = rng.integers(0, C, size=(2, 64, 64))
+    box = (16, 48, 8, 40)
+    model = stub_hrda(scales=(1.0, 1.0), feature_scale=1.0)
+    assert model.scales == [1.0, 1.0] and model.sem_seg_head.lr_scale == 1.0
+    losses, outputs = model.forward_train(torch.from_numpy(img).float(), torch.from_numpy(labels), crop_box=box,
+                                          return_outputs=True)
+    lr_feat = np_avgpool(img, 4)  # the whole image, not downscaled: 16 x 16 logits
+    lr_logits = np_head(lr_feat, W_SEG, B_SEG)
+    hr_logits = np_head(np_avgpool(img[..., 16:48, 8:40], 4), W_SEG, B_SEG)
+    att = 1 / (1 + np.exp(-np_head(lr_feat, W_ATT, B_ATT)))
+    fused = np_fuse(lr_logits, hr_logits, att, box, lr_scale=1.0)[0]
+    assert fused.shape[-2:] == (16, 16)
+    expected_fused = 0.9 * np_ce_all_pixels(np_bilinear(fused, (64, 64)), labels)
+    expected_hr = 0.1 * np_ce_all_pixels(np_bilinear(hr_logits, (32, 32)), labels[:, 16:48, 8:40])
+    assert losses["loss_sem_seg"].item() == pytest.approx(expected_fused, rel=1e-5)
+    assert losses["loss_sem_seg_hr"].item() == pytest.approx(expected_hr, rel=1e-5)
+    np.testing.assert_allclose(outputs.features["res2"].numpy(), lr_feat, atol=1e-5)  # FEATURE_SCALE 1
+    with torch.no_grad():  # inference: whole image at scale 1 + its merged HR tiles (= whole-image HR here)
+        logits = model.whole_inference(torch.from_numpy(img).float())
+    expected = np_bilinear(att * np_head(np_avgpool(img, 4), W_SEG, B_SEG) + (1 - att) * lr_logits, (64, 64))
+    np.testing.assert_allclose(logits.numpy(), expected, atol=1e-4)
+
+
+def test_same_scales_build_from_the_config_and_train():
+    cfg = tiny_cfg(**{"MODEL.HRDA.SCALES": [1.0, 1.0], "MODEL.HRDA.FEATURE_SCALE": 1.0})
+    assert config_problems(cfg) == []
+    model = build_model(cfg).train()
+    inputs = [{"image": torch.rand(3, 128, 128) * 255, "sem_seg": torch.randint(0, 19, (128, 128))} for _ in range(2)]
+    losses = model(inputs)
+    assert set(losses) == {"loss_sem_seg", "loss_sem_seg_hr"} and torch.isfinite(sum(losses.values()))
+    model.eval()
+    with torch.no_grad():
+        assert model([{"image": torch.rand(3, 128, 256) * 255}])[0]["sem_seg"].shape == (19, 128, 256)

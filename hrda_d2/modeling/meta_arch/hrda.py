@@ -105,7 +105,10 @@ class HRDA(nn.Module):
             backbone: returns the feature dict the heads read.
             sem_seg_head: two scales: an :class:`~.hrda_head.HRDAHead` (or a head with its interface); one scale:
                 a single-scale head (logits at stride ``output_stride``).
-            scales: image scales; sorted ascending; ``[1.0]`` or ``[lr, 1.0]`` with ``lr < 1``.
+            scales: image scales; sorted ascending; ``[1.0]`` or ``[lr, 1.0]`` with ``0 < lr <= 1``. ``[1.0, 1.0]`` is
+                the original's ``samescale`` ablation (HRDA Table 6 "LR1.0+LR0.5" on 512 crops): the context branch
+                sees the whole image at full resolution, the detail crop comes from that same image, and the fusion
+                places the detail logits without upsampling (use FEATURE_SCALE 1.0).
             pixel_mean, pixel_std: RGB normalisation of 0..255 images.
             ignore_value: label value without loss.
             hr_crop_size: detail crop ``(h, w)`` in HR pixels (also the HR tile size); None = whole HR image.
@@ -128,10 +131,8 @@ class HRDA(nn.Module):
         if len(scales) not in (1, 2) or scales[-1] != 1.0 or scales[0] <= 0:
             raise ValueError(
                 f"MODEL.HRDA.SCALES={list(scales)}: use [1.0] (plain DAFormer) or two scales [1.0, s] with "
-                f"0 < s < 1 (the detail scale must be 1.0; at most 2 scales are supported)"
+                f"0 < s <= 1 (the detail scale must be 1.0; at most 2 scales are supported)"
             )
-        if len(scales) == 2 and scales[0] == scales[1]:
-            raise ValueError(f"MODEL.HRDA.SCALES={list(scales)} needs two different scales")
         if test_mode not in TEST_MODES:
             raise ValueError(f"TEST.MODE={test_mode!r} is not one of {TEST_MODES}")
         self.backbone = backbone

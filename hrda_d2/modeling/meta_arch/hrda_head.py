@@ -80,7 +80,8 @@ class HRDAHead(nn.Module):
             head: the single-scale head (``forward(features) -> logits``, attribute ``in_features``).
             scale_attention: the attention head (sigmoid of its output is the attention), or None.
             output_stride: stride of ``head``'s logits w.r.t. its input image (4 for DAFormer on MiT).
-            lr_scale: scale of the context image (``MODEL.HRDA.SCALES``' smaller one); the detail scale is 1.
+            lr_scale: scale of the context image (``MODEL.HRDA.SCALES``' smaller one); the detail scale is 1 (an
+                ``lr_scale`` of 1 is the original's ``samescale``: fusion without upsampling).
             hr_loss_weight, lr_loss_weight: detail / context loss weights; the fused loss gets
                 ``1 - hr_loss_weight - lr_loss_weight``.
             fixed_attention: constant attention instead of ``scale_attention`` (0 = LR only, 1 = HR only).
@@ -89,8 +90,8 @@ class HRDAHead(nn.Module):
         super().__init__()
         if (scale_attention is None) == (fixed_attention is None):
             raise ValueError("HRDA needs exactly one of a scale-attention head and MODEL.HRDA.FIXED_ATTENTION")
-        if not 0 < lr_scale < 1:
-            raise ValueError(f"HRDAHead: the context scale must be in (0, 1), got {lr_scale}")
+        if not 0 < lr_scale <= 1:
+            raise ValueError(f"HRDAHead: the context scale must be in (0, 1], got {lr_scale}")
         self.head = head
         self.scale_attention = scale_attention
         self.in_features = list(head.in_features)

@@ -25,7 +25,10 @@ class FusedScales(NamedTuple):
 
 
 def _upsample(x: Tensor, factor: float, size: Optional[Sequence[int]]) -> Tensor:
-    """bilinear x ``factor`` (align_corners False), or to ``size`` when the factor cannot reach it."""
+    """bilinear x ``factor`` (align_corners False), or to ``size`` when the factor cannot reach it; factor 1 (equal
+    scales) returns ``x`` itself, which is what the bilinear x1 of the original computes."""
+    if factor == 1.0 and (size is None or tuple(x.shape[-2:]) == tuple(size)):
+        return x
     if size is not None and tuple(int(s * factor) for s in x.shape[-2:]) != tuple(size):
         return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
     return F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)

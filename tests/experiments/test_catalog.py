@@ -1,0 +1,207 @@
+"""Every experiment id generates the original's runs: the count and names of lhoyer/HRDA / lhoyer/MIC
+``experiments.py`` (tests/fixtures/experiments/original_runs.json, derived from the original generator's output),
+and for every run the values of the fields that define it; the generated YAMLs load with ``load_config``; runs this
+checkout cannot run yet are blocked with the keys they need, nothing written for them."""
+import json
+import os
+
+import pytest
+from detectron2.config import get_cfg
+
+from hrda_d2 import add_hrda_config, load_config
+from hrda_d2.experiments import EXPERIMENT_IDS, generate_experiment
+from hrda_d2.experiments.generate import CONFIG_DIR
+from tests.helpers.paths import REPO_ROOT
+
+FIXTURE = REPO_ROOT / "tests" / "fixtures" / "experiments" / "original_runs.json"
+ORIGINAL = json.loads(FIXTURE.read_text())["experiments"]
+ORIGINAL_COUNTS = {"40": 6, "41": 24, "42": 21, "43": 21, "44": 54, "49": 6, "mic80": 12, "mic81": 18}
+
+SPLIT_TYPES = {"gta_train": "GTADataset", "synthia_train": "SynthiaDataset", "acdc_train": "ACDCDataset",
+               "darkzurich_train": "DarkZurichDataset", "cityscapes_fine_sem_seg_train": "CityscapesDataset",
+               "cityscapes_fine_sem_seg_val": "CityscapesDataset", "acdc_val": "ACDCDataset",
+               "darkzurich_val": "DarkZurichDataset"}
+METHODS = {"advseg": "AdvSeg", "minent": "MinEnt"}
+BACKBONES = {"build_mit_backbone": "mit_b5", "build_resnet_v1c_backbone": "ResNetV1c"}
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    root = tmp_path_factory.mktemp("generated")
+    return {exp: generate_experiment(exp, str(root / "configs"), str(root / "work")) for exp in EXPERIMENT_IDS}
+
+
+class View:
+    """Config values of a run: the loaded generated file, or (blocked run: no file) its base config with its
+    overrides and seed on top."""
+
+    def __init__(self, gen):
+        self.overrides = {}
+        if gen.config_file:
+            self.cfg = load_config(gen.config_file)
+        else:
+            self.cfg = add_hrda_config(get_cfg())
+            self.cfg.merge_from_file(os.path.join(CONFIG_DIR, gen.run.config.base))
+            self.overrides = {**gen.run.config.overrides, "SEED": gen.run.seed}
+
+    def __getitem__(self, key):
+        if key in self.overrides:
+            return self.overrides[key]
+        node = self.cfg
+        for part in key.split("."):
+            node = node[part]
+        return node
+
+    def get(self, key, default):
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+
+def our_fields(view: View) -> dict:
+    """``view`` in the fixture's vocabulary (see tests/fixtures/experiments/derive_fixture.py)."""
+    method = view.get("UDA.METHOD", "dacs")
+    target_only = method == "target_only"
+    labelled = {"type": SPLIT_TYPES[view["DATASETS.SOURCE"][0]], "scale": list(view["INPUT.SOURCE.SCALE"]),
+                "crop": list(view["INPUT.SOURCE.CROP_SIZE"]), "cat_max_ratio": view["INPUT.SOURCE.CAT_MAX_RATIO"],
+                "photometric_distortion": view.get("INPUT.SOURCE.PHOTOMETRIC_DISTORTION", False)}
+    out = {
+        "labelled_train": labelled,
+        "unlabelled_train": None if target_only else {
+            "type": SPLIT_TYPES[view["DATASETS.TARGET"][0]], "scale": list(view["INPUT.TARGET.SCALE"]),
+            "crop": list(view["INPUT.TARGET.CROP_SIZE"]), "pseudo_margins": list(view["INPUT.TARGET.PSEUDO_MARGINS"])
+            or None},
+        "val": {"type": SPLIT_TYPES[view["DATASETS.TEST"][0]], "scale": list(view["INPUT.TEST.SCALE"])},
+        "sync_crop_size": list(view["INPUT.SYNC_CROP_SIZE"]) or None,
+        "rare_class_sampling": None if not view["DATASETS.RCS.ENABLED"] else {
+            "min_pixels": view["DATASETS.RCS.MIN_PIXELS"], "class_temp": view["DATASETS.RCS.CLASS_TEMP"],
+            "min_crop_ratio": view["DATASETS.RCS.MIN_CROP_RATIO"]},
+        "method": None if target_only else METHODS.get(method, "DACS"),
+        "backbone": BACKBONES[view["MODEL.BACKBONE.NAME"]],
+        "head": view["MODEL.SEM_SEG_HEAD.NAME"],
+        "hrda": None,
+        "test": {"mode": view["TEST.MODE"]},
+        "optimizer": {"type": view["SOLVER.OPTIMIZER"].upper(), "lr": view["SOLVER.BASE_LR"],
+                      "weight_decay": view["SOLVER.WEIGHT_DECAY"], "head_lr_mult": view["SOLVER.HEAD_LR_MULTIPLIER"],
+                      "norm_decay_mult": view["SOLVER.BACKBONE_NORM_DECAY_MULTIPLIER"]},
+        "iters": view["SOLVER.MAX_ITER"], "images_per_batch": view["SOLVER.IMS_PER_BATCH"],
+        "eval_interval": view["TEST.EVAL_PERIOD"],
+        "mic": None if not view["UDA.MIC.ENABLED"] else {
+            "mode": view["UDA.MIC.MODE"], "block_size": view["UDA.MIC.BLOCK_SIZE"],
+            "mask_ratio": view["UDA.MIC.MASK_RATIO"], "lambda": view["UDA.MIC.LAMBDA"]},
+        "seed": view["SEED"],
+    }
+    if out["method"] == "DACS":
+        out["dacs"] = {"alpha": view["UDA.ALPHA"], "fd_lambda": view["UDA.FD.LAMBDA"],
+                       "pseudo_weight_ignore_top": view["UDA.PSEUDO_WEIGHT_IGNORE_TOP"],
+                       "pseudo_weight_ignore_bottom": view["UDA.PSEUDO_WEIGHT_IGNORE_BOTTOM"]}
+    if view["MODEL.BACKBONE.NAME"] != "build_mit_backbone":
+        out["depth"] = view["MODEL.RESNETS.DEPTH"]
+    if len(view["MODEL.HRDA.SCALES"]) == 2:
+        out["hrda"] = {"scales": sorted(view["MODEL.HRDA.SCALES"]),
+                       "hr_crop_size": list(view["MODEL.HRDA.HR_CROP_SIZE"]),
+                       "feature_scale": view["MODEL.HRDA.FEATURE_SCALE"],
+                       "hr_loss_weight": view["MODEL.HRDA.HR_LOSS_WEIGHT"],
+                       "lr_loss_weight": view["MODEL.HRDA.LR_LOSS_WEIGHT"],
+                       "fixed_attention": view["MODEL.HRDA.FIXED_ATTENTION"],
+                       "hr_slide_overlapping": view["MODEL.HRDA.HR_SLIDE_OVERLAPPING"],
+                       "blur_hr_crop": view["MODEL.HRDA.BLUR_HR_CROP"],
+                       "attention_classwise": view["MODEL.HRDA.ATTENTION_CLASSWISE"],
+                       "crop_coord_divisible": view["MODEL.HRDA.CROP_COORD_DIVISIBLE"]}
+    if out["test"]["mode"] == "slide":
+        out["test"].update(crop_size=list(view["TEST.SLIDE.CROP_SIZE"]), stride=list(view["TEST.SLIDE.STRIDE"]),
+                           batched=view["TEST.SLIDE.BATCHED"])
+    return out
+
+
+def original_fields(f: dict, seed: int) -> dict:
+    """The fixture's fields in the same layout (the fields of :func:`our_fields`)."""
+    labelled = dict(f["labelled_train"])
+    labelled.pop("pseudo_margins")
+    unlabelled = f["unlabelled_train"] and {k: f["unlabelled_train"][k] for k in ("type", "scale", "crop",
+                                                                                   "pseudo_margins")}
+    method = f["method"]
+    out = {
+        "labelled_train": labelled, "unlabelled_train": unlabelled, "val": f["val"],
+        "sync_crop_size": f["sync_crop_size"], "rare_class_sampling": f["rare_class_sampling"],
+        "method": method and method["type"], "backbone": f["backbone"]["type"], "head": f["head"],
+        "hrda": f["hrda"], "test": {k: v for k, v in f["test"].items() if v is not None},
+        "optimizer": dict(f["optimizer"], type=f["optimizer"]["type"].upper()), "iters": f["iters"],
+        "images_per_batch": f["images_per_batch"], "eval_interval": f["eval_interval"], "mic": f["mic"],
+        "seed": seed,
+    }
+    if method and method["type"] == "DACS":
+        out["dacs"] = {k: method[k] for k in ("alpha", "fd_lambda", "pseudo_weight_ignore_top",
+                                              "pseudo_weight_ignore_bottom")}
+    if f["backbone"]["type"] != "mit_b5":
+        out["depth"] = f["backbone"]["depth"]
+    if out["hrda"] is not None:
+        out["hrda"] = dict(out["hrda"], scales=[float(s) for s in out["hrda"]["scales"]])
+    return out
+
+
+@pytest.mark.parametrize("exp", sorted(ORIGINAL_COUNTS))
+def test_runs_names_and_defining_fields_are_the_originals(generated, exp):
+    runs = generated[exp]
+    original = ORIGINAL[exp]
+    assert len(runs) == ORIGINAL_COUNTS[exp] == original["count"]
+    expected_runs = [(c, seed) for c in original["configs"] for seed in c["seeds"]]
+    assert [g.run.name for g in runs] == [f"{c['stem']}_s{seed}" for c, seed in expected_runs]
+    for gen, (config, seed) in zip(runs, expected_runs):
+        ours, theirs = our_fields(View(gen)), original_fields(config["fields"], seed)
+        assert ours == theirs, f"{gen.run.name}: {[k for k in theirs if ours.get(k) != theirs[k]]}"
+        assert gen.run.config.original_gpu == config["fields"]["gpu_model"]
+
+
+@pytest.mark.parametrize("exp", EXPERIMENT_IDS)
+def test_generated_files_load_and_start_from_a_paper_config(generated, exp):
+    for gen in generated[exp]:
+        if gen.blocked:
+            assert gen.problems and all(p.startswith("needs ") for p in gen.problems)
+            assert not os.path.exists(os.path.join(os.path.dirname(gen.output_dir), gen.run.name + ".yaml"))
+            continue
+        cfg = load_config(gen.config_file)
+        assert cfg.SEED == gen.run.seed and cfg.OUTPUT_DIR == gen.output_dir
+        text = open(gen.config_file).read()
+        base = text.split("_BASE_: ")[1].splitlines()[0]
+        assert os.path.normpath(os.path.join(os.path.dirname(gen.config_file), base)) == os.path.join(
+            CONFIG_DIR, gen.run.config.base)
+
+
+def test_blocked_runs_name_the_keys_they_need(generated):
+    def needs(exp):
+        return {g.run.config.label: g.problems for g in generated[exp] if g.blocked}
+
+    assert len(needs("41")) == 8  # every DeepLabV2 row
+    advseg = needs("41")["AdvSeg"]
+    for key in ("UDA.METHOD", "INPUT.SOURCE.PHOTOMETRIC_DISTORTION", "MODEL.BACKBONE.NAME 'build_resnet_v1c_backbone'",
+                "MODEL.SEM_SEG_HEAD.NAME 'DLV2Head'", "SOLVER.OPTIMIZER 'SGD'"):
+        assert any(key in line for line in advseg), key
+    assert all(any("UDA.METHOD" in line and "target_only" in line for line in p) for p in needs("43").values())
+    assert sorted(needs("44")) == ["LR0.5+HR0.5", "s_c 1.33 (context scale 0.75)", "s_c 4 (context scale 0.25)"]
+    for problems in needs("44").values():
+        assert problems == [p for p in problems if "MODEL.HRDA.FEATURE_SCALE 'all'" in p and "not implemented" in p]
+    assert [g.run.config.label for g in generated["mic81"] if not g.blocked] == ["DAFormer (MiT-B5) + MIC"] * 3
+    for exp in ("40", "42", "49", "mic80", "dinov2"):
+        assert not needs(exp), exp
+
+
+def test_dinov2_rows_are_the_projects_configs_with_three_seeds(generated):
+    runs = generated["dinov2"]
+    assert len(runs) == 12 and {g.run.seed for g in runs} == {0, 1, 2}
+    for gen in runs:
+        cfg = load_config(gen.config_file)
+        assert cfg.MODEL.BACKBONE.NAME == "build_timm_backbone" and "dinov2" in cfg.MODEL.TIMM.NAME
+        assert gen.run.name == f"{gen.run.config.base[:-5]}_s{gen.run.seed}"
+        assert str(gen.run.config.expected).startswith("not reported")
+
+
+def test_paper_values_where_a_source_gives_them_and_not_reported_elsewhere(generated):
+    expected = {g.run.config.label: g.run.config.expected for exp in ("40", "49", "mic80") for g in generated[exp]}
+    assert expected["GTA->Cityscapes"].value == 75.9  # mic80 comes last
+    assert [e.value for e in (expected["Synthia->Cityscapes"], expected["Cityscapes->Dark Zurich"])] == [None, None]
+    assert {g.run.config.expected.value for g in generated["40"]} == {73.8, 65.8}
+    assert {g.run.config.metric for g in generated["40"]} == {"mIoU", "mIoU16"}
+    for exp in ("41", "42", "43", "44", "mic81"):
+        assert all(str(g.run.config.expected) == "not reported" for g in generated[exp]), exp

@@ -1,0 +1,86 @@
+"""``--tiny`` (every runnable paper run shrunk for the CPU, loadable as it is), memory switches, launch commands."""
+import pytest
+
+from hrda_d2 import load_config
+from hrda_d2.experiments import EXPERIMENT_IDS, experiment, generate_experiment
+from hrda_d2.experiments.launch_plan import STARTUP_TEST_OPTS, plan_launch
+from hrda_d2.experiments.memory import memory_summary, memory_switches
+from hrda_d2.experiments.tiny import MIN_SIDE, TINY_FACTOR, tiny_overrides, tiny_problems
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return {exp: generate_experiment(exp, str(root / "configs"), str(root / "work"), tiny=True, tiny_iterations=3)
+            for exp in EXPERIMENT_IDS}
+
+
+@pytest.mark.parametrize("exp", EXPERIMENT_IDS)
+def test_every_runnable_run_has_a_tiny_version_that_loads(tiny_runs, exp):
+    full = {c.stem for c in experiment(exp)}
+    for gen in tiny_runs[exp]:
+        if gen.blocked:  # blocked at full size (keys this checkout lacks), never by --tiny
+            assert all(p.startswith("needs ") for p in gen.problems), gen.problems
+            continue
+        cfg = load_config(gen.config_file)
+        assert gen.config_file.endswith(f"/{exp}/tiny/{gen.run.name}.yaml") and gen.run.config.stem in full
+        assert cfg.MODEL.DEVICE == "cpu" and cfg.MODEL.WEIGHTS == "" and cfg.SOLVER.MAX_ITER == 3
+        assert cfg.TEST.EVAL_PERIOD == 3 and cfg.SOLVER.IMS_PER_BATCH == 2 and cfg.SEED == gen.run.seed
+        assert cfg.OUTPUT_DIR == gen.output_dir and "/tiny/" in cfg.OUTPUT_DIR
+        assert cfg.MODEL.MIT.VARIANT == "mit_b0" or "dinov2" in cfg.MODEL.TIMM.NAME
+        if len(cfg.MODEL.HRDA.SCALES) == 2:
+            assert min(cfg.MODEL.HRDA.HR_CROP_SIZE) >= MIN_SIDE
+
+
+def test_tiny_divides_sizes_by_eight_and_keeps_what_defines_the_run(tiny_runs):
+    gen = next(g for g in tiny_runs["44"] if "fixedatt" in g.run.name)
+    full = load_config(gen.config_file.replace("/tiny/", "/"))
+    tiny = load_config(gen.config_file)
+    assert list(tiny.INPUT.SOURCE.CROP_SIZE) == [c // TINY_FACTOR for c in full.INPUT.SOURCE.CROP_SIZE] == [128, 128]
+    assert list(tiny.INPUT.SOURCE.SCALE) == [320, 180] and list(tiny.INPUT.TARGET.VALID_MASK_SIZE) == [128, 256]
+    assert list(tiny.MODEL.HRDA.HR_CROP_SIZE) == [64, 64] and list(tiny.TEST.SLIDE.STRIDE) == [64, 64]
+    for key in ("SCALES", "HR_LOSS_WEIGHT", "FIXED_ATTENTION", "HR_SLIDE_OVERLAPPING", "FEATURE_SCALE"):
+        assert tiny.MODEL.HRDA[key] == full.MODEL.HRDA[key], key
+    assert tiny.DATASETS.RCS.CLASS_TEMP == full.DATASETS.RCS.CLASS_TEMP and tiny.UDA.FD.LAMBDA == 0.0
+    # the crop study's smallest windows stay at the smallest MiT input
+    sync = {g.run.config.label: load_config(g.config_file).INPUT.SYNC_CROP_SIZE for g in tiny_runs["42"]}
+    assert list(sync["LR crop 128 (0.25)"]) == [32, 32] and list(sync["HR crop 768 (0.75)"]) == [96, 96]
+
+
+def test_tiny_refuses_a_context_below_the_smallest_mit_input(tiny_runs):
+    gen = next(g for g in tiny_runs["42"] if not g.blocked)
+    cfg = load_config(gen.config_file.replace("/tiny/", "/"))
+    cfg.defrost()
+    cfg.MODEL.HRDA.SCALES = [1.0, 0.25]
+    cfg.INPUT.SYNC_CROP_SIZE = [512, 512]
+    problems = tiny_problems(tiny_overrides(cfg), cfg)
+    assert problems and "16 px" in problems[0] and "full size" in problems[0]
+
+
+def test_memory_switches_follow_the_readme_tiers():
+    hr = next(c for c in experiment("40"))
+    assert memory_switches(hr, None) == [] and memory_switches(hr, 24) == [] and memory_switches(hr, 80) == []
+    assert memory_switches(hr, 16) == ["SOLVER.AMP.ENABLED", "True", "MODEL.MIT.CHECKPOINT_ACTIVATIONS", "True"]
+    assert memory_switches(hr, 12)[4:] == ["MODEL.SEM_SEG_HEAD.CHECKPOINT_ACTIVATIONS", "True",
+                                          "TEST.SLIDE.BATCHED", "False"]
+    with pytest.raises(ValueError, match="2 GPUs"):
+        memory_switches(hr, 8)
+    lr = experiment("42")[0]  # an 11 GB run of the original
+    assert memory_switches(lr, 12) == [] and "original 11 GB" in memory_summary(lr)
+    assert "not measured" in memory_summary(experiment("dinov2")[0])
+
+
+def test_launch_commands_resume_agree_on_the_stop_signals_and_add_the_startup_test(tiny_runs, tmp_path):
+    runs = tiny_runs["40"]
+    items = plan_launch(runs, str(tmp_path), tiny=True, startup_test=True, extra_opts=["SOLVER.METRICS_PERIOD", "1"])
+    assert [i.name for i in items] == [g.run.name for g in runs if g.run.seed == 0]  # startup test: seed 0 only
+    command = items[0].command("python", "train.py")
+    assert command[:7] == ["python", "train.py", "--config-file", items[0].config_file, "--resume", "--num-gpus", "1"]
+    opts = list(items[0].opts)
+    assert opts[:len(STARTUP_TEST_OPTS)] == list(STARTUP_TEST_OPTS)
+    assert opts[opts.index("SOLVER.PREEMPTION_SIGNALS") + 1] == "['SIGTERM', 'SIGINT', 'SIGUSR1']"
+    assert opts[-2:] == ["OUTPUT_DIR", str(tmp_path / "tiny" / "startup-test" / "40" / items[0].name)]
+    assert items[0].max_iter == 2 and items[0].eval_period == 0 and "SOLVER.METRICS_PERIOD" in opts
+    full = plan_launch(generate_experiment("40", str(tmp_path / "c"), str(tmp_path / "w")), str(tmp_path / "w"),
+                       gpu_memory_gb=16)
+    assert len(full) == 6 and "MODEL.MIT.CHECKPOINT_ACTIVATIONS" in full[0].opts and full[0].max_iter == 40000
