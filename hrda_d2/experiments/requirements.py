@@ -23,10 +23,7 @@ from ..solver import build_optimizer
 __all__ = ["KNOWN_GAPS", "has_key", "missing_support"]
 
 # values that the method needs but this project has not implemented yet, with what they do (facts of the original)
-KNOWN_GAPS: Dict[Tuple[str, str], str] = {
-    ("MODEL.HRDA.FEATURE_SCALE", "all"): "ImageNet feature distance on every scale, with the detail crop's labels "
-                                         "(docs/method.md §4.6); not implemented yet",
-}
+KNOWN_GAPS: Dict[Tuple[str, str], str] = {}  # (none left: the FD on all scales is UDA.FD.ALL_SCALES)
 _REGISTRIES = {
     "MODEL.BACKBONE.NAME": ("BACKBONE_REGISTRY", BACKBONE_REGISTRY),
     "MODEL.SEM_SEG_HEAD.NAME": ("SEM_SEG_HEADS_REGISTRY", SEM_SEG_HEADS_REGISTRY),
@@ -97,4 +94,8 @@ def missing_support(overrides: Mapping[str, Any]) -> List[str]:
             problem = _optimizer_problem(overrides)
         if problem is not None:
             problems.append(f"needs {key} {value!r} ({gap or problem})")
+    method = overrides.get("UDA.METHOD", "dacs")
+    if overrides.get("UDA.MIC.ENABLED") and method != "dacs":  # MIC's Table 1 on AdvSeg / MinEnt
+        problems.append(f"needs MIC on UDA.METHOD {method!r} (here MIC trains on the DACS teacher's pseudo-labels; "
+                        f"MIC with other UDA methods is not implemented)")
     return problems

@@ -67,6 +67,8 @@ def tiny_overrides(cfg: CfgNode, iterations: int = 4) -> "OrderedDict[str, Any]"
         out["MODEL.TIMM.DROP_PATH_RATE"] = 0.0
         out["MODEL.TIMM.CHECKPOINT_ACTIVATIONS"] = False
         out["MODEL.TIMM.PYRAMID_CHANNELS"] = 64
+    elif cfg.MODEL.BACKBONE.NAME == "build_resnet_v1c_backbone":  # the DeepLabV2 rows: the smallest V1c ResNet
+        out["MODEL.RESNETS.DEPTH"] = 50
     out["MODEL.SEM_SEG_HEAD.EMBED_DIM"] = 64
     out["MODEL.HRDA.ATTENTION_EMBED_DIM"] = 64
     out["UDA.FD.LAMBDA"] = 0.0  # the ImageNet model would be a random network

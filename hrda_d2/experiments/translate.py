@@ -21,7 +21,9 @@ DLV2_BACKBONE = "build_resnet_v1c_backbone"
 DLV2_HEAD = "DLV2Head"
 DLV2_WEIGHTS = "pretrained/resnet101_v1c_d2.pth"  # the converted ImageNet ResNet-101 v1c
 UDA_METHOD_KEY = "UDA.METHOD"  # dacs | advseg | minent | source_only | target_only
-PHOTOMETRIC_KEY = "INPUT.SOURCE.PHOTOMETRIC_DISTORTION"  # mmseg PhotoMetricDistortion on the labelled images
+PHOTOMETRIC_KEY = "INPUT.SOURCE.PHOTOMETRIC_DISTORTION"  # mmseg PhotoMetricDistortion on the source images
+TARGET_PHOTOMETRIC_KEY = "INPUT.TARGET.PHOTOMETRIC_DISTORTION"  # ... on the target-only oracle's images
+FD_ALL_SCALES_KEY = "UDA.FD.ALL_SCALES"  # the original's feature_scale='all' (docs/method.md §7.2 step 5)
 
 # generator dataset name -> (split, keep-ratio rescale [long, short]) [docs/method.md §10.1 table; facts of the
 # dataset base files]; "CAug" = the same data with PhotoMetricDistortion
@@ -86,10 +88,13 @@ def _data(row: OriginalRow, out: Dict[str, Any]) -> None:
     out["INPUT.SOURCE.SCALE"] = list(labelled_scale)
     out["INPUT.SOURCE.CROP_SIZE"] = crop
     out["INPUT.SOURCE.CAT_MAX_RATIO"] = 0.75
-    if "CAug" in row.source or row.uda == "target-only":
+    if "CAug" in row.source:
         out[PHOTOMETRIC_KEY] = True
     out["INPUT.TARGET.SCALE"] = list(target_scale)
     out["INPUT.TARGET.CROP_SIZE"] = crop
+    if row.uda == "target-only":  # the oracle trains on the target stream with its labels (docs/method.md §18.8)
+        out["INPUT.TARGET.CAT_MAX_RATIO"] = 0.75
+        out[TARGET_PHOTOMETRIC_KEY] = True
     out["INPUT.TEST.SCALE"] = list(target_scale)
     out["INPUT.SYNC_CROP_SIZE"] = [row.sync_crop] * 2 if row.is_dacs and row.sync_crop else []
     rcs = row.is_dacs and row.rcs_temperature is not None
@@ -119,12 +124,12 @@ def _model(row: OriginalRow, out: Dict[str, Any]) -> None:
     # docs/method.md §5.4 (generator rule): an outer crop equal to the detail crop trains the context logits too
     # (LR loss weight = HR loss weight) and, with the feature distance, compares the features of every scale
     same_crop = row.outer_crop == token.hr_crop
-    feature_scale: Any = "all" if same_crop and "_fd" in row.uda else 0.5
-    if token.has("samescale"):
-        feature_scale = 1.0
+    all_scales = same_crop and "_fd" in row.uda  # feature_scale='all': the FD on every scale (UDA.FD.ALL_SCALES)
     context = token.context_scale
-    if context not in (0.5, 1.0) and feature_scale != "all":
-        feature_scale = context
+    feature_scale: Any = 1.0 if token.has("samescale") else (0.5 if context in (0.5, 1.0) else context)
+    if all_scales:
+        feature_scale = context  # unused by the FD on all scales; any scale of MODEL.HRDA.SCALES
+    out[FD_ALL_SCALES_KEY] = all_scales
     out["MODEL.HRDA.SCALES"] = [1.0, context]
     out["MODEL.HRDA.HR_CROP_SIZE"] = [token.hr_crop, token.hr_crop]
     out["MODEL.HRDA.HR_LOSS_WEIGHT"] = float(token.hr_loss_weight)
@@ -139,7 +144,6 @@ def _model(row: OriginalRow, out: Dict[str, Any]) -> None:
 def _method(row: OriginalRow, out: Dict[str, Any]) -> None:
     if row.uda in _METHODS:
         out[UDA_METHOD_KEY] = _METHODS[row.uda]
-        out["UDA.ENABLED"] = row.uda != "target-only"
     elif row.uda == "dacs":  # DACS without DAFormer's additions [facts: configs/_base_/uda/dacs.py]
         out["UDA.ALPHA"] = 0.99
         out["UDA.FD.LAMBDA"] = 0.0
