@@ -30,8 +30,10 @@ PLAIN = ["MODEL.HRDA.SCALES", "[1.0]"]
 # DACS-only settings of the demo config switched off where the method has none
 METHOD_OPTS = {"advseg": [], "minent": [], "target_only": ["INPUT.TARGET.CAT_MAX_RATIO", "0.75",
                                                             "INPUT.TARGET.PHOTOMETRIC_DISTORTION", "True"]}
-CASES = [pytest.param("advseg", True), pytest.param("advseg", False, marks=pytest.mark.slow),
-         pytest.param("minent", True, marks=pytest.mark.slow), pytest.param("minent", False),
+# default suite: the target-only CLI run (AdvSeg with HRDA runs in-process in the resume test below, AdvSeg and
+# MinEnt iterations against the original in tests/uda/test_output_space_reference.py); the rest is slow
+CASES = [pytest.param("advseg", True, marks=pytest.mark.slow), pytest.param("advseg", False, marks=pytest.mark.slow),
+         pytest.param("minent", True, marks=pytest.mark.slow), pytest.param("minent", False, marks=pytest.mark.slow),
          pytest.param("target_only", True, marks=pytest.mark.slow), pytest.param("target_only", False)]
 
 

@@ -7,6 +7,8 @@ import statistics
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers.paths import REPO_ROOT, TOOLS_DIR
 
 GRID = ("hrda1-512-02_", "hrda1-512-03_")
@@ -25,6 +27,7 @@ def _final_miou(run_dir):
     return [r for r in records if "sem_seg/mIoU" in r][-1]["sem_seg/mIoU"]
 
 
+@pytest.mark.slow  # ~1 min: 4 tiny training runs through tools/train_net.py
 def test_tiny_grid_runs_end_to_end_and_collects(tmp_path, tiny_replica):
     text = _tool(tmp_path, "--launcher", "local", "--only", *GRID, "--seeds", "0", "1", "--datasets",
                  str(tiny_replica), "--log-dir", str(tmp_path / "logs"))

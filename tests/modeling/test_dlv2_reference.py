@@ -95,7 +95,7 @@ def test_hrda_deeplabv2_whole_inference_matches_original(dlv2_converted, dlv2_io
     assert rel_diff(fused, stored) <= REL_TOL
 
 
-@pytest.mark.parametrize("reuse", [False, True])
+@pytest.mark.parametrize("reuse", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_hrda_deeplabv2_slide_inference_matches_original(dlv2_converted, dlv2_io, reuse):
     cfg = dlv2_cfg(hrda=True, **{"TEST.MODE": "slide", "TEST.SLIDE.CROP_SIZE": [256, 256],
                                  "TEST.SLIDE.STRIDE": [128, 128], "TEST.SLIDE.REUSE_HR_TILES": reuse})

@@ -88,8 +88,9 @@ def run_step(method, hrda, iteration, dlv2_originals, dlv2_converted, io, ref, m
     return case, modules, latest, d_outputs, step
 
 
-CASES = [("advseg", False, 0), ("advseg", False, 20000), ("advseg", True, 0), ("minent", False, 0),
-         ("minent", True, 0)]
+# default suite: AdvSeg at iteration 20000 (the SGD-moves-the-discriminator quirk), AdvSeg + HRDA, MinEnt + HRDA
+CASES = [pytest.param("advseg", False, 0, marks=pytest.mark.slow), ("advseg", False, 20000), ("advseg", True, 0),
+         pytest.param("minent", False, 0, marks=pytest.mark.slow), ("minent", True, 0)]
 
 
 @pytest.mark.parametrize("method,hrda,iteration", CASES)
@@ -141,6 +142,7 @@ def test_one_iteration_matches_original(method, hrda, iteration, dlv2_originals,
         assert (getattr(bn, stat) - expected).abs().max().item() <= 1e-5 * max(1.0, expected.abs().max().item())
 
 
+@pytest.mark.slow
 def test_sgd_moves_the_discriminator_as_the_original(dlv2_originals, dlv2_converted, dlv2_io, dlv2_ref, monkeypatch):
     """At iteration 20000 the discriminator's update is mostly SGD's (lr 0.00125 x |g| up to ~3.9) plus Adam's
     5.4e-5: without the discriminator in the main optimizer (the original's quirk, §18.4) it would not match."""
