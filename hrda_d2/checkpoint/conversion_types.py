@@ -20,6 +20,7 @@ __all__ = [
     "OriginalLayout",
     "StateDict",
     "first_items",
+    "shape_mismatches",
     "split_prefix",
 ]
 
@@ -111,6 +112,18 @@ def first_items(items: Iterable[Any], n: int = 8) -> str:
     items = list(items)
     more = f" ... (+{len(items) - n} more)" if len(items) > n else ""
     return ", ".join(str(i) for i in items[:n]) + more
+
+
+def shape_mismatches(state: Mapping[str, torch.Tensor], expected: Mapping[str, Tuple[int, ...]],
+                     optional: Iterable[str] = ()) -> Tuple[List[str], List[str], List[str]]:
+    """``(missing, unexpected, wrong shapes)`` of ``state`` against the key -> shape table ``expected``; keys in
+    ``optional`` may be absent. The wrong-shape entries read ``"<key> (a, b) (expected (c, d))"``."""
+    optional = set(optional)
+    missing = [k for k in expected if k not in state and k not in optional]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} (expected {s})" for k, s in expected.items()
+             if k in state and tuple(state[k].shape) != tuple(s)]
+    return missing, unexpected, wrong
 
 
 def split_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> "OrderedDict[str, torch.Tensor]":

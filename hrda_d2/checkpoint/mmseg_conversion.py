@@ -38,6 +38,7 @@ from .conversion_types import (
     HeadSummary,
     OriginalLayout,
     first_items,
+    shape_mismatches,
     split_prefix,
 )
 
@@ -135,10 +136,7 @@ def detect_mit_variant(backbone: Mapping[str, torch.Tensor], where: str = "backb
         )
     name = matches[0]
     expected = mit_state_dict_shapes(MIT_VARIANTS[name], in_channels=int(backbone["patch_embed1.proj.weight"].shape[1]))
-    missing = [k for k in expected if k not in backbone]
-    unexpected = [k for k in backbone if k not in expected]
-    wrong = [f"{k} {tuple(backbone[k].shape)} (expected {v})" for k, v in expected.items()
-             if k in backbone and tuple(backbone[k].shape) != v]
+    missing, unexpected, wrong = shape_mismatches(backbone, expected)
     if missing or unexpected or wrong:
         raise CheckpointConversionError(
             f"{where}: inconsistent {name} weights: missing [{first_items(missing)}], unexpected [{first_items(unexpected)}], "

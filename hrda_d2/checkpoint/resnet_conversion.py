@@ -33,6 +33,7 @@ from .conversion_types import (
     HeadSummary,
     OriginalLayout,
     first_items,
+    shape_mismatches,
 )
 
 __all__ = [
@@ -118,11 +119,8 @@ def convert_resnet_v1c(sd: Mapping[str, torch.Tensor], where: str) -> Tuple["Ord
     depth = _depth_of(backbone, where)
     expected = resnet_v1c_state_dict_shapes(depth, int(backbone["stem.0.weight"].shape[1]),
                                             int(backbone["stem.6.weight"].shape[0]))
-    optional = {k for k in expected if k.endswith("num_batches_tracked")}  # older torch saves have none
-    missing = [k for k in expected if k not in backbone and k not in optional]
-    unexpected = [k for k in backbone if k not in expected]
-    wrong = [f"{k} {tuple(backbone[k].shape)} (expected {s})" for k, s in expected.items()
-             if k in backbone and tuple(backbone[k].shape) != s]
+    optional = [k for k in expected if k.endswith("num_batches_tracked")]  # older torch saves have none
+    missing, unexpected, wrong = shape_mismatches(backbone, expected, optional)
     if missing or unexpected or wrong:
         raise CheckpointConversionError(
             f"{where}: inconsistent ResNet-{depth}-V1c weights: missing [{first_items(missing)}], unexpected "

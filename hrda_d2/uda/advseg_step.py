@@ -34,7 +34,7 @@ from detectron2.config import configurable
 from torch import nn
 
 from .output_space import SOURCE_DOMAIN_LABEL, TARGET_DOMAIN_LABEL, adaptation_logits, gan_loss
-from .step_base import UDAStepTrainer, step_config, unwrap_model
+from .step_base import UDAStepTrainer, step_config, synchronised_unless, unwrap_model
 
 __all__ = ["AdvSegStepTrainer", "build_discriminator_optimizer", "discriminator_lr"]
 
@@ -107,12 +107,8 @@ class AdvSegStepTrainer(UDAStepTrainer):
     @contextmanager
     def discriminator_sync(self, last: bool) -> Iterator[None]:
         """:meth:`gradient_sync` for the discriminator's DDP wrapper (no-op without DDP)."""
-        no_sync = getattr(self.discriminator, "no_sync", None)
-        if last or no_sync is None:
+        with synchronised_unless(self.discriminator, last):
             yield
-        else:
-            with no_sync():
-                yield
 
     def run_step(self) -> None:
         step = self.start_step()

@@ -37,7 +37,7 @@ from ..utils.rng import gather_rng_states, rank_rng_states, set_rng_states
 logger = logging.getLogger(__name__)
 
 __all__ = ["LabelledForward", "StageListener", "StepInput", "UDAStepTrainer", "amp_dtype_from_config",
-           "prefixed_losses", "stack_field", "stack_images", "step_config", "unwrap_model"]
+           "prefixed_losses", "stack_field", "stack_images", "step_config", "synchronised_unless", "unwrap_model"]
 
 
 class StageListener(Protocol):
@@ -86,6 +86,17 @@ def stack_field(batch: Sequence[Mapping[str, Any]], key: str, device: torch.devi
 def prefixed_losses(terms: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
     """``{"loss_sem_seg": x}`` with prefix ``"mix_"`` -> ``{"loss_mix_sem_seg": x}``."""
     return {f"loss_{prefix}{k[len('loss_'):]}": v for k, v in terms.items()}
+
+
+@contextmanager
+def synchronised_unless(model: nn.Module, last: bool) -> Iterator[None]:
+    """``model.no_sync()`` (a DDP wrapper's) unless ``last``; nothing for a model without ``no_sync``."""
+    no_sync = getattr(model, "no_sync", None)
+    if last or no_sync is None:
+        yield
+    else:
+        with no_sync():
+            yield
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -221,12 +232,8 @@ class UDAStepTrainer(SimpleTrainer):
         ``last=False``: the gradients stay local (``model.no_sync()``) and add up with the next passes';
         ``last=True``: this backward all-reduces everything accumulated. A model without ``no_sync`` (no DDP)
         is left alone."""
-        no_sync = getattr(self.model, "no_sync", None)
-        if last or no_sync is None:
+        with synchronised_unless(self.model, last):
             yield
-        else:
-            with no_sync():
-                yield
 
     def check_finite(self, losses: Mapping[str, torch.Tensor]) -> None:
         """On metrics steps: a ``FloatingPointError`` naming the first non-finite term and the iteration (other
