@@ -1,10 +1,14 @@
 """Which adaptation method a config trains with (``UDA.METHOD``, and the first release's ``UDA.ENABLED``)."""
 from detectron2.config import CfgNode
 
-__all__ = ["SELF_TRAINING", "UDA_METHODS", "uda_method"]
+__all__ = ["MIC_METHODS", "MIC_WITH_OWN_TEACHER", "SELF_TRAINING", "UDA_METHODS", "uda_method"]
 
 UDA_METHODS = ("dacs", "advseg", "minent", "source_only", "target_only")
 SELF_TRAINING = "dacs"  # the method with an EMA teacher, pseudo-labels, ClassMix (and optionally FD, MIC)
+# the methods MIC (UDA.MIC.ENABLED) can extend: DACS shares its teacher with MIC; AdvSeg and MinEnt get MIC's own
+# EMA teacher (docs/method.md §17.6)
+MIC_WITH_OWN_TEACHER = ("advseg", "minent")
+MIC_METHODS = (SELF_TRAINING,) + MIC_WITH_OWN_TEACHER
 
 
 def uda_method(cfg: CfgNode) -> str:

@@ -9,8 +9,8 @@
   equal source / target crops and a fixed SEED), slide stride in ``(0, window]``, positive sizes, context scales whose
   logits the fusion can place (docs/method.md §5.3);
 * ratios, probabilities, weights and thresholds in their ranges;
-* combinations: MIC without self-training, a learned and a fixed attention at once is impossible by
-  construction, the HR + LR loss weights above 1;
+* combinations: MIC without target pseudo-labels (source-only, target-only; a learned and a fixed attention
+  at once is impossible by construction), the HR + LR loss weights above 1;
 * Detectron2 keys that hrda_d2 does not read, when changed from their default, with the key that does the job
   here (:data:`IGNORED_DETECTRON2_KEYS`), so that a setting never silently has no effect.
 
@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from detectron2.config import CfgNode, get_cfg
 
 from .defaults import add_hrda_config
-from .uda_method import SELF_TRAINING, UDA_METHODS, uda_method
+from .uda_method import MIC_METHODS, MIC_WITH_OWN_TEACHER, SELF_TRAINING, UDA_METHODS, uda_method
 
 __all__ = ["CITYSCAPES_FD_CLASSES", "ConfigError", "IGNORED_DETECTRON2_KEYS", "config_problems", "validate_config"]
 
@@ -287,9 +287,11 @@ def _check_combinations(p: _Problems, cfg: CfgNode) -> None:
         return
     if method == SELF_TRAINING and cfg.UDA.MIX != "class":
         p.add("UDA.MIX", "is not a mixing this project implements (DACS mixes with ClassMix)", "use 'class'")
-    if cfg.UDA.MIC.ENABLED and method != SELF_TRAINING:
-        p.add("UDA.MIC.ENABLED", f"needs self-training: MIC trains on the DACS teacher's pseudo-labels, and the "
-              f"method is {method!r}", "set UDA.ENABLED True and UDA.METHOD 'dacs', or UDA.MIC.ENABLED False")
+    if cfg.UDA.MIC.ENABLED and method not in MIC_METHODS:
+        p.add("UDA.MIC.ENABLED", f"needs a method with target pseudo-labels (MIC trains on a teacher's pseudo-labels: "
+              f"DACS's, or its own EMA teacher's with {' / '.join(MIC_WITH_OWN_TEACHER)}), and the method is "
+              f"{method!r}", f"set UDA.METHOD to one of {MIC_METHODS} (and UDA.ENABLED True), or "
+              f"UDA.MIC.ENABLED False")
     if cfg.UDA.FD.ALL_SCALES and len(cfg.MODEL.HRDA.SCALES) != 2:
         p.add("UDA.FD.ALL_SCALES", "the feature distance on every scale needs the two HRDA scales",
               "set MODEL.HRDA.SCALES [1.0, 0.5], or UDA.FD.ALL_SCALES False")

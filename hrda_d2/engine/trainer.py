@@ -26,12 +26,19 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import AtomicDetectionCheckpointer, load_model_weights
-from ..config import validate_config
+from ..config import SELF_TRAINING, uda_method, validate_config
 from ..data.build import build_test_loader, build_train_loader
 from ..data.datasets.cityscapes_classes import SYNTHIA_MIOU16_CLASSES
 from ..evaluation import OfficialCityscapesSemSegEvaluator, SemSegMIoUEvaluator, SemSegPredictionWriter
 from ..solver import build_lr_scheduler, build_optimizer
-from ..uda import FCDiscriminator, UDAStepTrainer, build_uda_step, uses_discriminator, uses_teacher
+from ..uda import (
+    FCDiscriminator,
+    UDAStepTrainer,
+    build_uda_step,
+    uses_discriminator,
+    uses_imnet_model,
+    uses_teacher,
+)
 from ..uda.advseg_step import build_discriminator_optimizer
 from ..utils.file_io import atomic_write_text, remove_stale_partial_files
 from ..utils.rng import preserve_rng_states
@@ -70,8 +77,7 @@ class HRDATrainer(DefaultTrainer):
         self.cfg = cfg
         student = self.build_model(cfg)
         self.teacher = self.build_model(cfg, log=False) if uses_teacher(cfg) else None
-        self.imnet_model = (self.build_model(cfg, log=False)
-                            if self.teacher is not None and cfg.UDA.FD.LAMBDA > 0 else None)
+        self.imnet_model = self.build_model(cfg, log=False) if uses_imnet_model(cfg) else None
         self.discriminator = self.build_discriminator(cfg, student.device) if uses_discriminator(cfg) else None
         optimizer = self.build_optimizer(cfg, student, self.discriminator)
         data_loader = self.build_train_loader(cfg)
@@ -152,7 +158,7 @@ class HRDATrainer(DefaultTrainer):
             for hook in ret:
                 if isinstance(hook, hooks.PeriodicCheckpointer):
                     hook.max_to_keep = self.cfg.SOLVER.CHECKPOINT_MAX_KEEP
-        if uses_teacher(self.cfg) and self.cfg.UDA.DEBUG_IMG_INTERVAL > 0 and comm.is_main_process():
+        if uda_method(self.cfg) == SELF_TRAINING and self.cfg.UDA.DEBUG_IMG_INTERVAL > 0 and comm.is_main_process():
             colors = MetadataCatalog.get(self.cfg.DATASETS.SOURCE[0]).get("stuff_colors")
             position = next(i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter))
             ret.insert(position, DebugImageHook(self.cfg.OUTPUT_DIR, colors))

@@ -17,7 +17,7 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
-from ..config import add_hrda_config
+from ..config import MIC_METHODS, SELF_TRAINING, add_hrda_config
 from ..solver import build_optimizer
 
 __all__ = ["KNOWN_GAPS", "has_key", "missing_support"]
@@ -94,8 +94,7 @@ def missing_support(overrides: Mapping[str, Any]) -> List[str]:
             problem = _optimizer_problem(overrides)
         if problem is not None:
             problems.append(f"needs {key} {value!r} ({gap or problem})")
-    method = overrides.get("UDA.METHOD", "dacs")
-    if overrides.get("UDA.MIC.ENABLED") and method != "dacs":  # MIC's Table 1 on AdvSeg / MinEnt
-        problems.append(f"needs MIC on UDA.METHOD {method!r} (here MIC trains on the DACS teacher's pseudo-labels; "
-                        f"MIC with other UDA methods is not implemented)")
+    method = overrides.get("UDA.METHOD", SELF_TRAINING)
+    if overrides.get("UDA.MIC.ENABLED") and method not in MIC_METHODS:
+        problems.append(f"needs MIC on UDA.METHOD {method!r} (MIC extends {', '.join(MIC_METHODS)} only)")
     return problems

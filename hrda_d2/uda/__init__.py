@@ -10,12 +10,13 @@
   :mod:`.class_mix` (steps 7 and 8); MIC after step 9: :mod:`.masking` (block masking, §17.3) and
   :mod:`.masked_consistency` (the masked image consistency loss, §17);
 * :mod:`.advseg_step` (AdvSeg, with :mod:`.discriminator`), :mod:`.minent_step` (MinEnt), sharing
-  :mod:`.output_space`; :mod:`.supervised_step` (the target-only oracle).
+  :mod:`.output_space`, and with MIC its own EMA teacher (:mod:`.masked_consistency_teacher`, §17.6);
+  :mod:`.supervised_step` (the target-only oracle).
 
 The workflow around it (models, optimizer, schedule, checkpoints, evaluation, hooks) is :mod:`hrda_d2.engine`.
 """
 from .advseg_step import AdvSegStepTrainer
-from .build import build_uda_step, uses_discriminator, uses_teacher
+from .build import build_uda_step, uses_discriminator, uses_imnet_model, uses_teacher
 from .dacs_step import DACSStepTrainer, amp_dtype_from_config
 from .discriminator import FCDiscriminator
 from .masked_consistency import MIC_MODES, MaskedBatch, MaskedImageConsistency, build_masked_batch
@@ -42,5 +43,6 @@ __all__ = [
     "build_uda_step",
     "mask_images",
     "uses_discriminator",
+    "uses_imnet_model",
     "uses_teacher",
 ]

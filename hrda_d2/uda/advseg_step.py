@@ -14,7 +14,11 @@ The iteration, in the original's order (``AdvSeg.train_step`` / ``forward_train`
    module, so SGD with its schedule, momentum and weight decay also moves the discriminator, §18.4), then the
    discriminator's Adam step.
 
-Random draws: the source detail crop, then the target detail crop (NumPy), as in the original.
+With MIC (``UDA.MIC.ENABLED``, docs/method.md §17.6): MIC's own EMA teacher is updated after step 1 (stage
+``ema``), and the masked pass (stage ``masked``, ``loss_masked_*``, :mod:`.masked_consistency_teacher`) follows the
+generator's target pass, before the discriminator, as in the original.
+
+Random draws: the source detail crop, then the target detail crop (NumPy), then MIC's, as in the original.
 
 DDP: the student and the discriminator are each ``DistributedDataParallel``; the student's source pass runs under
 ``no_sync`` and its target pass all-reduces; the generator loss uses the discriminator module itself (its
@@ -27,14 +31,19 @@ is part of this step's state (``discriminator_optimizer``), so ``--resume`` cont
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, Optional
 
 import torch
 from detectron2.config import configurable
 from torch import nn
 
+from .masked_consistency_teacher import (
+    MaskedConsistencyStepTrainer,
+    MaskedConsistencyWithTeacher,
+    masked_consistency_with_teacher,
+)
 from .output_space import SOURCE_DOMAIN_LABEL, TARGET_DOMAIN_LABEL, adaptation_logits, gan_loss
-from .step_base import UDAStepTrainer, step_config, synchronised_unless, unwrap_model
+from .step_base import step_config, synchronised_unless, unwrap_model
 
 __all__ = ["AdvSegStepTrainer", "build_discriminator_optimizer", "discriminator_lr"]
 
@@ -44,13 +53,14 @@ def discriminator_lr(iteration: int, max_iter: int, base_lr: float, power: float
     return (base_lr - min_lr) * (1 - iteration / max_iter) ** power + min_lr
 
 
-class AdvSegStepTrainer(UDAStepTrainer):
+class AdvSegStepTrainer(MaskedConsistencyStepTrainer):
     """One AdvSeg iteration (module docstring) on :class:`UDAStepTrainer`.
 
     Args:
         model, data_loader, optimizer, max_iter, step_options: as :class:`UDAStepTrainer`; ``data_loader`` yields
             ``(source_batch, target_batch)``; ``optimizer`` covers the student and the discriminator; ``max_iter``
             also ends the discriminator's poly schedule.
+        mic: MIC with its own teacher (``UDA.MIC.ENABLED``), or None.
         discriminator: the :class:`~.discriminator.FCDiscriminator`, possibly wrapped in DDP.
         discriminator_optimizer: its Adam (one param group).
         lambda_adv: ``UDA.ADVSEG.LAMBDA_ADV``. gan_loss_kind: ``UDA.ADVSEG.GAN_LOSS``.
@@ -74,9 +84,10 @@ class AdvSegStepTrainer(UDAStepTrainer):
         discriminator_lr_power: float = 0.9,
         discriminator_lr_min: float = 0.0,
         max_iter: int = 40000,
+        mic: Optional[MaskedConsistencyWithTeacher] = None,
         **step_options: Any,
     ) -> None:
-        super().__init__(model, data_loader, optimizer, max_iter=max_iter, **step_options)
+        super().__init__(model, data_loader, optimizer, mic=mic, max_iter=max_iter, **step_options)
         if len(discriminator_optimizer.param_groups) != 1:
             raise ValueError("AdvSegStepTrainer: the discriminator optimizer must have one param group")
         self.discriminator = discriminator
@@ -89,13 +100,15 @@ class AdvSegStepTrainer(UDAStepTrainer):
 
     @classmethod
     def from_config(cls, cfg, model: nn.Module, data_loader, optimizer: torch.optim.Optimizer, *,
-                    discriminator: nn.Module, discriminator_optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
+                    discriminator: nn.Module, discriminator_optimizer: torch.optim.Optimizer,
+                    teacher: Optional[nn.Module] = None) -> Dict[str, Any]:
         adv = cfg.UDA.ADVSEG
         return {
             "model": model, "data_loader": data_loader, "optimizer": optimizer, "discriminator": discriminator,
             "discriminator_optimizer": discriminator_optimizer, "lambda_adv": adv.LAMBDA_ADV,
             "gan_loss_kind": adv.GAN_LOSS, "discriminator_lr": adv.LR, "discriminator_lr_power": adv.LR_POWER,
-            "discriminator_lr_min": adv.LR_MIN, **step_config(cfg, model),
+            "discriminator_lr_min": adv.LR_MIN, "mic": masked_consistency_with_teacher(cfg, teacher),
+            **step_config(cfg, model),
         }
 
     # ------------------------------------------------------------------------------------------------------
@@ -116,21 +129,29 @@ class AdvSegStepTrainer(UDAStepTrainer):
         self.discriminator_optimizer.zero_grad(set_to_none=True)
         self.discriminator_optimizer.param_groups[0]["lr"] = discriminator_lr(  # step 1
             self.iter, self.max_iter, self.discriminator_lr, self.discriminator_lr_power, self.discriminator_lr_min)
+        scalars: Dict[str, Any] = {}
+        self.update_mic_teacher(scalars)  # MIC's teacher first (docs/method.md §17.6)
 
         with self.stage("source"), self.gradient_sync(last=False):
             source = self.labelled_forward(source_batch, "src_")  # step 2
             self.check_finite(source.losses)
             self.backward(sum(source.losses.values()))
         losses = dict(source.losses)
+        scalars.update(source.metrics)
         source_prediction = adaptation_logits(self.student, source.outputs.logits, source.images.shape[-2:])
 
-        with self.stage("target"), self.gradient_sync(last=True):
+        with self.stage("target"), self.gradient_sync(last=self.mic is None):
             target = self.unlabelled_forward(target_batch)  # step 3
             target_prediction = adaptation_logits(self.student, target.logits, source.images.shape[-2:])
             adversarial = {"loss_adv_trg": self.generator_loss(target_prediction)}
             self.check_finite(adversarial)
             self.backward(adversarial["loss_adv_trg"])
         losses.update(adversarial)
+
+        if self.mic is not None:  # MIC after the generator's target pass (docs/method.md §17.6)
+            masked = self.masked_consistency_pass(source, target_batch)  # forward + backward
+            losses.update(masked.losses)
+            scalars.update(masked.metrics)
 
         with self.stage("discriminator"):  # step 4
             with self.discriminator_sync(last=False):
@@ -144,7 +165,7 @@ class AdvSegStepTrainer(UDAStepTrainer):
         losses.update({k: v.detach() for k, v in disc.items()})
 
         self.after_backward()
-        self.write_step_metrics(losses, source.metrics, step.data_time)
+        self.write_step_metrics(losses, scalars, step.data_time)
         with self.stage("optimizer"):  # step 5
             if self.gradients_are_finite(losses):
                 self.optimizer_step()

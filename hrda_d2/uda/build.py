@@ -5,8 +5,8 @@ method             step                                  models besides the stud
 =================  ====================================  =======================================================
 ``dacs``           :class:`.dacs_step.DACSStepTrainer`   EMA teacher, frozen ImageNet model (``UDA.FD.LAMBDA``)
 ``source_only``    :class:`.dacs_step.DACSStepTrainer`   none (the DACS step without a teacher)
-``advseg``         :class:`.advseg_step.AdvSegStepTrainer`  discriminator (+ its Adam)
-``minent``         :class:`.minent_step.MinEntStepTrainer`  none
+``advseg``         :class:`.advseg_step.AdvSegStepTrainer`  discriminator (+ its Adam); with MIC: MIC's EMA teacher
+``minent``         :class:`.minent_step.MinEntStepTrainer`  none; with MIC: MIC's EMA teacher
 ``target_only``    :class:`.supervised_step.SupervisedStepTrainer`  none
 =================  ====================================  =======================================================
 """
@@ -15,19 +15,25 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..config import uda_method
+from ..config import MIC_WITH_OWN_TEACHER, SELF_TRAINING, uda_method
 from .advseg_step import AdvSegStepTrainer
 from .dacs_step import DACSStepTrainer
 from .minent_step import MinEntStepTrainer
 from .step_base import UDAStepTrainer
 from .supervised_step import SupervisedStepTrainer
 
-__all__ = ["build_uda_step", "uses_discriminator", "uses_teacher"]
+__all__ = ["build_uda_step", "uses_discriminator", "uses_imnet_model", "uses_teacher"]
 
 
 def uses_teacher(cfg) -> bool:
-    """Whether the method trains with an EMA teacher (and a frozen ImageNet model for the feature distance)."""
-    return uda_method(cfg) == "dacs"
+    """Whether the method trains with an EMA teacher: DACS's, or MIC's own on AdvSeg / MinEnt."""
+    method = uda_method(cfg)
+    return method == SELF_TRAINING or (method in MIC_WITH_OWN_TEACHER and bool(cfg.UDA.MIC.ENABLED))
+
+
+def uses_imnet_model(cfg) -> bool:
+    """Whether the method compares features with a frozen ImageNet model (DACS with ``UDA.FD.LAMBDA > 0``)."""
+    return uda_method(cfg) == SELF_TRAINING and cfg.UDA.FD.LAMBDA > 0
 
 
 def uses_discriminator(cfg) -> bool:
@@ -46,7 +52,8 @@ def build_uda_step(cfg, model: nn.Module, data_loader, optimizer: torch.optim.Op
                                imnet_model=imnet_model)
     if method == "advseg":
         return AdvSegStepTrainer(cfg, model=model, data_loader=data_loader, optimizer=optimizer,
-                                 discriminator=discriminator, discriminator_optimizer=discriminator_optimizer)
+                                 discriminator=discriminator, discriminator_optimizer=discriminator_optimizer,
+                                 teacher=teacher)
     if method == "minent":
-        return MinEntStepTrainer(cfg, model=model, data_loader=data_loader, optimizer=optimizer)
+        return MinEntStepTrainer(cfg, model=model, data_loader=data_loader, optimizer=optimizer, teacher=teacher)
     return SupervisedStepTrainer(cfg, model=model, data_loader=data_loader, optimizer=optimizer)

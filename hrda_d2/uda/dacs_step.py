@@ -52,18 +52,11 @@ from torch import nn
 from ..config import SELF_TRAINING, uda_method
 from ..modeling.meta_arch.crop_utils import crop
 from .class_mix import class_mix_batch, class_mix_masks
-from .ema import ema_update_, set_pseudo_label_mode
+from .ema import ema_update_
 from .feature_distance import imnet_feature_distance_loss
 from .masked_consistency import MaskedBatch, MaskedImageConsistency
-from .pseudo_labels import pseudo_labels_from_logits
-from .step_base import (
-    UDAStepTrainer,
-    amp_dtype_from_config,
-    prefixed_losses,
-    stack_field,
-    stack_images,
-    step_config,
-)
+from .pseudo_labels import PseudoLabels, predict_pseudo_labels
+from .step_base import StudentLosses, UDAStepTrainer, amp_dtype_from_config, prefixed_losses, step_config
 from .strong_augmentation import StrongAugmentation, StrongAugmentationDraws
 
 __all__ = [
@@ -79,15 +72,6 @@ __all__ = [
 
 
 DACSStepVisuals = Dict[str, torch.Tensor]
-
-
-@dataclass
-class StudentLosses:
-    """One student training forward: ``losses`` (prefixed loss terms, 0-dim tensors with their graph) and
-    ``metrics`` (prefixed pixel accuracies, detached 0-dim tensors)."""
-
-    losses: Dict[str, torch.Tensor]
-    metrics: Dict[str, torch.Tensor]
 
 
 @dataclass
@@ -114,24 +98,6 @@ class FeatureDistance:
 
     loss: torch.Tensor
     num_cells: int
-
-
-@dataclass
-class PseudoLabels:
-    """The teacher's pseudo-labels (step 6) on the target batch.
-
-    target_images: ``N x 3 x H x W`` normalised. label: ``N x H x W`` int64. weight: ``N x H x W`` float32, the
-    confident fraction (one scalar, docs/method.md §15 Q4) after the margin mask.
-    """
-
-    target_images: torch.Tensor
-    label: torch.Tensor
-    weight: torch.Tensor
-
-    @property
-    def confident_fraction(self) -> torch.Tensor:
-        """The weight wherever the margin mask is 1 (0-dim, on the device)."""
-        return self.weight.max()
 
 
 @dataclass
@@ -369,16 +335,9 @@ class DACSStepTrainer(UDAStepTrainer):
     def pseudo_labels(self, target_batch: List[Dict[str, Any]]) -> PseudoLabels:
         """Step 6: the teacher (pseudo-label mode: no dropout / drop-path, train-mode BN) on the target batch,
         HR slide inference, thresholded confidence weight times the margin mask (``valid_pseudo_mask``)."""
-        device = self.student.device
-        target_images = self.student.normalize(stack_images(target_batch, device))
-        valid_mask = (stack_field(target_batch, "valid_pseudo_mask", device)
-                      if "valid_pseudo_mask" in target_batch[0] else None)
-        set_pseudo_label_mode(self.teacher)
-        with torch.no_grad(), self.autocast():
-            teacher_logits = self.teacher.generate_pseudo_label(target_images)
-        label, weight = pseudo_labels_from_logits(
-            teacher_logits, self.pseudo_threshold, self.pseudo_ignore_top, self.pseudo_ignore_bottom, valid_mask)
-        return PseudoLabels(target_images, label, weight)
+        target_images, valid_mask = self.target_images(target_batch)
+        return predict_pseudo_labels(self.teacher, target_images, self.pseudo_threshold, self.pseudo_ignore_top,
+                                     self.pseudo_ignore_bottom, valid_mask, self.autocast())
 
     def mix(self, masks: torch.Tensor, source: SourceOutputs, pseudo: PseudoLabels,
             draws: StrongAugmentationDraws) -> MixedBatch:

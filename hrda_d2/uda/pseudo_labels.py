@@ -1,12 +1,35 @@
-"""Pseudo-labels and their pixel weights from the teacher's logits (DACS step 6).
+"""Pseudo-labels and their pixel weights from an EMA teacher (DACS step 6; MIC's own teacher, §17.6).
 
-Source: docs/method.md §7.2 step 6, §15 Q4.
+Source: docs/method.md §7.2 step 6, §15 Q3, §15 Q4.
 """
-from typing import Optional, Tuple
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import ContextManager, Optional, Tuple
 
 import torch
+from torch import nn
 
-__all__ = ["pseudo_labels_from_logits"]
+from .ema import set_pseudo_label_mode
+
+__all__ = ["PseudoLabels", "predict_pseudo_labels", "pseudo_labels_from_logits"]
+
+
+@dataclass
+class PseudoLabels:
+    """A teacher's pseudo-labels on a target batch.
+
+    target_images: ``N x 3 x H x W`` normalised. label: ``N x H x W`` int64. weight: ``N x H x W`` float32, the
+    confident fraction (one scalar, docs/method.md §15 Q4) after the margin mask.
+    """
+
+    target_images: torch.Tensor
+    label: torch.Tensor
+    weight: torch.Tensor
+
+    @property
+    def confident_fraction(self) -> torch.Tensor:
+        """The weight wherever the margin mask is 1 (0-dim, on the device)."""
+        return self.weight.max()
 
 
 def pseudo_labels_from_logits(
@@ -68,3 +91,26 @@ def pseudo_labels_from_logits(
             )
         pseudo_weight = pseudo_weight * valid_pseudo_mask.to(pseudo_weight)
     return pseudo_label, pseudo_weight
+
+
+def predict_pseudo_labels(
+    teacher: nn.Module,
+    target_images: torch.Tensor,
+    threshold: float,
+    ignore_top: int = 0,
+    ignore_bottom: int = 0,
+    valid_pseudo_mask: Optional[torch.Tensor] = None,
+    autocast: Optional[ContextManager] = None,
+) -> PseudoLabels:
+    """The teacher's pseudo-labels on ``N x 3 x H x W`` normalised ``target_images`` (docs/method.md §7.2 step 6).
+
+    The teacher is put in pseudo-label mode (:func:`~.ema.set_pseudo_label_mode`: no dropout / drop-path,
+    train-mode BatchNorm), predicts without gradient under ``autocast`` (a context manager; None = float32) with
+    its ``generate_pseudo_label`` (HRDA: HR slide inference), and :func:`pseudo_labels_from_logits` gives the
+    labels and the weights (``threshold``, ``ignore_top`` / ``ignore_bottom``, ``valid_pseudo_mask`` as there).
+    """
+    set_pseudo_label_mode(teacher)
+    with torch.no_grad(), (autocast if autocast is not None else nullcontext()):
+        teacher_logits = teacher.generate_pseudo_label(target_images)
+    label, weight = pseudo_labels_from_logits(teacher_logits, threshold, ignore_top, ignore_bottom, valid_pseudo_mask)
+    return PseudoLabels(target_images, label, weight)

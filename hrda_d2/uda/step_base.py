@@ -25,7 +25,7 @@ import logging
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Mapping, Optional, Protocol, Sequence
+from typing import Any, Dict, Iterator, Mapping, Optional, Protocol, Sequence, Tuple
 
 import torch
 from detectron2.engine import SimpleTrainer
@@ -36,7 +36,7 @@ from ..utils.rng import gather_rng_states, rank_rng_states, set_rng_states
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LabelledForward", "StageListener", "StepInput", "UDAStepTrainer", "amp_dtype_from_config",
+__all__ = ["LabelledForward", "StageListener", "StepInput", "StudentLosses", "UDAStepTrainer", "amp_dtype_from_config",
            "prefixed_losses", "stack_field", "stack_images", "step_config", "synchronised_unless", "unwrap_model"]
 
 
@@ -47,6 +47,15 @@ class StageListener(Protocol):
     def stage_started(self, name: str) -> None: ...
 
     def stage_finished(self, name: str) -> None: ...
+
+
+@dataclass
+class StudentLosses:
+    """One student training forward: ``losses`` (prefixed loss terms, 0-dim tensors with their graph) and
+    ``metrics`` (prefixed pixel accuracies, detached 0-dim tensors)."""
+
+    losses: Dict[str, torch.Tensor]
+    metrics: Dict[str, torch.Tensor]
 
 
 @dataclass
@@ -196,6 +205,15 @@ class UDAStepTrainer(SimpleTrainer):
             raw, outputs = self.model(images=images, sem_seg=labels, return_outputs=True)
         return LabelledForward(prefixed_losses(raw, prefix), {f"{prefix}{k}": v for k, v in outputs.metrics.items()},
                                images, labels, outputs)
+
+    def target_images(self, batch: Sequence[Mapping[str, Any]]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The normalised ``N x 3 x H x W`` images of a target batch and its pseudo-label margin masks
+        (``N x H x W``, ``valid_pseudo_mask`` of the mapper; None when the mapper gives none)."""
+        student = self.student
+        images = student.normalize(stack_images(batch, student.device))
+        valid_mask = (stack_field(batch, "valid_pseudo_mask", student.device)
+                      if "valid_pseudo_mask" in batch[0] else None)
+        return images, valid_mask
 
     def unlabelled_forward(self, batch: Sequence[Mapping[str, Any]]) -> Any:
         """The student's label-free training forward (the same random detail crop rule) on a batch of mapper

@@ -62,8 +62,10 @@ def test_the_defaults_and_every_shipped_config_pass():
     (["SOLVER.METRICS_PERIOD", "0"], r"SOLVER\.METRICS_PERIOD=0: must be in \[1, inf\)"),
     # combinations
     (["MODEL.HRDA.HR_LOSS_WEIGHT", "0.7", "MODEL.HRDA.LR_LOSS_WEIGHT", "0.5"], r"= 1\.2 > 1"),
-    (["UDA.ENABLED", "False", "UDA.MIC.ENABLED", "True"], r"UDA\.MIC\.ENABLED=True: needs self-training.*set "
-                                                          r"UDA\.ENABLED True"),
+    (["UDA.ENABLED", "False", "UDA.MIC.ENABLED", "True"], r"UDA\.MIC\.ENABLED=True: needs a method with target "
+                                                          r"pseudo-labels.*'source_only'.*set UDA\.METHOD"),
+    (["UDA.METHOD", "target_only", "UDA.MIC.ENABLED", "True"], r"UDA\.MIC\.ENABLED=True: needs a method with target "
+                                                               r"pseudo-labels.*'target_only'"),
     (["UDA.MIX", "cut"], r"UDA\.MIX='cut': is not a mixing"),
     # Detectron2 keys hrda_d2 does not read
     (["INPUT.CROP.SIZE", "[256, 256]"], r"INPUT\.CROP\.SIZE=\[256, 256\]: is a Detectron2 key that hrda_d2 does not "

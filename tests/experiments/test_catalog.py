@@ -11,6 +11,7 @@ from detectron2.config import get_cfg
 from hrda_d2 import add_hrda_config, load_config
 from hrda_d2.experiments import EXPERIMENT_IDS, generate_experiment
 from hrda_d2.experiments.generate import CONFIG_DIR
+from hrda_d2.experiments.requirements import missing_support
 from tests.helpers.paths import REPO_ROOT
 
 FIXTURE = REPO_ROOT / "tests" / "fixtures" / "experiments" / "original_runs.json"
@@ -171,20 +172,25 @@ def test_generated_files_load_and_start_from_a_paper_config(generated, exp):
             CONFIG_DIR, gen.run.config.base)
 
 
-def test_blocked_runs_name_what_they_need(generated):
-    """Every row of the HRDA experiments is supported (Table 2 on DeepLabV2, the target-only oracle, the FD on all
-    scales); only MIC on AdvSeg / MinEnt (MIC's Table 1) is not implemented and says so."""
-    def needs(exp):
-        return {g.run.config.label: g.problems for g in generated[exp] if g.blocked}
-
-    for exp in ("40", "41", "42", "43", "44", "49", "mic80", "dinov2"):
-        assert not needs(exp), (exp, needs(exp))
-    blocked = needs("mic81")
-    assert blocked and all(any("needs MIC on UDA.METHOD" in line and "not implemented" in line for line in p)
-                           for p in blocked.values())
-    assert all(g.run.config.overrides.get("UDA.METHOD") in ("advseg", "minent")
-               for g in generated["mic81"] if g.blocked)
-    assert any(not g.blocked for g in generated["mic81"])
+def test_no_run_is_blocked_and_gaps_are_named(generated):
+    """Every row of the paper experiments is supported (Table 2 on DeepLabV2, the target-only oracle, the FD on all
+    scales, MIC's Table 1 with MIC on AdvSeg / MinEnt); a run needing what this checkout lacks would say so."""
+    for exp in EXPERIMENT_IDS:
+        blocked = {g.run.config.label: g.problems for g in generated[exp] if g.blocked}
+        assert not blocked, (exp, blocked)
+    mic_methods = {g.run.config.overrides.get("UDA.METHOD", "dacs") for g in generated["mic81"]}
+    assert {"advseg", "minent"} <= mic_methods
+    for gen in generated["mic81"]:
+        cfg = load_config(gen.config_file)
+        assert cfg.UDA.MIC.ENABLED and cfg.UDA.MIC.MODE == "separatetrgaug" and cfg.UDA.MIC.MASK_RATIO == 0.7
+        if cfg.UDA.METHOD in ("advseg", "minent"):  # MIC's own teacher: the AdvSeg / MinEnt configs' alpha, threshold
+            assert (cfg.UDA.ALPHA, cfg.UDA.PSEUDO_THRESHOLD, cfg.UDA.MIC.BLOCK_SIZE) == (0.999, 0.968, 32)
+            assert cfg.UDA.PSEUDO_WEIGHT_IGNORE_TOP == cfg.UDA.PSEUDO_WEIGHT_IGNORE_BOTTOM == 0
+            assert list(cfg.INPUT.TARGET.PSEUDO_MARGINS) == []
+    assert missing_support({"UDA.METHOD": "target_only", "UDA.MIC.ENABLED": True}) == [
+        "needs MIC on UDA.METHOD 'target_only' (MIC extends dacs, advseg, minent only)"]
+    assert missing_support({"MODEL.HRDA.NO_SUCH_KEY": 1}) == [
+        "needs key MODEL.HRDA.NO_SUCH_KEY (not in hrda_d2.config.add_hrda_config; value 1)"]
     all_scales = [g.run.config.label for g in generated["44"] if g.run.config.overrides.get("UDA.FD.ALL_SCALES")]
     assert sorted(set(all_scales)) == ["LR0.5+HR0.5", "s_c 1.33 (context scale 0.75)", "s_c 4 (context scale 0.25)"]
 
