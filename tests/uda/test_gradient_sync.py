@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hrda_d2.benchmark.ddp import AllReduceCounter, BackwardCounter
 from hrda_d2.uda import DACSStepTrainer
+from tests.helpers.step_inputs import RecordStages, synthetic_pairs
 from tests.helpers.tiny_configs import small_input_hrda_cfg
 
 SETTINGS = {  # name -> config overrides
@@ -27,26 +28,6 @@ SETTINGS = {  # name -> config overrides
     "mic": {"UDA.MIC.ENABLED": True, "UDA.MIC.BLOCK_SIZE": 16},
 }
 MIC_STAGES = ["ema", "source", "pseudo_labels", "mix", "mixed", "masked", "optimizer"]
-
-
-def synthetic_pairs(generator):
-    """The same (source, target) pair of 128 x 128 mapper dicts forever."""
-    labels = (torch.arange(128)[:, None] // 32 + 3 * (torch.arange(128)[None] // 32)) % 19
-    source = [{"image": torch.rand(3, 128, 128, generator=generator) * 255, "sem_seg": labels.long()}]
-    target = [{"image": torch.rand(3, 128, 128, generator=generator) * 255}]
-    while True:
-        yield source, target
-
-
-class RecordStages:
-    def __init__(self):
-        self.events = []
-
-    def stage_started(self, name):
-        self.events.append(("started", name))
-
-    def stage_finished(self, name):
-        self.events.append(("finished", name))
 
 
 def run_one_step(setting, ddp, listener=None, profile=False):
