@@ -8,3 +8,4 @@ TOOLS_DIR = REPO_ROOT / "tools"
 REFERENCE_DIR = REPO_ROOT / "tests" / "fixtures" / "hrda_reference"
 # outputs of the original implementation for the paper's Table 2 components (DeepLabV2, AdvSeg, MinEnt, ...)
 DLV2_REFERENCE_DIR = REPO_ROOT / "tests" / "fixtures" / "dlv2_reference"
+MIC_TEACHER_REFERENCE_DIR = REPO_ROOT / "tests" / "fixtures" / "mic_teacher_reference"
