@@ -6,9 +6,11 @@ from typing import Dict
 
 import numpy as np
 import pytest
+import torch
 from detectron2.config import get_cfg
 
 from hrda_d2 import add_hrda_config
+from hrda_d2.checkpoint.resnet_conversion import resnet_v1c_key
 from tests.fixtures.dlv2_reference import make_original_files as mof
 from tests.helpers.paths import DLV2_REFERENCE_DIR, TOOLS_DIR
 from tests.helpers.scripts import import_script
@@ -34,6 +36,25 @@ def dlv2_cfg(hrda: bool, **overrides):
             node = node[name]
         node[leaf] = value
     return cfg
+
+
+def our_name(original: str) -> str:
+    """The fixture's parameter names (``backbone.*``, ``decode_head.*``, ``D.*``) -> names in our step."""
+    if original.startswith("backbone."):
+        return "student.backbone." + resnet_v1c_key(original[len("backbone."):])
+    if original.startswith("decode_head."):
+        return "student.sem_seg_head." + original[len("decode_head."):].replace(".conv.", ".")
+    return "discriminator." + original[len("D."):]
+
+
+def batches(io, hrda: bool):
+    step = 1 if hrda else 2  # plain steps use 128 x 128 inputs, exact subsampling (README)
+    source = [{"image": torch.from_numpy(np.ascontiguousarray(img[::step, ::step])).permute(2, 0, 1),
+               "sem_seg": torch.from_numpy(np.ascontiguousarray(lbl[::step, ::step])).long()}
+              for img, lbl in zip(io["train_image_rgb_uint8"], io["train_label"])]
+    target = [{"image": torch.from_numpy(np.ascontiguousarray(img[::step, ::step])).permute(2, 0, 1)}
+              for img in io["target_image_rgb_uint8"]]
+    return source, target
 
 
 @pytest.fixture(scope="session")

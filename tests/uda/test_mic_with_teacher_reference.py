@@ -28,9 +28,8 @@ from hrda_d2.checkpoint import load_model_weights
 from hrda_d2.solver import build_optimizer
 from hrda_d2.uda import AdvSegStepTrainer, FCDiscriminator, MinEntStepTrainer
 from hrda_d2.uda.advseg_step import build_discriminator_optimizer
-from tests.helpers.dlv2_reference import dlv2_cfg
+from tests.helpers.dlv2_reference import batches, dlv2_cfg, our_name
 from tests.helpers.paths import MIC_TEACHER_REFERENCE_DIR
-from tests.uda.test_output_space_reference import batches, our_name
 
 LOSS_TOL = 1e-4
 # iteration -> (masked loss rel, gradient norm rel, sampled-gradient cosine, parameter after the step: x |update|)

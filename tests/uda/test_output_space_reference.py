@@ -12,12 +12,11 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from hrda_d2.checkpoint import load_model_weights
-from hrda_d2.checkpoint.resnet_conversion import resnet_v1c_key
 from hrda_d2.modeling.meta_arch import hrda as hrda_module
 from hrda_d2.solver import build_optimizer
 from hrda_d2.uda import AdvSegStepTrainer, FCDiscriminator, MinEntStepTrainer
 from hrda_d2.uda.advseg_step import build_discriminator_optimizer
-from tests.helpers.dlv2_reference import dlv2_cfg
+from tests.helpers.dlv2_reference import batches, dlv2_cfg, our_name
 
 LOSS_TOL = 1e-4
 GRAD_NORM_TOL = 1e-3
@@ -25,25 +24,6 @@ SOURCE_BOX, TARGET_BOX = (40, 168, 72, 200), (128, 256, 0, 128)  # the fixture's
 TERMS = {"loss_src_sem_seg": "decode.loss_seg", "loss_src_sem_seg_hr": "decode.hr.loss_seg",
          "loss_adv_trg": "G_trg.loss.main", "loss_disc_src": "D_src.loss.main", "loss_disc_trg": "D_trg.loss.main",
          "loss_ent_trg": "ent.loss.main"}
-
-
-def our_name(original: str) -> str:
-    """The fixture's parameter names (``backbone.*``, ``decode_head.*``, ``D.*``) -> names in our step."""
-    if original.startswith("backbone."):
-        return "student.backbone." + resnet_v1c_key(original[len("backbone."):])
-    if original.startswith("decode_head."):
-        return "student.sem_seg_head." + original[len("decode_head."):].replace(".conv.", ".")
-    return "discriminator." + original[len("D."):]
-
-
-def batches(io, hrda: bool):
-    step = 1 if hrda else 2  # plain steps use 128 x 128 inputs, exact subsampling (README)
-    source = [{"image": torch.from_numpy(np.ascontiguousarray(img[::step, ::step])).permute(2, 0, 1),
-               "sem_seg": torch.from_numpy(np.ascontiguousarray(lbl[::step, ::step])).long()}
-              for img, lbl in zip(io["train_image_rgb_uint8"], io["train_label"])]
-    target = [{"image": torch.from_numpy(np.ascontiguousarray(img[::step, ::step])).permute(2, 0, 1)}
-              for img in io["target_image_rgb_uint8"]]
-    return source, target
 
 
 def run_step(method, hrda, iteration, dlv2_originals, dlv2_converted, io, ref, monkeypatch):
