@@ -4,7 +4,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, TextIO
 
 from .catalog import EXPERIMENT_IDS
 from .collect import collect_experiment
@@ -127,8 +127,11 @@ def _launch(args, exps: Sequence[str], generated: Dict[str, List[GeneratedRun]])
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None) -> int:
+    """The tool: generate, then list (to ``stdout``, default ``sys.stdout``), launch and / or collect; returns the
+    exit status."""
     args = parser().parse_args(argv)
+    stdout = sys.stdout if stdout is None else stdout
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s %(levelname)s: %(message)s",
                         datefmt="%m/%d %H:%M:%S")
     if args.collect and args.startup_test:
@@ -149,7 +152,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit(f"tools/experiments.py: {e}") from None
     for exp in exps:
         if args.list:
-            print(list_experiment(exp, cache[exp], args.gpu_memory))
+            stdout.write(list_experiment(exp, cache[exp], args.gpu_memory) + "\n")
         else:
             for g in cache[exp]:
                 if g.blocked:
@@ -159,9 +162,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         status = _launch(args, exps, {e: cache[e] for e in exps})
     if args.collect:
         results_dir = args.results_dir or os.path.join(args.work_dir, *(["tiny"] if args.tiny else []), "results")
-        for exp in exps:
-            report = collect_experiment(exp, cache[exp], results_dir, generated)
-            print(f"experiment {exp}: {report.finished}/{report.total} runs finished -> {report.files[0]}")
+        for exp in exps:  # collect_experiment logs what it found and where it wrote
+            collect_experiment(exp, cache[exp], results_dir, generated)
     return status
 
 

@@ -21,7 +21,7 @@ generator's target pass, before the discriminator, as in the original.
 Random draws: the source detail crop, then the target detail crop (NumPy), then MIC's, as in the original.
 
 DDP: the student and the discriminator are each ``DistributedDataParallel``; the student's source pass runs under
-``no_sync`` and its target pass all-reduces; the generator loss uses the discriminator module itself (its
+``no_sync`` and its target pass all-reduces (with MIC: also under ``no_sync``, the masked pass all-reduces); the generator loss uses the discriminator module itself (its
 parameters frozen, no DDP bookkeeping), the source discriminator pass runs under the discriminator's ``no_sync``,
 the target one all-reduces: one gradient all-reduce per model and iteration.
 
@@ -142,14 +142,14 @@ class AdvSegStepTrainer(MaskedConsistencyStepTrainer):
 
         with self.stage("target"), self.gradient_sync(last=self.mic is None):
             target = self.unlabelled_forward(target_batch)  # step 3
-            target_prediction = adaptation_logits(self.student, target.logits, source.images.shape[-2:])
+            target_prediction = adaptation_logits(self.student, target.outputs.logits, source.images.shape[-2:])
             adversarial = {"loss_adv_trg": self.generator_loss(target_prediction)}
             self.check_finite(adversarial)
             self.backward(adversarial["loss_adv_trg"])
         losses.update(adversarial)
 
         if self.mic is not None:  # MIC after the generator's target pass (docs/method.md §17.6)
-            masked = self.masked_consistency_pass(source, target_batch)  # forward + backward
+            masked = self.masked_consistency_pass(source, target)  # forward + backward
             losses.update(masked.losses)
             scalars.update(masked.metrics)
 

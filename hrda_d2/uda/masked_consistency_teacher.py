@@ -18,7 +18,7 @@ The teacher is the trainer's ``teacher`` checkpointable, so ``--resume`` continu
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, ContextManager, Dict, Optional
 
 import torch
 from detectron2.config import configurable
@@ -27,7 +27,7 @@ from torch import nn
 from .ema import ema_update_
 from .masked_consistency import MaskedBatch, MaskedImageConsistency
 from .pseudo_labels import PseudoLabels, predict_pseudo_labels
-from .step_base import LabelledForward, StudentLosses, UDAStepTrainer
+from .step_base import LabelledForward, StudentLosses, UDAStepTrainer, UnlabelledForward
 
 __all__ = ["MaskedConsistencyStepTrainer", "MaskedConsistencyWithTeacher", "masked_consistency_with_teacher"]
 
@@ -64,26 +64,26 @@ class MaskedConsistencyWithTeacher:
         """The EMA update of the teacher at the start of 0-based ``iteration``; returns ``alpha_t``."""
         return ema_update_(self.teacher, student, iteration, self.alpha)
 
-    def pseudo_labels(self, step: UDAStepTrainer, target_batch: Sequence[Mapping[str, Any]]) -> PseudoLabels:
-        """The teacher's pseudo-labels on the target batch (mapper dicts), under the step's autocast."""
-        target_images, valid_mask = step.target_images(target_batch)
-        return predict_pseudo_labels(self.teacher, target_images, self.pseudo_threshold, self.pseudo_ignore_top,
-                                     self.pseudo_ignore_bottom, valid_mask, step.autocast())
+    def pseudo_labels(self, target: UnlabelledForward, autocast: Callable[[], ContextManager]) -> PseudoLabels:
+        """The teacher's pseudo-labels on the images of the step's target forward, under ``autocast()``."""
+        return predict_pseudo_labels(self.teacher, target.images, self.pseudo_threshold, self.pseudo_ignore_top,
+                                     self.pseudo_ignore_bottom, target.valid_mask, autocast())
 
     def masked_batch(self, source: LabelledForward, pseudo: PseudoLabels) -> MaskedBatch:
         """The augmented, block-masked batch of ``UDA.MIC.MODE`` from the step's source forward and ``pseudo``."""
         return self.consistency.masked_batch(source.images, source.labels, pseudo.target_images, pseudo.label,
                                              pseudo.weight)
 
-    def losses(self, step: UDAStepTrainer, source: LabelledForward,
-               target_batch: Sequence[Mapping[str, Any]]) -> StudentLosses:
-        """Pseudo-labels, masked batch, then the student's training forward on it (through ``step.model``, so a DDP
-        wrapper sees it) -> ``loss_masked_*`` with their graph, ``masked_*`` accuracies and
-        ``masked_pseudo_confident_fraction``. The caller runs the backward."""
-        pseudo = self.pseudo_labels(step, target_batch)
+    def losses(self, model: nn.Module, source: LabelledForward, target: UnlabelledForward,
+               autocast: Callable[[], ContextManager]) -> StudentLosses:
+        """Pseudo-labels on the target forward's images, masked batch, then the student's training forward on it
+        (through ``model``, the possibly DDP-wrapped student, so the wrapper sees it) under ``autocast()`` ->
+        ``loss_masked_*`` with their graph, ``masked_*`` accuracies and ``masked_pseudo_confident_fraction``. The
+        caller runs the backward."""
+        pseudo = self.pseudo_labels(target, autocast)
         batch = self.masked_batch(source, pseudo)
-        with step.autocast():
-            losses, metrics = self.consistency.losses(step.model, batch)
+        with autocast():
+            losses, metrics = self.consistency.losses(model, batch)
         metrics["masked_pseudo_confident_fraction"] = pseudo.confident_fraction
         return StudentLosses(losses, metrics)
 
@@ -118,12 +118,11 @@ class MaskedConsistencyStepTrainer(UDAStepTrainer):
             with self.stage("ema"):
                 scalars["ema_alpha"] = self.mic.update_teacher(self.student, self.iter)
 
-    def masked_consistency_pass(self, source: LabelledForward,
-                                target_batch: Sequence[Mapping[str, Any]]) -> StudentLosses:
+    def masked_consistency_pass(self, source: LabelledForward, target: UnlabelledForward) -> StudentLosses:
         """Stage ``masked``: MIC's forward AND backward, the last pass of the student in the iteration (its backward
         all-reduces under DDP); returns the terms (``loss_masked_*``) and metrics."""
         with self.stage("masked"), self.gradient_sync(last=True):
-            masked = self.mic.losses(self, source, target_batch)
+            masked = self.mic.losses(self.model, source, target, self.autocast)
             self.check_finite(masked.losses)
             self.backward(sum(masked.losses.values()))
         return masked

@@ -63,13 +63,13 @@ class MinEntStepTrainer(MaskedConsistencyStepTrainer):
         scalars.update(source.metrics)
         with self.stage("target"), self.gradient_sync(last=self.mic is None):
             target = self.unlabelled_forward(target_batch)  # step 2
-            prediction = adaptation_logits(self.student, target.logits, source.images.shape[-2:])
+            prediction = adaptation_logits(self.student, target.outputs.logits, source.images.shape[-2:])
             entropy = {"loss_ent_trg": self.lambda_ent * normalized_entropy(torch.softmax(prediction.float(), dim=1))}
             self.check_finite(entropy)
             self.backward(entropy["loss_ent_trg"])
         losses.update(entropy)
         if self.mic is not None:  # MIC after the entropy pass (docs/method.md §17.6)
-            masked = self.masked_consistency_pass(source, target_batch)  # forward + backward
+            masked = self.masked_consistency_pass(source, target)  # forward + backward
             losses.update(masked.losses)
             scalars.update(masked.metrics)
         self.after_backward()

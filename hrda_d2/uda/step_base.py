@@ -36,7 +36,8 @@ from ..utils.rng import gather_rng_states, rank_rng_states, set_rng_states
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LabelledForward", "StageListener", "StepInput", "StudentLosses", "UDAStepTrainer", "amp_dtype_from_config",
+__all__ = ["LabelledForward", "StageListener", "StepInput", "StudentLosses", "UDAStepTrainer",
+           "UnlabelledForward", "amp_dtype_from_config",
            "prefixed_losses", "stack_field", "stack_images", "step_config", "synchronised_unless", "unwrap_model"]
 
 
@@ -71,6 +72,19 @@ class LabelledForward:
     metrics: Dict[str, torch.Tensor]
     images: torch.Tensor
     labels: torch.Tensor
+    outputs: Any
+
+
+@dataclass
+class UnlabelledForward:
+    """The student's label-free training forward on a target batch (:meth:`UDAStepTrainer.unlabelled_forward`).
+
+    images: ``N x 3 x H x W`` normalised; valid_mask: ``N x H x W`` pseudo-label margin mask of the mapper, or None;
+    outputs: the model's ``HRDATrainOutputs`` (``logits`` = the prediction).
+    """
+
+    images: torch.Tensor
+    valid_mask: Optional[torch.Tensor]
     outputs: Any
 
 
@@ -215,14 +229,13 @@ class UDAStepTrainer(SimpleTrainer):
                       if "valid_pseudo_mask" in batch[0] else None)
         return images, valid_mask
 
-    def unlabelled_forward(self, batch: Sequence[Mapping[str, Any]]) -> Any:
+    def unlabelled_forward(self, batch: Sequence[Mapping[str, Any]]) -> UnlabelledForward:
         """The student's label-free training forward (the same random detail crop rule) on a batch of mapper
-        dicts; returns its ``HRDATrainOutputs`` (``logits`` = the prediction)."""
-        student = self.student
-        images = student.normalize(stack_images(batch, student.device))
+        dicts, with the batch's normalised images and margin masks (:meth:`target_images`)."""
+        images, valid_mask = self.target_images(batch)
         with self.autocast():
             _, outputs = self.model(images=images, return_outputs=True)
-        return outputs
+        return UnlabelledForward(images, valid_mask, outputs)
 
     # ------------------------------------------------------------------------------------------------------
     @contextmanager
