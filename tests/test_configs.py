@@ -39,7 +39,7 @@ def test_gta_hrda_is_the_paper_setting():
     assert cfg.DATASETS.TEST == ("cityscapes_fine_sem_seg_val",)
     assert cfg.DATASETS.RCS.ENABLED and cfg.DATASETS.RCS.CLASS_TEMP == 0.01
     assert cfg.DATASETS.RCS.MIN_PIXELS == 3000 and cfg.DATASETS.RCS.MIN_CROP_RATIO == 2.0
-    assert cfg.UDA.ENABLED and cfg.UDA.ALPHA == 0.999 and cfg.UDA.PSEUDO_THRESHOLD == 0.968
+    assert cfg.UDA.METHOD == "dacs" and cfg.UDA.ALPHA == 0.999 and cfg.UDA.PSEUDO_THRESHOLD == 0.968
     assert cfg.UDA.FD.LAMBDA == 0.005 and list(cfg.UDA.FD.CLASSES) == [6, 7, 11, 12, 13, 14, 15, 16, 17, 18]
     assert cfg.UDA.FD.SCALE_MIN_RATIO == 0.75
     assert cfg.UDA.AUG.COLOR_JITTER_STRENGTH == 0.2 and cfg.UDA.AUG.COLOR_JITTER_SKIP_THRESHOLD == 0.2
@@ -87,7 +87,7 @@ def test_daformer_512_baselines(name, source, scale):
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*source_only.yaml")), ids=lambda p: p.name)
 def test_source_only_variants_disable_uda(path):
-    assert not load(path.name).UDA.ENABLED
+    assert load(path.name).UDA.METHOD == "source_only" and load(path.name).UDA.ENABLED is None
 
 
 def test_dinov2_configs_use_vfm_uda_optimizer_settings():

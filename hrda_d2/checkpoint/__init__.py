@@ -16,7 +16,6 @@ from .conversion import (
 )
 from .conversion_types import CheckpointConversionError, ConvertedCheckpoint, HeadSummary
 from .detection_checkpoint import (
-    WEIGHTS_SOURCES,
     AtomicDetectionCheckpointer,
     CheckpointLoadError,
     IncompatibleCheckpointError,
@@ -35,7 +34,6 @@ __all__ = [
     "checkpoint_file_is_intact",
     "original_layout",
     "TeacherWeightsCheckpointer",
-    "WEIGHTS_SOURCES",
     "load_model_weights",
     "CheckpointConversionError",
     "ConvertedCheckpoint",

@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from ..config import check_choice
 from ..utils.file_io import DiskFullError, atomic_torch_save, atomic_write_text
 from .conversion import original_layout
 from .legacy_layout import upgrade_head_keys
@@ -35,12 +36,10 @@ __all__ = [
     "TeacherWeightsCheckpointer",
     "checkpoint_file_is_intact",
     "load_model_weights",
-    "WEIGHTS_SOURCES",
 ]
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_SOURCES = ("student", "teacher")
 _CONVERTER = "tools/convert_mmseg_checkpoint.py"
 _MODEL_ENTRIES = ("model", "teacher", "imnet_model")  # the models a training checkpoint of this project holds
 
@@ -258,8 +257,7 @@ def load_model_weights(model: torch.nn.Module, path: str, source: str = "student
     Raises:
         CheckpointLoadError: ``path`` is not a PyTorch checkpoint, or an original file to convert first.
     """
-    if source not in WEIGHTS_SOURCES:
-        raise ValueError(f"TEST.WEIGHTS_SOURCE must be one of {WEIGHTS_SOURCES}, got '{source}'")
+    check_choice("TEST.WEIGHTS_SOURCE", source)
     checkpointer = (TeacherWeightsCheckpointer if source == "teacher" else _StudentWeightsCheckpointer)(model)
     checkpointer.strict = strict
     checkpointer.allowed_unexpected = tuple(allowed_unexpected)

@@ -16,15 +16,13 @@ Keys are grouped by the part of the system that reads them:
 * ``INPUT``              dataset mappers (``data/dataset_mappers``)
 * ``DATASETS``           source/target splits, rare class sampling (``data/samplers``)
 * ``UDA``                DACS self-training and MIC (``uda/``, ``UDA.MIC``)
+
+The values of the keys that select one of a fixed set of choices are :mod:`.choices`' tuples.
 * ``SOLVER``             AdamW, warm-up + poly schedule, AMP, clipping, checkpoints kept, pre-emption signals
 """
 from detectron2.config import CfgNode as CN
 
-__all__ = ["MIC_MODE_NAMES", "add_hrda_config"]
-
-# values of UDA.MIC.MODE (the original MIC's ``mask_mode``s, docs/method.md §17.2); what each one masks is
-# hrda_d2/uda/masked_consistency.py's table. Shared with the original-config translation (checkpoint/mmseg_config.py)
-MIC_MODE_NAMES = ("separate", "separateaug", "separatesrc", "separatesrcaug", "separatetrg", "separatetrgaug")
+__all__ = ["add_hrda_config"]
 
 
 def _add_model_config(cfg: CN) -> None:
@@ -177,8 +175,9 @@ def _add_uda_config(cfg: CN) -> None:
     # DAFormer's), "advseg" (output-space adversarial training), "minent" (entropy minimisation), "source_only",
     # "target_only" (the oracle: supervised on DATASETS.TARGET's labels)
     cfg.UDA.METHOD = "dacs"
-    # False = source-only training (the first release's switch; UDA.METHOD "source_only" says the same)
-    cfg.UDA.ENABLED = True
+    # deprecated: the first release's switch (False = source-only). load_config reads it from old YAML files, moves it
+    # to UDA.METHOD with a warning and leaves None; nothing else reads it
+    cfg.UDA.ENABLED = None
     cfg.UDA.ALPHA = 0.999
     cfg.UDA.PSEUDO_THRESHOLD = 0.968
     cfg.UDA.PSEUDO_WEIGHT_IGNORE_TOP = 0

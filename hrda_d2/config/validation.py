@@ -2,6 +2,8 @@
 
 :func:`validate_config` raises :class:`ConfigError` listing every problem found (not only the first):
 
+* the choice keys (:data:`~.choices.CHOICES`) hold one of their values; ``UDA.ENABLED`` is left to ``load_config``'s
+  upgrade (a config built in code sets ``UDA.METHOD``);
 * class ids in the class lists (``UDA.FD.CLASSES``) within ``0 .. MODEL.SEM_SEG_HEAD.NUM_CLASSES - 1``; the
   Cityscapes default of ``UDA.FD.CLASSES`` kept for another label space (docs/method.md §7.2 step 5) must be
   replaced (or the feature distance switched off with ``UDA.FD.LAMBDA 0``); mIoU16 needs the 19 classes;
@@ -22,10 +24,11 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from detectron2.config import CfgNode, get_cfg
 
+from .choices import CHOICES, MIC_METHODS, MIC_WITH_OWN_TEACHER, SELF_TRAINING
 from .defaults import add_hrda_config
-from .uda_method import MIC_METHODS, MIC_WITH_OWN_TEACHER, SELF_TRAINING, UDA_METHODS, uda_method
 
-__all__ = ["CITYSCAPES_FD_CLASSES", "ConfigError", "IGNORED_DETECTRON2_KEYS", "config_problems", "validate_config"]
+__all__ = ["CITYSCAPES_FD_CLASSES", "ConfigError", "IGNORED_DETECTRON2_KEYS", "check_choice", "config_problems",
+           "uda_method", "validate_config"]
 
 # UDA.FD.CLASSES default: the Cityscapes "thing" classes (pole ... bicycle) of the 19-class label space
 CITYSCAPES_FD_CLASSES = (6, 7, 11, 12, 13, 14, 15, 16, 17, 18)
@@ -59,19 +62,29 @@ IGNORED_DETECTRON2_KEYS: Dict[str, str] = {
 }
 
 
-GAN_LOSSES = ("LS", "VANILLA")  # UDA.ADVSEG.GAN_LOSS: least squares (MSE) or BCE with logits
-
-
-def _method(cfg: CfgNode) -> Optional[str]:
-    """The method of ``cfg`` (None when the method keys contradict each other: reported by the combinations)."""
-    try:
-        return uda_method(cfg)
-    except ValueError:
-        return None
-
-
 class ConfigError(ValueError):
-    """The config's values contradict each other or their ranges; the message lists every problem."""
+    """A config that cannot be used: a missing or broken file, an unknown key, or values that contradict each
+    other or their ranges; the message names the file / key / value and the fix (every problem, one per line)."""
+
+
+def _choice_problem(key: str, value: Any) -> Optional[str]:
+    """``"is not <what>; use one of <values>"`` for a value outside ``CHOICES[key]``, else None."""
+    values, what = CHOICES[key]
+    return None if value in values else f"is not {what}; use one of {', '.join(values)}"
+
+
+def check_choice(key: str, value: Any) -> Any:
+    """``value`` if it is one of ``CHOICES[key]`` (:mod:`.choices`), else a :class:`ConfigError` naming the key,
+    the value and the valid values: the guard of the constructors that branch on a choice key."""
+    problem = _choice_problem(key, value)
+    if problem:
+        raise ConfigError(f"{key}={value!r}: {problem}")
+    return value
+
+
+def uda_method(cfg: CfgNode) -> str:
+    """``UDA.METHOD`` of ``cfg`` (one of :data:`~.choices.UDA_METHODS`, else a :class:`ConfigError`)."""
+    return check_choice("UDA.METHOD", cfg.UDA.METHOD)
 
 
 def _get(cfg: CfgNode, key: str) -> Any:
@@ -123,6 +136,7 @@ class _Problems:
 def config_problems(cfg: CfgNode) -> List[str]:
     """Every problem of ``cfg`` (a config with the hrda_d2 keys) as one line: ``KEY=value: problem; fix``."""
     p = _Problems(cfg)
+    _check_choices(p, cfg)
     _check_label_space(p, cfg)
     _check_geometry(p, cfg)
     _check_ranges(p, cfg)
@@ -134,12 +148,28 @@ def config_problems(cfg: CfgNode) -> List[str]:
 def validate_config(cfg: CfgNode, source: str = "config") -> None:
     """Raise :class:`ConfigError` naming every problem of ``cfg`` (see the module docstring)."""
     problems = config_problems(cfg)
+    if len(problems) == 1:
+        raise ConfigError(f"{source}: {problems[0]}")
     if problems:
-        raise ConfigError(f"{source}: {len(problems)} invalid setting{'s' if len(problems) > 1 else ''}:\n  "
-                          + "\n  ".join(problems))
+        raise ConfigError(f"{source}: {len(problems)} invalid settings:\n  " + "\n  ".join(problems))
 
 
 # ------------------------------------------------------------------------------------------------------------
+def _check_choices(p: _Problems, cfg: CfgNode) -> None:
+    for key in CHOICES:
+        problem = _choice_problem(key, _get(cfg, key))
+        if problem:
+            p.lines.append(f"{key}={_get(cfg, key)!r}: {problem}")
+    if cfg.UDA.ENABLED is not None:  # load_config moves it to UDA.METHOD (loading.py); a config built in code
+        p.add("UDA.ENABLED", "is the first release's switch, read only when load_config upgrades a YAML file",
+              "set UDA.METHOD 'source_only' (for False) and leave UDA.ENABLED out")
+
+
+def _method(cfg: CfgNode) -> Optional[str]:
+    """``UDA.METHOD`` of ``cfg``, None when it is not a method (reported by :func:`_check_choices`)."""
+    return None if _choice_problem("UDA.METHOD", cfg.UDA.METHOD) else cfg.UDA.METHOD
+
+
 def _check_label_space(p: _Problems, cfg: CfgNode) -> None:
     num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -266,6 +296,9 @@ def _check_ranges(p: _Problems, cfg: CfgNode) -> None:
     p.check_range("SOLVER.MAX_ITER", 0, math.inf, low_open=True, high_open=True)
     p.check_range("SOLVER.IMS_PER_BATCH", 0, math.inf, low_open=True, high_open=True)
     p.check_range("SOLVER.METRICS_PERIOD", 1, math.inf, high_open=True)
+    p.check_range("SOLVER.WARMUP_ITERS", 0, math.inf, high_open=True)
+    p.check_range("SOLVER.CHECKPOINT_PERIOD", 0, math.inf, high_open=True,
+                  fix="use 0 for no periodic checkpoints (model_final and pre-emption checkpoints only)")
 
 
 def _check_combinations(p: _Problems, cfg: CfgNode) -> None:
@@ -275,31 +308,24 @@ def _check_combinations(p: _Problems, cfg: CfgNode) -> None:
         p.add("MODEL.HRDA.HR_LOSS_WEIGHT", f"+ MODEL.HRDA.LR_LOSS_WEIGHT = {hrda.HR_LOSS_WEIGHT + hrda.LR_LOSS_WEIGHT:g} "
               f"> 1 (the fused loss would get a negative weight)", "keep their sum <= 1 (the paper: 0.1 + 0)")
     defaults = _defaults()
-    if str(cfg.SOLVER.OPTIMIZER).upper() == "ADAMW":
+    if cfg.SOLVER.OPTIMIZER == "ADAMW":
         for key in ("SOLVER.MOMENTUM", "SOLVER.NESTEROV"):
             if _get(cfg, key) != _get(defaults, key):
                 p.add(key, "is read by SOLVER.OPTIMIZER 'SGD' only, and SOLVER.OPTIMIZER is 'ADAMW'",
                       "set SOLVER.BETAS for AdamW, or SOLVER.OPTIMIZER SGD")
-    try:
-        method = uda_method(cfg)
-    except ValueError as e:
-        p.add("UDA.METHOD", str(e), f"one of {UDA_METHODS}")
+    method = _method(cfg)
+    if method is None:
         return
-    if method == SELF_TRAINING and cfg.UDA.MIX != "class":
-        p.add("UDA.MIX", "is not a mixing this project implements (DACS mixes with ClassMix)", "use 'class'")
     if cfg.UDA.MIC.ENABLED and method not in MIC_METHODS:
         p.add("UDA.MIC.ENABLED", f"needs a method with target pseudo-labels (MIC trains on a teacher's pseudo-labels: "
               f"DACS's, or its own EMA teacher's with {' / '.join(MIC_WITH_OWN_TEACHER)}), and the method is "
-              f"{method!r}", f"set UDA.METHOD to one of {MIC_METHODS} (and UDA.ENABLED True), or "
-              f"UDA.MIC.ENABLED False")
+              f"{method!r}", f"set UDA.METHOD to one of {', '.join(MIC_METHODS)}, or UDA.MIC.ENABLED False")
     if cfg.UDA.FD.ALL_SCALES and len(cfg.MODEL.HRDA.SCALES) != 2:
         p.add("UDA.FD.ALL_SCALES", "the feature distance on every scale needs the two HRDA scales",
               "set MODEL.HRDA.SCALES [1.0, 0.5], or UDA.FD.ALL_SCALES False")
     if method in ("advseg", "minent") and len(cfg.MODEL.HRDA.SCALES) == 2 and cfg.MODEL.HRDA.FEATURE_SCALE != 0.5:
         p.add("MODEL.HRDA.FEATURE_SCALE", f"UDA.METHOD {method!r} with HRDA adapts the fused prediction resized to "
               f"half the input (the original asserts feature_scale 0.5)", "use 0.5")
-    if method == "advseg" and str(cfg.UDA.ADVSEG.GAN_LOSS).upper() not in GAN_LOSSES:
-        p.add("UDA.ADVSEG.GAN_LOSS", "is not a GAN loss of AdvSeg", f"use one of {GAN_LOSSES}")
 
 
 def _check_ignored_detectron2_keys(p: _Problems, cfg: CfgNode, defaults: Optional[CfgNode] = None) -> None:

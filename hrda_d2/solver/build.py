@@ -22,7 +22,9 @@ import torch
 from detectron2.solver.build import maybe_add_gradient_clipping, reduce_param_groups
 from torch import nn
 
-__all__ = ["DECODE_HEAD_PREFIXES", "OPTIMIZERS", "get_hrda_param_groups", "build_optimizer"]
+from ..config import check_choice
+
+__all__ = ["DECODE_HEAD_PREFIXES", "get_hrda_param_groups", "build_optimizer"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +80,6 @@ def get_hrda_param_groups(
     return groups
 
 
-OPTIMIZERS = ("ADAMW", "SGD")
 
 
 def build_optimizer(cfg, model: nn.Module,
@@ -98,9 +99,7 @@ def build_optimizer(cfg, model: nn.Module,
     (torch convention), which Detectron2's ``LRMultiplier`` scales.
     """
     solver = cfg.SOLVER
-    name = str(solver.OPTIMIZER).upper()
-    if name not in OPTIMIZERS:
-        raise ValueError(f"SOLVER.OPTIMIZER={solver.OPTIMIZER!r} is not supported by hrda_d2; use one of {OPTIMIZERS}")
+    name = check_choice("SOLVER.OPTIMIZER", solver.OPTIMIZER)
     betas = tuple(float(b) for b in solver.BETAS)
     if len(betas) != 2:
         raise ValueError(f"SOLVER.BETAS must hold two values, got {list(solver.BETAS)}")

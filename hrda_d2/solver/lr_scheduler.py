@@ -19,6 +19,8 @@ import torch
 from detectron2.solver.lr_scheduler import LRMultiplier
 from fvcore.common.param_scheduler import ParamScheduler
 
+from ..config import check_choice
+
 __all__ = ["WarmupPolyParamScheduler", "PerGroupLRMultiplier", "build_lr_scheduler"]
 
 
@@ -101,12 +103,8 @@ def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer) -> PerGroupLRMulti
     (set from its ``lr`` when the scheduler is first built).
     """
     solver = cfg.SOLVER
-    if solver.LR_SCHEDULER_NAME != "WarmupPolyLR":
-        raise ValueError(
-            f"SOLVER.LR_SCHEDULER_NAME={solver.LR_SCHEDULER_NAME!r} is not supported by hrda_d2; use 'WarmupPolyLR'"
-        )
-    if solver.WARMUP_METHOD != "linear":
-        raise ValueError(f"SOLVER.WARMUP_METHOD={solver.WARMUP_METHOD!r} is not supported; use 'linear'")
+    check_choice("SOLVER.LR_SCHEDULER_NAME", solver.LR_SCHEDULER_NAME)  # one schedule and one warm-up exist
+    check_choice("SOLVER.WARMUP_METHOD", solver.WARMUP_METHOD)
     min_lr = float(solver.POLY_LR_MIN_LR)
     multipliers = []
     for index, group in enumerate(optimizer.param_groups):

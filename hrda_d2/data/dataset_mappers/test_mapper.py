@@ -4,6 +4,7 @@ from typing import Any, Dict, Sequence
 
 from detectron2.config import configurable
 
+from ...config import check_choice
 from ..transforms import KeepRatioRescale
 from ..image_io import image_to_chw_tensor, read_rgb_image
 
@@ -31,8 +32,7 @@ class TestMapper:
 
     @classmethod
     def from_config(cls, cfg) -> Dict[str, Any]:
-        if cfg.INPUT.FORMAT != "RGB":
-            raise ValueError(f"INPUT.FORMAT={cfg.INPUT.FORMAT!r} is not supported; the mappers produce RGB images")
+        check_choice("INPUT.FORMAT", cfg.INPUT.FORMAT)
         return {"scale": cfg.INPUT.TEST.SCALE}
 
     def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:

@@ -19,6 +19,7 @@ import torch
 from detectron2.config import configurable
 from detectron2.data import transforms as T
 
+from ...config import check_choice
 from ..photometric_distortion import PhotoMetricDistortion
 from ..transforms import KeepRatioRescale, PadBottomRight, RandomCropWithCategoryRatio, imrescale_size
 from ..image_io import image_to_chw_tensor, read_label, read_rgb_image
@@ -170,8 +171,7 @@ class SemSegTrainMapper:
           for Cityscapes, [1080, 1920] for ACDC/Dark Zurich; [] = each image's own size.
         * ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` / ``IGNORE_VALUE``: label value check / ignore value.
         """
-        if cfg.INPUT.FORMAT != "RGB":
-            raise ValueError(f"INPUT.FORMAT={cfg.INPUT.FORMAT!r} is not supported; the mappers produce RGB images")
+        check_choice("INPUT.FORMAT", cfg.INPUT.FORMAT)
         node = cfg.INPUT.SOURCE if is_source else cfg.INPUT.TARGET
         args = {
             "scale": node.SCALE,

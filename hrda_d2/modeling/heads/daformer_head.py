@@ -14,12 +14,10 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ...config import check_choice
 from ..activation_checkpointing import checkpointed_call, should_checkpoint
 
 __all__ = ["DAFormerHead", "ConvNormReLU", "DepthwiseSeparableConvNormReLU", "SeparableASPPFusion", "MLPEmbedding"]
-
-
-FUSION_TYPES = ("aspp", "conv")
 
 
 class ConvNormReLU(nn.Module):
@@ -178,8 +176,7 @@ class DAFormerHead(nn.Module):
                 f"MODEL.SEM_SEG_HEAD.IN_FEATURES names {missing}, which the backbone does not output "
                 f"(it outputs {sorted(input_shape)}); set IN_FEATURES to a subset of the backbone's OUT_FEATURES."
             )
-        if fusion not in FUSION_TYPES:
-            raise ValueError(f"MODEL.SEM_SEG_HEAD.FUSION is {fusion!r}; use one of {FUSION_TYPES}.")
+        check_choice("MODEL.SEM_SEG_HEAD.FUSION", fusion)
         self.in_features = list(in_features)
         self.checkpoint_activations = bool(checkpoint_activations)
         self.num_classes = num_classes

@@ -22,6 +22,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY, Back
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ...config import check_choice
 from ..losses import pixel_accuracy, pixel_weighted_cross_entropy, resize_to_labels
 from ..pixel_normalizer import PixelNormalizer
 from .crop_utils import CropBox, crop, merge_windows, random_crop_box, sliding_window_boxes, stack_windows
@@ -29,9 +30,6 @@ from .hrda_head import HRDAHead, ScaleOutputs, TiledFeatures
 from .slide_inference import shared_tile_window_logits, window_logits
 
 __all__ = ["HRDA", "HRDATrainOutputs", "TiledFeatures"]
-
-
-TEST_MODES = ("slide", "whole")
 
 
 @dataclass
@@ -133,8 +131,7 @@ class HRDA(nn.Module):
                 f"MODEL.HRDA.SCALES={list(scales)}: use [1.0] (plain DAFormer) or two scales [1.0, s] with "
                 f"0 < s <= 1 (the detail scale must be 1.0; at most 2 scales are supported)"
             )
-        if test_mode not in TEST_MODES:
-            raise ValueError(f"TEST.MODE={test_mode!r} is not one of {TEST_MODES}")
+        check_choice("TEST.MODE", test_mode)
         self.backbone = backbone
         self.sem_seg_head = sem_seg_head
         self.scales = scales
