@@ -11,10 +11,12 @@ the gtFine/train files into ROOT/{sample_class_stats,samples_with_class,sample_c
 Re-running skips the labels already converted. Implementation:
 hrda_d2.data.preparation.prepare_cityscapes.
 """
+import logging
 import sys
 
 from hrda_d2.data.preparation import prepare_cityscapes
 from hrda_d2.data.preparation.cli import run_prepare_cli
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     sys.exit(run_prepare_cli(prepare_cityscapes, __doc__, unknown_id_option=False))

@@ -9,10 +9,12 @@ statistics ROOT/{sample_class_stats,samples_with_class,sample_class_stats_dict}.
 labels already converted. A label holding a value that is not a Cityscapes label id (0..33) is refused.
 Implementation: hrda_d2.data.preparation.prepare_gta.
 """
+import logging
 import sys
 
 from hrda_d2.data.preparation import prepare_gta
 from hrda_d2.data.preparation.cli import run_prepare_cli
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     sys.exit(run_prepare_cli(prepare_gta, __doc__))

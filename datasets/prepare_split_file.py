@@ -8,10 +8,12 @@ For every split with labels: raw masks (raw_label_suffix, mapped with the file's
 <folder of SPLITS.yaml>/rcs_statistics/<split name>/. Re-running skips the labels already converted. The format
 of the file: datasets/README.md "Your own dataset". Implementation: hrda_d2.data.preparation.prepare_split_file.
 """
+import logging
 import sys
 
 from hrda_d2.data.preparation import prepare_split_file
 from hrda_d2.data.preparation.cli import run_prepare_cli
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     sys.exit(run_prepare_cli(prepare_split_file, __doc__))

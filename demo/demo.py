@@ -36,6 +36,7 @@ import tqdm
 from detectron2.utils.logger import setup_logger
 
 from hrda_d2 import load_config
+from hrda_d2.config import ConfigError
 from hrda_d2.data.datasets.split_files import SplitFileError, register_split_files
 from hrda_d2.data.image_io import read_rgb_image
 from hrda_d2.modeling.meta_arch.crop_utils import sliding_window_boxes
@@ -72,10 +73,10 @@ def get_parser() -> argparse.ArgumentParser:
 def setup_cfg(args: argparse.Namespace):
     """The config of ``args``, with the splits of its ``DATASETS.SPLIT_FILES`` registered (their class names and
     colours name and paint the predictions)."""
-    cfg = load_config(args.config_file, args.opts)
     try:
+        cfg = load_config(args.config_file, args.opts)
         register_split_files(cfg.DATASETS.SPLIT_FILES)
-    except SplitFileError as e:
+    except (ConfigError, SplitFileError) as e:
         raise SystemExit(f"demo: {e}") from None
     return cfg
 

@@ -13,17 +13,24 @@ SIGINT and SIGUSR1 (``SOLVER.PREEMPTION_SIGNALS``) stop training after the curre
 and exit status 128 + the signal number (143 for SIGTERM); the same command with ``--resume`` continues. With
 ``--resume`` and no checkpoint in ``OUTPUT_DIR`` training starts at iteration 0 (with a warning), so one command
 serves the first start and every requeue. ``--eval-only`` refuses weights that do not fit the model.
+
+A config, dataset, weights file or output folder that cannot be used ends the command with one message naming it
+and the fix (exit status 1); ``--debug`` shows the traceback instead.
 """
+import contextlib
 import os
 import signal
 
 import hrda_d2  # noqa: F401  (first: registers the components, quiets fvcore's import warnings)
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2 import engine
+from detectron2.engine import default_setup, launch
 from detectron2.utils import comm
 from torch.multiprocessing import ProcessExitedException
 
 from hrda_d2 import load_config
 from hrda_d2.checkpoint import CheckpointLoadError, load_model_weights
+from hrda_d2.config import ConfigError
+from hrda_d2.data.datasets.sem_seg_splits import DatasetNotFoundError, MissingLabelError
 from hrda_d2.data.datasets.split_files import SplitFileError, register_split_files
 from hrda_d2.engine import HRDATrainer
 from hrda_d2.engine.output_lock import OutputDirInUseError, lock_output_dir
@@ -31,25 +38,44 @@ from hrda_d2.engine.preemption import TrainingInterrupted, parse_signals
 from hrda_d2.utils.logger import setup_run_logging
 
 
+# what a user can fix (config, datasets, weights, output folder): a message, not a traceback
+INPUT_ERRORS = (ConfigError, SplitFileError, OutputDirInUseError, CheckpointLoadError, DatasetNotFoundError,
+                MissingLabelError)
+
+
+def default_argument_parser():
+    """Detectron2's arguments plus ``--debug``."""
+    parser = engine.default_argument_parser()
+    parser.add_argument("--debug", action="store_true",
+                        help="on a refused config / dataset / weights file: the traceback instead of one message")
+    return parser
+
+
+@contextlib.contextmanager
+def exit_message(args):
+    """:data:`INPUT_ERRORS` end the command with ``train_net: <message>`` (exit status 1); with ``--debug``, with
+    the traceback."""
+    try:
+        yield
+    except INPUT_ERRORS as e:
+        if args.debug:
+            raise
+        raise SystemExit(f"train_net: {e}") from None
+
+
 def setup(args):
     cfg = load_config(args.config_file, args.opts)
-    try:
-        register_split_files(cfg.DATASETS.SPLIT_FILES)
-    except SplitFileError as e:
-        raise SystemExit(f"train_net: {e}") from None
+    register_split_files(cfg.DATASETS.SPLIT_FILES)
     if not args.eval_only and cfg.OUTPUT_DIR and comm.is_main_process():
-        try:  # before default_setup writes config.yaml and log.txt into the folder
-            lock_output_dir(cfg.OUTPUT_DIR)
-        except OutputDirInUseError as e:
-            raise SystemExit(f"train_net: {e}") from None
+        lock_output_dir(cfg.OUTPUT_DIR)  # before default_setup writes config.yaml and log.txt into the folder
     setup_run_logging(cfg.OUTPUT_DIR, comm.get_rank())
     default_setup(cfg, args)
     return cfg
 
 
 def main(args):
-    cfg = setup(args)
-    try:
+    with exit_message(args):
+        cfg = setup(args)
         if args.eval_only:
             model = HRDATrainer.build_model(cfg)
             weights = cfg.MODEL.WEIGHTS
@@ -63,8 +89,6 @@ def main(args):
             return HRDATrainer.test(cfg, model)
         trainer = HRDATrainer(cfg)
         trainer.resume_or_load(resume=args.resume)
-    except CheckpointLoadError as e:
-        raise SystemExit(f"train_net: {e}") from None
     try:
         return trainer.train()
     except TrainingInterrupted:
@@ -87,7 +111,8 @@ def _keep_launcher_alive(args) -> None:
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     if args.num_gpus > 1 and not args.eval_only:
-        _keep_launcher_alive(args)
+        with exit_message(args):
+            _keep_launcher_alive(args)
     try:
         launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, args=(args,))

@@ -1,4 +1,4 @@
-"""Training hooks: the DACS debug-image panel (docs/method.md §7.2 step 10)."""
+"""Training hooks: the DACS debug-image panel (docs/method.md §7.2 step 10) and the periodic checkpointer."""
 from __future__ import annotations
 
 import logging
@@ -7,7 +7,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
-from detectron2.engine import HookBase
+from detectron2.engine import HookBase, hooks
 from detectron2.evaluation.evaluator import inference_context
 from detectron2.utils.events import get_event_storage
 from PIL import Image, ImageDraw
@@ -16,9 +16,20 @@ from ..modeling.pixel_normalizer import PixelNormalizer
 from ..utils.colorize import colorize_labels, grey_image
 from ..utils.rng import preserve_rng_states
 
-__all__ = ["DebugImageHook", "denormalize_image"]
+__all__ = ["DebugImageHook", "PeriodicCheckpointer", "denormalize_image"]
 
 logger = logging.getLogger(__name__)
+
+
+class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
+    """Detectron2's periodic checkpointer, where ``SOLVER.CHECKPOINT_PERIOD`` 0 means no periodic checkpoints: only
+    ``model_final`` after the last iteration (and :class:`~.preemption.PreemptionHook`'s on a signal)."""
+
+    def step(self, iteration: int, **kwargs) -> None:
+        if self.period > 0:
+            super().step(iteration, **kwargs)
+        elif self.max_iter is not None and iteration >= self.max_iter - 1:
+            self.checkpointer.save(f"{self.file_prefix}_final", iteration=int(iteration), **kwargs)
 
 
 def denormalize_image(image: torch.Tensor, normalizer: PixelNormalizer) -> np.ndarray:

@@ -126,7 +126,7 @@ class PreemptionHook(HookBase):
             signals: the signals that request a stop (handlers are installed for the training loop only, and
                 only in the main thread; the previous handlers are restored afterwards).
             checkpoint_period: ``SOLVER.CHECKPOINT_PERIOD``: iterations after which the periodic checkpointer has
-                already written the checkpoint (not written twice).
+                already written the checkpoint (not written twice); 0 = no periodic checkpoints.
             output_dir: where the checkpoints go (for the messages).
         """
         self._signals = list(signals)
@@ -178,7 +178,7 @@ class PreemptionHook(HookBase):
             checkpoint = "model_final"
         else:
             checkpoint = f"model_{iteration:07d}"
-            if (iteration + 1) % self._period != 0:  # else the periodic checkpointer has just written it
+            if self._period <= 0 or (iteration + 1) % self._period != 0:  # else the periodic one has just written it
                 self.trainer.checkpointer.save(checkpoint, iteration=iteration)
         path = os.path.join(self._output_dir, f"{checkpoint}.pth")
         message = (f"Training interrupted by {name} after iteration {iteration} (of {self.trainer.max_iter}); "

@@ -42,7 +42,7 @@ from ..uda import (
 from ..uda.advseg_step import build_discriminator_optimizer
 from ..utils.file_io import atomic_write_text, remove_stale_partial_files
 from ..utils.rng import preserve_rng_states
-from .hooks import DebugImageHook
+from .hooks import DebugImageHook, PeriodicCheckpointer
 from .preemption import PreemptionHook, ignore_signals_in_loader_workers, parse_signals
 
 __all__ = ["HRDATrainer", "broadcast_from_main_process"]
@@ -146,18 +146,20 @@ class HRDATrainer(DefaultTrainer):
             broadcast_from_main_process(self.imnet_model)
 
     def build_hooks(self):
-        """Detectron2's hooks, with the periodic checkpointer on EVERY rank (Detectron2 registers it on the main
-        process only): saving gathers each rank's RNG streams, a collective; only rank 0 writes the file.
+        """Detectron2's hooks, with the periodic checkpointer (:class:`~.hooks.PeriodicCheckpointer`: period 0 =
+        ``model_final`` only) on EVERY rank (Detectron2 registers it on the main process only): saving gathers each
+        rank's RNG streams, a collective; only rank 0 writes the file (and deletes old ones, CHECKPOINT_MAX_KEEP).
         Plus the DACS debug-image hook (main process), before the writers so its panels reach TensorBoard in the
         same iteration."""
         ret = super().build_hooks()
-        if not comm.is_main_process():
-            position = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook))
-            ret.insert(position, hooks.PeriodicCheckpointer(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD))
-        elif self.cfg.SOLVER.CHECKPOINT_MAX_KEEP > 0:  # only the writing process deletes old files
-            for hook in ret:
-                if isinstance(hook, hooks.PeriodicCheckpointer):
-                    hook.max_to_keep = self.cfg.SOLVER.CHECKPOINT_MAX_KEEP
+        keep = self.cfg.SOLVER.CHECKPOINT_MAX_KEEP
+        checkpointer = PeriodicCheckpointer(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD,
+                                            max_to_keep=keep if keep > 0 and comm.is_main_process() else None)
+        ours = [i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicCheckpointer)]  # Detectron2's: main only
+        if ours:
+            ret[ours[0]] = checkpointer
+        else:
+            ret.insert(next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook)), checkpointer)
         if uda_method(self.cfg) == SELF_TRAINING and self.cfg.UDA.DEBUG_IMG_INTERVAL > 0 and comm.is_main_process():
             colors = MetadataCatalog.get(self.cfg.DATASETS.SOURCE[0]).get("stuff_colors")
             position = next(i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter))

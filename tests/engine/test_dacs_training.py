@@ -57,7 +57,7 @@ def test_dacs_iterations_have_finite_losses(uda_run):
 
 
 def test_source_only_runs_in_the_same_loop(data_root, tmp_path):
-    cfg = make_cfg(tmp_path, "UDA.ENABLED", "False", "SOLVER.MAX_ITER", "2", "TEST.EVAL_PERIOD", "0",
+    cfg = make_cfg(tmp_path, "UDA.METHOD", "source_only", "SOLVER.MAX_ITER", "2", "TEST.EVAL_PERIOD", "0",
                    "DATASETS.TEST", "()", "SOLVER.CHECKPOINT_PERIOD", "100")
     trainer = train(cfg)
     assert trainer.teacher is None and trainer.imnet_model is None

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from hrda_d2 import load_config
+from hrda_d2.config import ConfigError
 from hrda_d2.engine.output_lock import LOCK_FILE_NAME, OutputDirInUseError, OutputDirLock
 from tests.helpers.run_helpers import prepared_replicas
 from tests.helpers.paths import REPO_ROOT
@@ -95,10 +96,10 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path):
     child = tmp_path / "child.yaml"
     child.write_text(f"_BASE_: {base}\nSOLVER:\n  MAX_ITER: 10\n")
     for path, shown in ((base, base), (child, base)):  # the broken _BASE_ file is the one named
-        with pytest.raises(SystemExit) as error:
+        with pytest.raises(ConfigError) as error:
             load_config(str(path))
-        message = error.value.code
-        assert isinstance(message, str) and message.startswith(f"Config file {shown}, line 3, column 4: YAML "
+        message = str(error.value)
+        assert message.startswith(f"Config file {shown}, line 3, column 4: YAML "
                                                                f"syntax error"), message
         assert "Traceback" not in message and "yaml.scanner" not in message
 

@@ -17,7 +17,8 @@ def run_prepare_cli(
     unknown_id_option: bool = True,
 ) -> int:
     """Command line of ``datasets/prepare_*.py``: ``ROOT [--nproc N] [--verify-images]
-    [--map-unknown-to-ignore]``. Returns the exit status (0 ok, 1 bad input, with the message on stderr)."""
+    [--map-unknown-to-ignore]``. Returns the exit status (0 ok, 1 bad input, with the message on stderr). The
+    scripts configure the logging (the summary is an INFO line)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", help="the dataset folder (e.g. datasets/gta)")
     parser.add_argument("--nproc", type=int, default=4, help="worker processes (default 4)")
@@ -27,7 +28,6 @@ def run_prepare_cli(
         parser.add_argument("--map-unknown-to-ignore", action="store_true",
                             help="map label ids outside the dataset's mapping to 255 (warning) instead of failing")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     kwargs: Dict[str, Any] = {"nproc": args.nproc, "verify_images": args.verify_images}
     if unknown_id_option:
         kwargs["map_unknown_to_ignore"] = args.map_unknown_to_ignore
