@@ -137,3 +137,21 @@ def test_checkpoint_max_keep_bounds_the_periodic_files(data_root, tmp_path):
     trainer.resume_or_load(resume=False)
     trainer.train()
     assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["model_0000002.pth", "model_final.pth"]
+
+
+def test_checkpoint_period_zero_writes_only_the_final_and_the_preemption_checkpoints(data_root, tmp_path):
+    """SOLVER.CHECKPOINT_PERIOD 0 (no periodic checkpoints): model_final after the last iteration; a pre-emption
+    signal still writes the checkpoint of its iteration."""
+    opts = ["SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "0", "UDA.FD.LAMBDA", "0.0"]
+    trainer = build_trainer(make_cfg(tmp_path / "full", *opts))
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert sorted(p.name for p in (tmp_path / "full").glob("*.pth")) == ["model_final.pth"]
+
+    stopped = build_trainer(make_cfg(tmp_path / "stopped", *opts))
+    stopped.resume_or_load(resume=False)
+    stopped.register_hooks([SignalAt(1)])
+    with pytest.raises(TrainingInterrupted) as stop:
+        stopped.train()
+    assert stop.value.code == 128 + signal.SIGTERM
+    assert sorted(p.name for p in (tmp_path / "stopped").glob("*.pth")) == ["model_0000001.pth"]
