@@ -244,7 +244,7 @@ def _add_solver_config(cfg: CN) -> None:
     cfg.SOLVER.POLY_LR_MIN_LR = 0.0
     cfg.SOLVER.MAX_ITER = 40000
     cfg.SOLVER.IMS_PER_BATCH = 2  # source images per step (and as many target images)
-    cfg.SOLVER.CHECKPOINT_PERIOD = 40000
+    cfg.SOLVER.CHECKPOINT_PERIOD = 40000  # 0 = no periodic checkpoints (model_final and pre-emption ones only)
     # keep only the newest N periodic checkpoints (Detectron2's PeriodicCheckpointer max_to_keep; model_final
     # and pre-emption checkpoints are never deleted); 0 keeps all
     cfg.SOLVER.CHECKPOINT_MAX_KEEP = 0

@@ -320,6 +320,12 @@ def _check_combinations(p: _Problems, cfg: CfgNode) -> None:
         p.add("UDA.MIC.ENABLED", f"needs a method with target pseudo-labels (MIC trains on a teacher's pseudo-labels: "
               f"DACS's, or its own EMA teacher's with {' / '.join(MIC_WITH_OWN_TEACHER)}), and the method is "
               f"{method!r}", f"set UDA.METHOD to one of {', '.join(MIC_METHODS)}, or UDA.MIC.ENABLED False")
+    top, bottom, margins = cfg.UDA.PSEUDO_WEIGHT_IGNORE_TOP, cfg.UDA.PSEUDO_WEIGHT_IGNORE_BOTTOM, \
+        list(cfg.INPUT.TARGET.PSEUDO_MARGINS)
+    if (method == SELF_TRAINING or cfg.UDA.MIC.ENABLED) and (top or bottom) and margins:  # uda/pseudo_labels.py
+        p.add("UDA.PSEUDO_WEIGHT_IGNORE_TOP", f"(and _BOTTOM={bottom!r}) ignores pseudo-label rows while "
+              f"INPUT.TARGET.PSEUDO_MARGINS={margins} masks the margins", "use one of the two: the rows 0 or the "
+              "margins []")
     if cfg.UDA.FD.ALL_SCALES and len(cfg.MODEL.HRDA.SCALES) != 2:
         p.add("UDA.FD.ALL_SCALES", "the feature distance on every scale needs the two HRDA scales",
               "set MODEL.HRDA.SCALES [1.0, 0.5], or UDA.FD.ALL_SCALES False")
