@@ -23,7 +23,7 @@ from tests.helpers.step_inputs import RecordStages, synthetic_pairs
 from tests.helpers.tiny_configs import small_input_hrda_cfg
 
 SETTINGS = {  # name -> config overrides
-    "source_only": {"UDA.ENABLED": False},
+    "source_only": {"UDA.METHOD": "source_only"},
     "dacs": {},
     "mic": {"UDA.MIC.ENABLED": True, "UDA.MIC.BLOCK_SIZE": 16},
 }
@@ -35,7 +35,7 @@ def run_one_step(setting, ddp, listener=None, profile=False):
     cfg = small_input_hrda_cfg(**{"UDA.PSEUDO_THRESHOLD": 0.0, "SOLVER.METRICS_PERIOD": 1, **SETTINGS[setting]})
     torch.manual_seed(0)
     student = build_model(cfg).train()
-    uda = cfg.UDA.ENABLED
+    uda = cfg.UDA.METHOD != "source_only"
     teacher = build_model(cfg) if uda else None
     imnet = build_model(cfg) if uda else None
     model = DistributedDataParallel(student, broadcast_buffers=False) if ddp else student
