@@ -30,7 +30,7 @@ from torch.multiprocessing import ProcessExitedException
 from hrda_d2 import load_config
 from hrda_d2.checkpoint import CheckpointLoadError, load_model_weights
 from hrda_d2.config import ConfigError
-from hrda_d2.data.datasets.sem_seg_splits import DatasetNotFoundError, MissingLabelError
+from hrda_d2.data.datasets.sem_seg_splits import DatasetNotFoundError, MissingLabelError, UnknownSplitError
 from hrda_d2.data.datasets.split_files import SplitFileError, register_split_files
 from hrda_d2.engine import HRDATrainer
 from hrda_d2.engine.output_lock import OutputDirInUseError, lock_output_dir
@@ -40,7 +40,7 @@ from hrda_d2.utils.logger import setup_run_logging
 
 # what a user can fix (config, datasets, weights, output folder): a message, not a traceback
 INPUT_ERRORS = (ConfigError, SplitFileError, OutputDirInUseError, CheckpointLoadError, DatasetNotFoundError,
-                MissingLabelError)
+                MissingLabelError, UnknownSplitError)
 
 
 def default_argument_parser():

@@ -5,9 +5,9 @@ from .choices import (AMP_DTYPES, CHOICES, GAN_LOSSES, HEAD_FUSIONS, INPUT_FORMA
                       UDA_MIXES, WARMUP_METHODS, WEIGHTS_SOURCES)
 from .defaults import add_hrda_config
 from .loading import load_config
-from .validation import ConfigError, check_choice, config_problems, uda_method, validate_config
+from .validation import ConfigError, catchable_signal, check_choice, config_problems, uda_method, validate_config
 
 __all__ = ["AMP_DTYPES", "CHOICES", "ConfigError", "GAN_LOSSES", "HEAD_FUSIONS", "INPUT_FORMATS", "LR_SCHEDULERS",
            "MIC_METHODS", "MIC_MODE_NAMES", "MIC_WITH_OWN_TEACHER", "OPTIMIZERS", "SELF_TRAINING", "TEST_MODES",
-           "UDA_METHODS", "UDA_MIXES", "WARMUP_METHODS", "WEIGHTS_SOURCES", "add_hrda_config", "check_choice",
-           "config_problems", "load_config", "uda_method", "validate_config"]
+           "UDA_METHODS", "UDA_MIXES", "WARMUP_METHODS", "WEIGHTS_SOURCES", "add_hrda_config", "catchable_signal",
+           "check_choice", "config_problems", "load_config", "uda_method", "validate_config"]

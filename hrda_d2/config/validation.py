@@ -20,6 +20,7 @@ The checks read the config only (no model, no data): they run in ``load_config``
 """
 import functools
 import math
+import signal
 from typing import Any, Dict, List, Optional, Sequence
 
 from detectron2.config import CfgNode, get_cfg
@@ -27,8 +28,8 @@ from detectron2.config import CfgNode, get_cfg
 from .choices import CHOICES, MIC_METHODS, MIC_WITH_OWN_TEACHER, SELF_TRAINING
 from .defaults import add_hrda_config
 
-__all__ = ["CITYSCAPES_FD_CLASSES", "ConfigError", "IGNORED_DETECTRON2_KEYS", "check_choice", "config_problems",
-           "uda_method", "validate_config"]
+__all__ = ["CITYSCAPES_FD_CLASSES", "ConfigError", "IGNORED_DETECTRON2_KEYS", "catchable_signal", "check_choice",
+           "config_problems", "uda_method", "validate_config"]
 
 # UDA.FD.CLASSES default: the Cityscapes "thing" classes (pole ... bicycle) of the 19-class label space
 CITYSCAPES_FD_CLASSES = (6, 7, 11, 12, 13, 14, 15, 16, 17, 18)
@@ -80,6 +81,13 @@ def check_choice(key: str, value: Any) -> Any:
     if problem:
         raise ConfigError(f"{key}={value!r}: {problem}")
     return value
+
+
+def catchable_signal(name: str) -> Optional[signal.Signals]:
+    """The signal called ``name`` (``"SIGTERM"``, any case) for ``SOLVER.PREEMPTION_SIGNALS``; None if there is
+    none or it cannot be caught (SIGKILL, SIGSTOP)."""
+    sig = getattr(signal, str(name).upper(), None)
+    return sig if isinstance(sig, signal.Signals) and sig not in (signal.SIGKILL, signal.SIGSTOP) else None
 
 
 def uda_method(cfg: CfgNode) -> str:
@@ -160,6 +168,10 @@ def _check_choices(p: _Problems, cfg: CfgNode) -> None:
         problem = _choice_problem(key, _get(cfg, key))
         if problem:
             p.lines.append(f"{key}={_get(cfg, key)!r}: {problem}")
+    unknown = [name for name in cfg.SOLVER.PREEMPTION_SIGNALS if catchable_signal(name) is None]
+    if unknown:
+        p.add("SOLVER.PREEMPTION_SIGNALS", f"{unknown} are not signals that can be caught",
+              "e.g. ['SIGTERM', 'SIGINT', 'SIGUSR1'], or [] (signals act as usual)")
     if cfg.UDA.ENABLED is not None:  # load_config moves it to UDA.METHOD (loading.py); a config built in code
         p.add("UDA.ENABLED", "is the first release's switch, read only when load_config upgrades a YAML file",
               "set UDA.METHOD 'source_only' (for False) and leave UDA.ENABLED out")

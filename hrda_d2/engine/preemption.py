@@ -32,6 +32,8 @@ import torch
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
+from ..config import catchable_signal
+
 __all__ = ["PreemptionHook", "TrainingInterrupted", "ignore_signals_in_loader_workers", "parse_signals"]
 
 logger = logging.getLogger(__name__)
@@ -54,8 +56,8 @@ def parse_signals(names: Sequence[str], key: str = "SOLVER.PREEMPTION_SIGNALS") 
     """``["SIGTERM", "SIGUSR1"]`` -> signal numbers; a ``ValueError`` names ``key`` and the unknown name."""
     out = []
     for name in names:
-        sig = getattr(signal, str(name).upper(), None)
-        if not isinstance(sig, signal.Signals) or sig in (signal.SIGKILL, signal.SIGSTOP):
+        sig = catchable_signal(name)
+        if sig is None:
             raise ValueError(f"{key}: {name!r} is not a signal that can be caught (e.g. SIGTERM, SIGINT, SIGUSR1)")
         out.append(sig)
     return out

@@ -69,6 +69,9 @@ def test_the_defaults_and_every_shipped_config_pass():
     (["UDA.MIX", "cut"], r"UDA\.MIX='cut': is not a mixing"),
     (["UDA.PSEUDO_WEIGHT_IGNORE_TOP", "15"], r"UDA\.PSEUDO_WEIGHT_IGNORE_TOP=15: \(and _BOTTOM=0\) ignores pseudo-label "
                                             r"rows while INPUT\.TARGET\.PSEUDO_MARGINS=\[30, 240, 30, 30\]"),
+    (["SOLVER.PREEMPTION_SIGNALS", "['SIGTERM', 'SIGTERMX', 'SIGKILL']"],
+     r"SOLVER\.PREEMPTION_SIGNALS=\['SIGTERM', 'SIGTERMX', 'SIGKILL'\]: \['SIGTERMX', 'SIGKILL'\] are not signals that "
+     r"can be caught; e\.g\."),
     (["SOLVER.OPTIMIZER", "AdamW"], r"SOLVER\.OPTIMIZER='AdamW': is not an optimizer of hrda_d2; use one of ADAMW, SGD"),
     # Detectron2 keys hrda_d2 does not read
     (["INPUT.CROP.SIZE", "[256, 256]"], r"INPUT\.CROP\.SIZE=\[256, 256\]: is a Detectron2 key that hrda_d2 does not "

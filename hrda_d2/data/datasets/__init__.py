@@ -25,6 +25,7 @@ from .cityscapes_classes import (
 from .sem_seg_splits import (
     DatasetNotFoundError,
     MissingLabelError,
+    UnknownSplitError,
     check_cityscapes_split,
     load_cityscapes_split,
     load_sem_seg_split,
@@ -47,6 +48,7 @@ __all__ = [
     "SYNTHIA_MIOU16_CLASSES",
     "DatasetNotFoundError",
     "MissingLabelError",
+    "UnknownSplitError",
     "check_cityscapes_split",
     "load_cityscapes_split",
     "load_sem_seg_split",

@@ -25,6 +25,7 @@ Public API:
   Detectron2's builtin ``cityscapes_fine_sem_seg_{train,val}``) it first checks the folders and the
   ``*_gtFine_labelTrainIds.png`` files and reports what is missing and how to create it.
 """
+import difflib
 import functools
 import logging
 import os
@@ -40,6 +41,7 @@ from .file_lists import list_files, replace_suffix
 __all__ = [
     "DatasetNotFoundError",
     "MissingLabelError",
+    "UnknownSplitError",
     "load_sem_seg_split",
     "register_sem_seg_split",
     "load_cityscapes_split",
@@ -57,6 +59,13 @@ _MAX_LISTED = 5  # how many offending files an error message names
 
 class DatasetNotFoundError(FileNotFoundError):
     """A split's folder does not exist (dataset not downloaded, wrong $DETECTRON2_DATASETS, not prepared)."""
+
+
+class UnknownSplitError(KeyError):
+    """A split name that is not registered (``DATASETS.*``); the message names it and the nearest one."""
+
+    def __str__(self) -> str:  # the message, not KeyError's quoted repr of it
+        return str(self.args[0])
 
 
 class MissingLabelError(FileNotFoundError):
@@ -327,7 +336,10 @@ def load_split(name: str) -> List[Dict[str, Any]]:
     builtin Cityscapes splits give paths relative to the working directory when ``$DETECTRON2_DATASETS`` is).
     """
     if name not in DatasetCatalog.list():
-        raise KeyError(f"Dataset split '{name}' is not registered; registered: {', '.join(DatasetCatalog.list())}")
+        close = difflib.get_close_matches(name, DatasetCatalog.list(), n=1)
+        raise UnknownSplitError(
+            f"Dataset split '{name}' is not registered" + (f"; did you mean {close[0]}?" if close else "")
+            + " (the builtin splits are listed in datasets/README.md; DATASETS.SPLIT_FILES registers your own)")
     meta = MetadataCatalog.get(name)
     if meta.get("evaluator_type") == "cityscapes_sem_seg" and meta.get("image_dir") and meta.get("gt_dir"):
         check_cityscapes_split(meta.image_dir, meta.gt_dir, name)
