@@ -30,14 +30,17 @@ def _yaml_error_message(error: "yaml.YAMLError", config_file: str) -> str:
 
 
 def _check_bases(config_file: str) -> None:
-    """Every ``_BASE_`` file of ``config_file`` and of its bases exists (a relative one next to the file naming it,
-    as Detectron2 resolves them); else a :class:`ConfigError` naming the including file."""
+    """``config_file`` and its bases hold mappings of keys, and every ``_BASE_`` file exists (a relative one next
+    to the file naming it, as Detectron2 resolves them); else a :class:`ConfigError` naming the including file."""
     with open(config_file) as f:
         try:
             data = yaml.safe_load(f)
         except yaml.constructor.ConstructorError:  # Python tags: Detectron2 loads such files unsafely itself
             return
-    bases = data.get("_BASE_") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        held = "nothing" if data is None else f"a {type(data).__name__} ({str(data)[:40]})"
+        raise ConfigError(f"{config_file}: holds {held}, not config keys; write KEY: value lines as in configs/*.yaml")
+    bases = data.get("_BASE_")
     for base in [bases] if isinstance(bases, str) else bases or []:
         path = os.path.expanduser(str(base))
         if path.startswith(("https://", "http://")):
@@ -60,6 +63,8 @@ def _merge_error_message(error: Exception, where: str, cfg: CN) -> str:
                 + "Every valid key is in hrda_d2/config/defaults.py")
     if message.startswith("Type mismatch"):
         return f"{where}: {message}; give a value of the default's type (hrda_d2/config/defaults.py)"
+    if isinstance(error, TypeError):  # a section (MODEL, SOLVER, ...) given a plain value
+        return f"{where}: {message}: a section of keys is given a plain value? Compare with hrda_d2/config/defaults.py"
     return f"{where}: {message}"
 
 
@@ -107,7 +112,7 @@ def load_config(config_file: str, opts: Sequence[str] = (), freeze: bool = True)
         raise
     except yaml.YAMLError as e:  # a _BASE_ file may be the broken one: the parser's mark names it
         raise ConfigError(_yaml_error_message(e, config_file)) from None
-    except (KeyError, AssertionError, ValueError) as e:
+    except (KeyError, AssertionError, ValueError, TypeError) as e:
         raise ConfigError(_merge_error_message(e, config_file, cfg)) from None
     try:
         cfg.merge_from_list(list(opts))

@@ -107,6 +107,19 @@ def test_a_wrong_key_or_type_is_one_line(opts, message):
     assert str(error.value) == message
 
 
+@pytest.mark.parametrize("text,message", [
+    ("", "holds nothing, not config keys; write KEY: value lines as in configs/*.yaml"),
+    ("- a\n- b\n", "holds a list (['a', 'b']), not config keys; write KEY: value lines as in configs/*.yaml"),
+    ("MODEL: 3\n", "argument of type 'int' is not iterable: a section of keys is given a plain value? Compare with "
+                   "hrda_d2/config/defaults.py"),
+])
+def test_a_file_without_config_keys_is_one_line(tmp_path, text, message):
+    path = write_config(tmp_path, "odd.yaml", text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value) == f"{path}: {message}"
+
+
 def test_a_typo_in_a_file_names_the_file(tmp_path):
     path = write_config(tmp_path, "typo.yaml", f"_BASE_: {CONFIGS / 'demo_hrda.yaml'}\nSOLVER:\n  MAX_ITERS: 10\n")
     with pytest.raises(ConfigError) as error:
