@@ -338,6 +338,9 @@ def _check_combinations(p: _Problems, cfg: CfgNode) -> None:
         p.add("UDA.PSEUDO_WEIGHT_IGNORE_TOP", f"(and _BOTTOM={bottom!r}) ignores pseudo-label rows while "
               f"INPUT.TARGET.PSEUDO_MARGINS={margins} masks the margins", "use one of the two: the rows 0 or the "
               "margins []")
+    if cfg.DATASETS.RCS.ENABLED and method != "target_only" and len(cfg.DATASETS.SOURCE) != 1:  # data/build.py
+        p.add("DATASETS.RCS.ENABLED", f"rare class sampling draws from one source split, DATASETS.SOURCE has "
+              f"{len(cfg.DATASETS.SOURCE)}", "give one source split, or set DATASETS.RCS.ENABLED False")
     if cfg.UDA.FD.ALL_SCALES and len(cfg.MODEL.HRDA.SCALES) != 2:
         p.add("UDA.FD.ALL_SCALES", "the feature distance on every scale needs the two HRDA scales",
               "set MODEL.HRDA.SCALES [1.0, 0.5], or UDA.FD.ALL_SCALES False")

@@ -72,6 +72,8 @@ def test_the_defaults_and_every_shipped_config_pass():
     (["SOLVER.PREEMPTION_SIGNALS", "['SIGTERM', 'SIGTERMX', 'SIGKILL']"],
      r"SOLVER\.PREEMPTION_SIGNALS=\['SIGTERM', 'SIGTERMX', 'SIGKILL'\]: \['SIGTERMX', 'SIGKILL'\] are not signals that "
      r"can be caught; e\.g\."),
+    (["DATASETS.SOURCE", "('gta_train', 'synthia_train')"], r"DATASETS\.RCS\.ENABLED=True: rare class sampling "
+                                                             r"draws from one source split, DATASETS\.SOURCE has 2"),
     (["SOLVER.OPTIMIZER", "AdamW"], r"SOLVER\.OPTIMIZER='AdamW': is not an optimizer of hrda_d2; use one of ADAMW, SGD"),
     # Detectron2 keys hrda_d2 does not read
     (["INPUT.CROP.SIZE", "[256, 256]"], r"INPUT\.CROP\.SIZE=\[256, 256\]: is a Detectron2 key that hrda_d2 does not "
