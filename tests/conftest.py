@@ -23,6 +23,9 @@ if str(REPO_ROOT) not in sys.path:
 # subprocesses (tools/*.py, demo/demo.py) import this checkout too, whichever checkout the shared environment's
 # .pth file points at
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+# the benchmark library of tools/benchmark.py (tools/benchmarking: its DDP counters, FLOPs, ratio table), imported
+# as the scripts import it; tools/ itself is no package (the detectron2 wheel ships a top-level `tools`)
+sys.path.append(str(REPO_ROOT / "tools"))
 
 torch.set_num_threads(1)
 

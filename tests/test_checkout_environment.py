@@ -90,6 +90,7 @@ def test_two_clones_each_import_their_own_code_in_either_order(tmp_path, shared_
     assert str(a) not in shared_pth and str(b) not in shared_pth
 
 
+@pytest.mark.slow
 def test_preparing_again_keeps_the_layer_and_a_moved_checkout_is_repointed(tmp_path, shared_cache):
     env = _env(shared_cache)
     a = _clone(tmp_path / "a")
