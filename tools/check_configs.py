@@ -13,9 +13,9 @@ feature distance; a config that is already CPU-sized (the demo configs) keeps it
 losses, MIC, optimizer and schedule are the config's own.
 
 Data: ``--datasets ROOT`` (replicas of ``python datasets/prepare_synthetic.py ROOT --prepare --acdc
---dark-zurich``), else generated into a temporary folder first. Each line reads ``ok`` with the time and the
-final mIoU, or ``FAIL`` with the error in one line (the traceback is in the log file, and on the console with
---debug). The exit status is 1 if any config failed.
+--dark-zurich``), else generated into a temporary folder before the first run. Each line reads ``ok`` with the time
+and the final mIoU, or ``FAIL`` with the error in one line (the traceback is in OUTPUT/check_configs.log, and on the
+console with --debug). The exit status is 1 if any config failed.
 """
 import argparse
 import os
@@ -41,8 +41,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--datasets", default=None, metavar="ROOT",
                    help="prepared replicas (default: generated into a temporary folder)")
     p.add_argument("--iters", type=int, default=2, help="training iterations per config")
-    p.add_argument("--output", default=None, metavar="DIR",
-                   help="keep each run's output (log, metrics, checkpoints) here (default: a temporary folder)")
+    p.add_argument("--output", default="output/check_configs", metavar="DIR",
+                   help="the log of every run (check_configs.log) and the runs' folders (default %(default)s)")
+    p.add_argument("--keep-runs", action="store_true",
+                   help="keep each run's folder (metrics, checkpoints); by default it is deleted after its line")
     p.add_argument("--debug", action="store_true", help="log to the console and show the traceback of a failure")
     args = p.parse_args(argv)
     if not args.configs and not args.all:
@@ -75,11 +77,13 @@ def config_files(arguments: List[str], every: bool) -> List[Path]:
 
 def prepare_replicas(root: str) -> None:
     """Generated replicas of every dataset layout, prepared (what ``datasets/prepare_synthetic.py ROOT --prepare
-    --acdc --dark-zurich --num-train 4 --num-val 1`` writes)."""
+    --acdc --dark-zurich --num-val 1`` writes). Its 8 training images per domain give every class a file with
+    more pixels of it than the tiny runs' ``DATASETS.RCS.MIN_PIXELS`` (4 do not: rare class sampling then refuses
+    the Cityscapes source of the ACDC / Dark Zurich configs)."""
     from hrda_d2.data.preparation import prepare_cityscapes, prepare_gta, prepare_synthia
     from hrda_d2.data.synthetic import generate_synthetic_datasets
 
-    result = generate_synthetic_datasets(root, num_train=4, num_val=1, acdc=True, dark_zurich=True)
+    result = generate_synthetic_datasets(root, num_train=8, num_val=1, acdc=True, dark_zurich=True)
     for prepare, folder in ((prepare_gta, result.gta), (prepare_synthia, result.synthia),
                             (prepare_cityscapes, result.cityscapes)):
         prepare(folder, nproc=1)
@@ -134,7 +138,7 @@ def set_up_logging(log_file: Path, debug: bool) -> None:
     no console logger of its own."""
     import logging
 
-    handlers = [logging.FileHandler(log_file)] + ([logging.StreamHandler()] if debug else [])
+    handlers = [logging.FileHandler(log_file, mode="w")] + ([logging.StreamHandler()] if debug else [])
     for handler in handlers:
         handler.setFormatter(logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s", "%H:%M:%S"))
         logging.getLogger().addHandler(handler)
@@ -150,23 +154,27 @@ def main(argv=None) -> int:
         import hrda_d2  # noqa: F401  (registers the components and the dataset splits under DETECTRON2_DATASETS)
 
         files = config_files(args.configs, args.all)
-        output = Path(args.output or os.path.join(tmp, "runs")).resolve()
+        output = Path(args.output).resolve()
         output.mkdir(parents=True, exist_ok=True)
         log_file = output / "check_configs.log"
         set_up_logging(log_file, args.debug)
         if args.datasets is not None and not os.path.isdir(datasets):
             raise SystemExit(f"check_configs: --datasets '{datasets}' is not a folder; write it with "
                              f"python datasets/prepare_synthetic.py {datasets} --prepare --acdc --dark-zurich")
-        failed = checked_all(files, output, args.iters, log_file, None if args.datasets else datasets)
+        failed = checked_all(files, output, args.iters, log_file, None if args.datasets else datasets,
+                             keep=args.keep_runs)
     print(f"check_configs: {len(files) - len(failed)} of {len(files)} config(s) ok"
           + (f"; failed: {' '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
 
-def checked_all(files: List[Path], output: Path, iters: int, log_file: Path, generate: Optional[str]) -> List[str]:
+def checked_all(files: List[Path], output: Path, iters: int, log_file: Path, generate: Optional[str],
+                keep: bool) -> List[str]:
     """Check every file, printing one line each; the names of the failed ones. ``generate``: the folder to write
-    the dataset replicas to before the first run that trains (None: they are there)."""
+    the dataset replicas to before the first run that trains (None: they are there). ``keep``: keep each run's
+    folder (else it is deleted after its line: the ResNet runs' checkpoints are some 100 MB each)."""
     import gc
+    import shutil
     import logging
 
     logger = logging.getLogger("hrda_d2.check_configs")
@@ -186,7 +194,12 @@ def checked_all(files: List[Path], output: Path, iters: int, log_file: Path, gen
                     print(f"check_configs: generating the dataset replicas in {generate} ...", flush=True)
                     prepare_replicas(generate)
                     generate = None
-                result = check(path, output / name.replace("/", "__").removesuffix(".yaml"), iters)
+                run_dir = output / name.replace("/", "__").removesuffix(".yaml")
+                try:
+                    result = check(path, run_dir, iters)
+                finally:
+                    if not keep:
+                        shutil.rmtree(run_dir, ignore_errors=True)
                 seen[identity] = (name, "ok")
                 status = "ok"
         except (Exception, SystemExit) as e:  # noqa: B902  (load_config refuses a config with SystemExit)
