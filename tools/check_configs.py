@@ -148,12 +148,12 @@ def set_up_logging(log_file: Path, debug: bool) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="check_configs_") as tmp:
+        files = config_files(args.configs, args.all)
         datasets = os.path.abspath(args.datasets or os.path.join(tmp, "datasets"))
         os.environ["DETECTRON2_DATASETS"] = datasets  # before Detectron2 registers its Cityscapes splits
         sys.path.insert(0, str(REPO))
         import hrda_d2  # noqa: F401  (registers the components and the dataset splits under DETECTRON2_DATASETS)
 
-        files = config_files(args.configs, args.all)
         output = Path(args.output).resolve()
         output.mkdir(parents=True, exist_ok=True)
         log_file = output / "check_configs.log"
