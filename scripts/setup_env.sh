@@ -14,8 +14,8 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 shared=$(bash "$here/scripts/cached_env.sh" | tail -n 1)
 start=$(date +%s%N)
-read -r site rel < <("$shared/bin/python" -c \
-  'import os, sys, sysconfig; p = sysconfig.get_paths()["purelib"]; print(p, os.path.relpath(p, sys.prefix))')
+{ read -r site; read -r rel; } < <("$shared/bin/python" -c \
+  'import os, sys, sysconfig; p = sysconfig.get_paths()["purelib"]; print(p); print(os.path.relpath(p, sys.prefix))')
 pth="$here/.venv/$rel/hrda_d2_checkout.pth"
 want=$(printf '%s\nimport site; site.addsitedir(%s)\n' "$here" "'$site'")
 
