@@ -11,8 +11,10 @@ after the image (relative to its folder for folder inputs). An input that cannot
 name and skipped; the exit status is 1 if any failed. --opacity 1 writes the plain palette image (every pixel
 a class colour, as the original's --show-dir --opacity 1); --hrda-out lr/hr/attention render the context
 prediction, the detail prediction or the scale attention (grey, white = detail), like the original's
-tools/test.py --hrda-out LR/HR/ATT. Videos are read and written frame by frame with OpenCV (.mp4: mp4v,
-.avi: MJPG). --opts sets config keys, e.g. MODEL.WEIGHTS model.pth MODEL.DEVICE cpu.
+tools/test.py --hrda-out LR/HR/ATT. Videos are read and written frame by frame with OpenCV (.mp4, .mkv, .mov:
+mp4v; .avi: MJPG; .webm: VP8); --output is the video file when it has one of these extensions, else a folder.
+--opts sets config keys, e.g. MODEL.WEIGHTS model.pth MODEL.DEVICE cpu. A video that cannot be read or written is
+one line naming the file and what to do; --debug adds the traceback.
 
 MODEL.WEIGHTS must fit the model exactly (every key, every shape): predicting with partly random weights is an
 error. Very large images (the prediction is upsampled to the full image size: about 4 copies of
@@ -44,7 +46,8 @@ from hrda_d2.engine.predictor import HRDA_OUTPUTS
 from predictor import VisualizationDemo  # demo/predictor.py (this script's folder is first on sys.path)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
-VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG"}  # what OpenCV's own (FFmpeg) writer can encode everywhere
+# what OpenCV's own (FFmpeg) writer can encode everywhere, per output extension
+VIDEO_CODECS = {".mp4": "mp4v", ".mkv": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".webm": "VP80"}
 
 logger = logging.getLogger("demo")
 
@@ -65,6 +68,7 @@ def get_parser() -> argparse.ArgumentParser:
                         help="opacity of the prediction over the image, 0..1 (1 = palette image)")
     parser.add_argument("--metadata-name", default=None,
                         help="dataset whose metadata gives class names and colours (default: DATASETS.TEST[0])")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
                         help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model.pth")
     return parser
@@ -217,8 +221,13 @@ def run_images(demo: VisualizationDemo, inputs: List[Tuple[str, str]], output: s
 
 
 def video_output(video_input: str, output: str) -> str:
-    """The video file to write: ``output`` itself if it has a video extension, else ``output/<name>``."""
-    if os.path.splitext(output)[1].lower() in VIDEO_CODECS and not os.path.isdir(output):
+    """The video file to write: ``output`` itself if it has an extension (and is no folder), else
+    ``output/<name of the input>``. An extension OpenCV cannot write here is an ``OSError`` naming the ones it can."""
+    suffix = os.path.splitext(output)[1].lower()
+    if suffix and not os.path.isdir(output):
+        if suffix not in VIDEO_CODECS:
+            raise OSError(f"--output '{output}': cannot write a '{suffix}' video; give a file name ending in "
+                          f"{', '.join(VIDEO_CODECS)}, or a folder")
         return output
     stem, ext = os.path.splitext(os.path.basename(video_input))
     return os.path.join(output, stem + (ext.lower() if ext.lower() in VIDEO_CODECS else ".mp4"))
@@ -227,10 +236,14 @@ def video_output(video_input: str, output: str) -> str:
 def run_video(demo: VisualizationDemo, video_input: str, output: str) -> Tuple[str, int]:
     """Predict every frame; returns (output file, frames written). Raises ``OSError`` for unreadable or
     unwritable videos."""
+    if not os.path.isfile(video_input):
+        raise OSError(f"--video-input '{video_input}' does not exist")
     video = cv2.VideoCapture(video_input)
-    if not os.path.isfile(video_input) or not video.isOpened():
-        raise OSError(f"cannot open video '{video_input}' (missing, or a format OpenCV cannot decode)")
     width, height = int(video.get(cv2.CAP_PROP_FRAME_WIDTH)), int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    if not video.isOpened() or width <= 0 or height <= 0:  # OpenCV "opens" any file name as an image sequence
+        video.release()
+        raise OSError(f"--video-input '{video_input}' is not a readable video (OpenCV decodes no frame from it); "
+                      f"give a video file (e.g. .mp4, .avi), or images with --input")
     fps = video.get(cv2.CAP_PROP_FPS) or 25.0
     num_frames = int(video.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     target = video_output(video_input, output)
@@ -239,7 +252,8 @@ def run_video(demo: VisualizationDemo, video_input: str, output: str) -> Tuple[s
     writer = cv2.VideoWriter(target, cv2.VideoWriter_fourcc(*codec), fps, (width, height), True)
     if not writer.isOpened():
         video.release()
-        raise OSError(f"cannot write video '{target}' with codec {codec}")
+        raise OSError(f"cannot write video '{target}' with codec {codec}: check that its folder is writable, or "
+                      f"choose another extension ({', '.join(VIDEO_CODECS)})")
     written = 0
     try:
         for frame in tqdm.tqdm(demo.run_on_video(video), total=num_frames, desc="demo", unit="frame"):
@@ -268,8 +282,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             target, frames = run_video(demo, args.video_input, args.output)
         except (OSError, RuntimeError, cv2.error) as e:
-            logger.error("%s", e)
-            print(f"demo: failed on video '{args.video_input}'")
+            if args.debug:
+                raise
+            print(f"demo: {e}", file=sys.stderr)
             return 1
         print(f"demo: wrote {frames} frame(s) ({args.hrda_out}) to {target}")
         return 0

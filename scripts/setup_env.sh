@@ -1,44 +1,32 @@
 #!/usr/bin/env bash
-# Create (first use) or reuse the project's virtual environment and link it as ./.venv.
+# Give this checkout its own environment ./.venv, layered over the shared cached packages.
 #
-# The environment lives in a cache outside the checkout, keyed by a hash of the requirement files and
-# of the install scripts, so CI runs and later `make` calls on the same machine reuse it:
-#   ${HRDA_D2_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hrda_d2}/venv-<hash>
-# A half-built environment is never reused: it is built under a temporary name and renamed when done.
-# The checkout itself is put on the environment's sys.path through a .pth file (re-pointed on every
-# call), so `.venv/bin/python -c "import hrda_d2"` uses this checkout's code without a reinstall.
+# scripts/cached_env.sh builds (first use) or finds the shared environment with PyTorch, Detectron2 and the test
+# tools. ./.venv is a small virtual environment of this checkout (no packages of its own, made in a fraction of a
+# second) whose site-packages holds one file, hrda_d2_checkout.pth:
+#     <this checkout>
+#     import site; site.addsitedir('<shared environment>/lib/pythonX.Y/site-packages')
+# so `.venv/bin/python` imports this checkout's hrda_d2, and then the shared packages. Every process started with
+# it, and every process those start with sys.executable (tools/experiments.py's training runs, SLURM jobs started
+# later), imports this checkout, whichever other checkout on the machine ran `make env` last.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$here"
-PYTHON=${PYTHON:-python3.11}
-command -v "$PYTHON" >/dev/null || PYTHON=python3
-cache=${HRDA_D2_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hrda_d2}
-key=$(cat requirements.txt requirements-test.txt scripts/setup_env.sh scripts/install_detectron2.sh \
-      | sha256sum | cut -c1-16)
-venv="$cache/venv-$key"
+shared=$(bash "$here/scripts/cached_env.sh" | tail -n 1)
+start=$(date +%s%N)
+{ read -r site; read -r rel; } < <("$shared/bin/python" -c \
+  'import os, sys, sysconfig; p = sysconfig.get_paths()["purelib"]; print(p); print(os.path.relpath(p, sys.prefix))')
+pth="$here/.venv/$rel/hrda_d2_checkout.pth"
+want=$(printf '%s\nimport site; site.addsitedir(%s)\n' "$here" "'$site'")
 
-if [ ! -x "$venv/bin/python" ]; then
-  echo "[env] creating $venv (first use; installs PyTorch, Detectron2 and the test tools)"
-  start=$(date +%s)
-  mkdir -p "$cache"
-  tmp="$venv.tmp.$$"
-  rm -rf "$tmp"
-  "$PYTHON" -m venv "$tmp"
-  "$tmp/bin/python" -m pip install --quiet --upgrade pip
-  "$tmp/bin/python" -m pip install --quiet -r requirements.txt -r requirements-test.txt
-  bash scripts/install_detectron2.sh "$tmp/bin/python"
-  rm -rf "$venv"
-  mv "$tmp" "$venv"
-  # the scripts in bin/ carry the temporary path in their shebangs: point them at the final one
-  grep -rlI --null "$tmp" "$venv/bin" 2>/dev/null | xargs -0 -r sed -i "s#$tmp#$venv#g"
-  sed -i "s#$tmp#$venv#g" "$venv/pyvenv.cfg"
-  echo "[env] built in $(( $(date +%s) - start )) s"
-else
-  echo "[env] reusing $venv"
+if [ -L "$here/.venv" ] || [ ! -x "$here/.venv/bin/python" ] || [ ! -f "$pth" ]; then
+  # first use, or the link to the shared environment of an older set-up: a fresh layer
+  rm -rf "$here/.venv"
+  "$shared/bin/python" -m venv --without-pip "$here/.venv"
 fi
-
-site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-echo "$here" > "$site/hrda_d2_checkout.pth"
-ln -sfn "$venv" "$here/.venv"
-"$here/.venv/bin/python" -c "import detectron2, torch; print(f'[env] python ok: torch {torch.__version__}, detectron2 {detectron2.__version__}')"
+if [ "$(cat "$pth" 2>/dev/null)" != "$want" ]; then  # new layer, another shared environment, or a moved checkout
+  printf '%s\n' "$want" > "$pth.tmp.$$"
+  mv "$pth.tmp.$$" "$pth"
+fi
+echo "[env] $here/.venv: this checkout over $shared ($(( ($(date +%s%N) - start) / 1000000 )) ms)"
+"$here/.venv/bin/python" -c "import detectron2, hrda_d2, torch; print(f'[env] python ok: torch {torch.__version__}, detectron2 {detectron2.__version__}, hrda_d2 from {hrda_d2.__path__[0]}')"

@@ -20,9 +20,12 @@ import torch  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
-# subprocesses (tools/*.py, demo/demo.py) import this checkout too, whichever checkout the shared environment's
-# .pth file points at
+# subprocesses (tools/*.py, demo/demo.py) import this checkout too, also when the tests run with an interpreter that
+# is not this checkout's .venv (scripts/setup_env.sh)
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+# the benchmark library of tools/benchmark.py (tools/benchmarking: its DDP counters, FLOPs, ratio table), imported
+# as the scripts import it; tools/ itself is no package (the detectron2 wheel ships a top-level `tools`)
+sys.path.append(str(REPO_ROOT / "tools"))
 
 torch.set_num_threads(1)
 

@@ -9,7 +9,7 @@
     python tools/benchmark.py --tiny --phases ddp --variants mic,source_only   # gradient all-reduces under DDP
 
 Each (variant, phase) runs in a fresh subprocess, so that its peak memory is its own (CPU: the peak resident set
-size of that process; CUDA: ``torch.cuda.max_memory_allocated``). Phases (``hrda_d2/benchmark/phases.py``):
+size of that process; CUDA: ``torch.cuda.max_memory_allocated``). Phases (``tools/benchmarking/phases.py``):
 
 * ``train``: full DACS iterations through the project's trainer on synthetic data: median seconds per iteration
   after warm-up and the median time of each named stage of the step (the device synchronised at every stage
@@ -42,10 +42,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from hrda_d2.benchmark.report import device_info, summarise  # noqa: E402
-from hrda_d2.benchmark.runner import run_plan  # noqa: E402
-from hrda_d2.benchmark.settings import BenchmarkSettings  # noqa: E402
-from hrda_d2.benchmark.variants import DEFAULT_VARIANTS, PAPER_CONFIG, PHASE_NAMES, VARIANTS, plan_variants  # noqa: E402
+from benchmarking.report import device_info, summarise  # noqa: E402
+from benchmarking.runner import run_plan  # noqa: E402
+from benchmarking.settings import BenchmarkSettings  # noqa: E402
+from benchmarking.variants import DEFAULT_VARIANTS, PAPER_CONFIG, PHASE_NAMES, VARIANTS, plan_variants  # noqa: E402
 
 logger = logging.getLogger("hrda_d2.benchmark")
 

@@ -14,7 +14,7 @@ Checks (tiny MiT-b0 HRDA, random weights, synthetic data), each PASS / FAIL in t
    1 iteration (student weights, teacher weights, GradScaler state);
 5. ``ddp_nccl``: DistributedDataParallel initialisation with the NCCL backend in this one process
    (world size 1), one forward/backward and an all-reduce;
-6. the paper-size benchmark (``tools/benchmark.py`` over ``hrda_d2/benchmark``, mit_b5, 1024 crops, 2 + 2 images; variants baseline,
+6. the paper-size benchmark (``tools/benchmark.py`` over ``tools/benchmarking``, mit_b5, 1024 crops, 2 + 2 images; variants baseline,
    tile_reuse, bf16, bf16_ckpt): iteration time, peak memory, slide images/s, MFU.
 
 Exit status: 0 all checks passed, 1 a check failed, 2 no CUDA device (nothing is run). Nothing is installed or
@@ -47,7 +47,7 @@ def check(fn: Callable) -> Callable:
 
 def tiny_cfg(*opts: str, device: str = "cuda"):
     """mit_b0 HRDA: 256 crops, HR crop 128, slide 256 / 128, 2 + 2 images, on ``device``."""
-    from hrda_d2.benchmark.variants import build_cfg  # imported when a check runs: no CUDA, no wait
+    from benchmarking.variants import build_cfg  # imported when a check runs: no CUDA, no wait
 
     tiny = ["MODEL.MIT.VARIANT", "mit_b0", "INPUT.SOURCE.CROP_SIZE", "[256, 256]",
             "INPUT.TARGET.CROP_SIZE", "[256, 256]", "MODEL.HRDA.HR_CROP_SIZE", "[128, 128]",
@@ -156,7 +156,7 @@ def fp16_resume() -> Dict[str, Any]:
     import torch
     from detectron2.utils.env import seed_all_rng
 
-    from hrda_d2.benchmark.synthetic import synthetic_trainer
+    from benchmarking.synthetic import synthetic_trainer
 
     torch.use_deterministic_algorithms(True, warn_only=True)  # bilinear backward has no deterministic kernel
     try:

@@ -9,6 +9,7 @@ image) holding 3 HR tiles of 64x64 (stride 32). Expected predictions are compute
 modules (backbone, heads) with the operations of the reference (4.4, 4.5, 5.3, 5.5, 10.2), not through the
 predictor; the demo's pictures are decoded back to class ids through the palette.
 """
+import os
 import shutil
 import subprocess
 import sys
@@ -188,20 +189,20 @@ def test_folder_with_a_corrupt_file_palette_pictures(weights, model, image_folde
         assert (swapped != expected).mean() > 0.05
 
 
-def test_video_same_frame_count(weights, image_folder, tmp_path):
-    video = tmp_path / "clip.avi"
+@pytest.fixture(scope="module")
+def clip(image_folder, tmp_path_factory) -> Path:
+    """A 3-frame MJPG video of the generated scenes."""
+    video = tmp_path_factory.mktemp("video") / "clip.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (128, 64))
     assert writer.isOpened()
     for i in range(3):
         writer.write(cv2.imread(str(image_folder / f"scene{i}.png")))
     writer.release()
-    out = tmp_path / "out"
-    proc = run_demo(["--video-input", str(video), "--output", str(out),
-                     "--opts", "MODEL.WEIGHTS", weights] + TEST_OPTS, tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    result = out / "clip.avi"
-    assert f"wrote 3 frame(s) (fused) to {result}" in proc.stdout
-    capture = cv2.VideoCapture(str(result))
+    return video
+
+
+def read_frames(path: Path) -> List[np.ndarray]:
+    capture = cv2.VideoCapture(str(path))
     frames = []
     while True:
         ok, frame = capture.read()
@@ -209,8 +210,53 @@ def test_video_same_frame_count(weights, image_folder, tmp_path):
             break
         frames.append(frame)
     capture.release()
+    return frames
+
+
+def test_video_same_frame_count(weights, image_folder, clip, tmp_path):
+    out = tmp_path / "out"
+    proc = run_demo(["--video-input", str(clip), "--output", str(out),
+                     "--opts", "MODEL.WEIGHTS", weights] + TEST_OPTS, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = out / "clip.avi"
+    assert f"wrote 3 frame(s) (fused) to {result}" in proc.stdout
+    frames = read_frames(result)
     assert len(frames) == 3 and all(f.shape == (64, 128, 3) for f in frames)
     assert np.abs(frames[0].astype(int) - cv2.imread(str(image_folder / "scene0.png")).astype(int)).mean() > 5
+
+
+def test_video_output_file_name_of_another_container_is_the_file(weights, clip, tmp_path):
+    out = tmp_path / "v.mkv"
+    proc = run_demo(["--video-input", str(clip), "--output", str(out),
+                     "--opts", "MODEL.WEIGHTS", weights] + TEST_OPTS, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert out.is_file() and f"wrote 3 frame(s) (fused) to {out}" in proc.stdout  # not a folder v.mkv/clip.avi
+    assert len(read_frames(out)) == 3
+
+
+def test_unreadable_video_input_is_one_line_naming_it(weights, tmp_path):
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(bytes(range(256)) * 4)
+    args = ["--video-input", str(garbage), "--output", str(tmp_path / "out"), "--opts", "MODEL.WEIGHTS", weights]
+    proc = run_demo(args + TEST_OPTS, tmp_path)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("demo:")]
+    assert lines == [f"demo: --video-input '{garbage}' is not a readable video (OpenCV decodes no frame from it); "
+                     f"give a video file (e.g. .mp4, .avi), or images with --input"], proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr and "codec" not in proc.stderr  # the input is to blame
+    assert not (tmp_path / "out").exists()
+    debug = run_demo(args[:4] + ["--debug"] + args[4:] + TEST_OPTS, tmp_path)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "is not a readable video" in debug.stderr
+
+
+def test_video_output_names_the_extensions_it_can_write():
+    demo_module = load_demo_module()
+    assert demo_module.video_output("in/clip.avi", "out") == os.path.join("out", "clip.avi")
+    assert demo_module.video_output("in/clip.flv", "out") == os.path.join("out", "clip.mp4")
+    assert demo_module.video_output("in/clip.avi", "v.webm") == "v.webm"
+    with pytest.raises(OSError, match=r"--output 'v.gif': cannot write a '.gif' video; give a file name ending in "
+                                      r"\.mp4, \.mkv, \.mov, \.avi, \.webm, or a folder"):
+        demo_module.video_output("in/clip.avi", "v.gif")
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""tools/benchmark.py and tools/gpu_check.py (thin command lines over hrda_d2/benchmark) without running a
+"""tools/benchmark.py and tools/gpu_check.py (thin command lines over tools/benchmarking) without running a
 benchmark: the variant plan, the ratio table (speed-ups and memory ratios against the baseline of the same run),
 the FLOP handle of the attention, and the GPU check failing clearly (exit 2, no hang) without a CUDA device."""
 import subprocess
@@ -7,8 +7,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from hrda_d2.benchmark.flops import count_flops
-from hrda_d2.benchmark.report import summarise
+from benchmarking.flops import count_flops
+from benchmarking.report import summarise
 from tests.helpers.paths import REPO_ROOT, TOOLS_DIR
 from tests.helpers.scripts import import_script
 

@@ -32,7 +32,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 from torch.nn.parallel import DistributedDataParallel
 
-from hrda_d2.benchmark.ddp import AllReduceCounter, BackwardCounter
+from benchmarking.ddp import AllReduceCounter, BackwardCounter
 from hrda_d2.uda import DACSStepTrainer
 from hrda_d2.utils.rng import get_rng_states, set_rng_states
 from tests.helpers.tiny_configs import small_input_hrda_cfg

@@ -17,7 +17,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from torch.nn.parallel import DistributedDataParallel
 
-from hrda_d2.benchmark.ddp import AllReduceCounter, BackwardCounter
+from benchmarking.ddp import AllReduceCounter, BackwardCounter
 from hrda_d2.uda import DACSStepTrainer
 from tests.helpers.step_inputs import RecordStages, synthetic_pairs
 from tests.helpers.tiny_configs import small_input_hrda_cfg

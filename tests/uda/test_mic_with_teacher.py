@@ -21,7 +21,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from torch.nn.parallel import DistributedDataParallel
 
-from hrda_d2.benchmark.ddp import AllReduceCounter, BackwardCounter
+from benchmarking.ddp import AllReduceCounter, BackwardCounter
 from hrda_d2.uda import AdvSegStepTrainer, FCDiscriminator, MaskedImageConsistency, MinEntStepTrainer
 from hrda_d2.uda.ema import ema_alpha
 from hrda_d2.uda.pseudo_labels import predict_pseudo_labels

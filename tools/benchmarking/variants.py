@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..config import load_config
+from hrda_d2.config import load_config
 
 __all__ = ["DEFAULT_VARIANTS", "PAPER_CONFIG", "PHASE_NAMES", "TINY_OPTS", "VARIANTS", "build_cfg", "plan_variants"]
 

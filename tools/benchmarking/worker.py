@@ -1,7 +1,7 @@
-"""One (variant, phase) measurement in its own process (``python -m hrda_d2.benchmark.worker SPEC OUT``).
+"""One (variant, phase) measurement in its own process (``python -m benchmarking.worker SPEC OUT`` in ``tools/``).
 
 ``SPEC`` is a JSON file ``{"settings": BenchmarkSettings, "variant": name, "phase": name}``; the result is written
-to ``OUT`` as JSON (:func:`hrda_d2.benchmark.phases.run_phase`). Started by :mod:`.runner`.
+to ``OUT`` as JSON (:func:`benchmarking.phases.run_phase`). Started by :mod:`.runner`.
 """
 import json
 import logging

@@ -1,7 +1,9 @@
 """The benchmark library behind ``tools/benchmark.py`` and ``tools/gpu_check.py`` (README "Performance").
 
-The top layer of the package: it may import :mod:`hrda_d2.engine` and everything below, and nothing in
-``hrda_d2`` imports it. One job per module:
+Outside the importable package, beside its command lines (as Detectron2 keeps ``tools/benchmark.py`` outside
+``detectron2/``): the scripts import it as ``benchmarking`` (their folder is first on ``sys.path``), the tests
+through the same folder (tests/conftest.py). It uses :mod:`hrda_d2` and nothing in ``hrda_d2`` imports it. One
+job per module:
 
 * :mod:`.variants`: the measured variants (config switches against the float32 baseline), ``--tiny``, the
   config of a variant, the plan of (variant, phases);

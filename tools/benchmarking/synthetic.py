@@ -9,7 +9,7 @@ from typing import Any, Dict, List
 import torch
 from detectron2.utils import comm
 
-from ..engine import HRDATrainer
+from hrda_d2.engine import HRDATrainer
 
 __all__ = ["SyntheticTrainer", "synthetic_batch", "synthetic_trainer"]
 

@@ -17,15 +17,16 @@ __all__ = ["run_plan"]
 
 logger = logging.getLogger(__name__)
 
-# the checkout this package belongs to: the worker processes import the same hrda_d2 (first on sys.path, ahead
-# of the current folder and of any installed copy), and so do the processes they spawn (PYTHONPATH)
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
-_WORKER = (f"import runpy, sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); "
-           "runpy.run_module('hrda_d2.benchmark.worker', run_name='__main__')")
+# the worker processes import this library (from tools/) and the hrda_d2 of the checkout it belongs to (first on
+# sys.path, ahead of the current folder and of any installed copy), and so do the processes they spawn (PYTHONPATH)
+_TOOLS_DIR = str(Path(__file__).resolve().parents[1])
+_REPO_ROOT = str(Path(__file__).resolve().parents[2])
+_WORKER = (f"import runpy, sys; sys.path[:0] = [{_TOOLS_DIR!r}, {_REPO_ROOT!r}]; "
+           "runpy.run_module('benchmarking.worker', run_name='__main__')")
 
 
 def _worker_env() -> Dict[str, str]:
-    path = [_PACKAGE_ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+    path = [_TOOLS_DIR, _REPO_ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]
     return dict(os.environ, PYTHONPATH=os.pathsep.join(path))
 
 

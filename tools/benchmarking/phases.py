@@ -27,7 +27,7 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from ..uda import amp_dtype_from_config
+from hrda_d2.uda import amp_dtype_from_config
 from .ddp import phase_ddp
 from .flops import count_flops
 from .memory import MemoryMeter
