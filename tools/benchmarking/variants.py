@@ -48,7 +48,7 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
                  desc="bf16 + MiT checkpointing + tile reuse"),
     "compile": dict(opts=["MODEL.COMPILE", "True"], phases=("train", "infer"), desc="MODEL.COMPILE"),
     "mic": dict(opts=["UDA.MIC.ENABLED", "True"], phases=("train", "ddp"), desc="UDA.MIC (masked image consistency)"),
-    "source_only": dict(opts=["UDA.ENABLED", "False"], phases=("ddp",), desc="UDA.ENABLED False (source only)"),
+    "source_only": dict(opts=["UDA.METHOD", "source_only"], phases=("ddp",), desc="UDA.METHOD source_only"),
     # the finite checks' cost: losses read every iteration, without / with the gradient check (compare the two)
     "metrics": dict(opts=["SOLVER.METRICS_PERIOD", "1", "SOLVER.CHECK_FINITE_GRADIENTS", "False"], phases=("train",),
                     desc="SOLVER.METRICS_PERIOD 1 (losses read and checked every iteration), no gradient check"),

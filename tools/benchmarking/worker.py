@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from hrda_d2.config import ConfigError
+
 from .phases import run_phase
 from .settings import BenchmarkSettings
 
@@ -17,7 +19,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     spec = json.loads(Path(spec_path).read_text())
     settings = BenchmarkSettings(**spec["settings"])
-    result = run_phase(settings, spec["variant"], spec["phase"])
+    try:
+        result = run_phase(settings, spec["variant"], spec["phase"])
+    except ConfigError as e:  # one line, not a worker traceback
+        print(f"benchmark: {e}", file=sys.stderr)
+        return 2
     Path(out_path).write_text(json.dumps(result))
     return 0
 
