@@ -37,6 +37,7 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from ..utils.rng import gather_rng_states, rank_rng_states, set_rng_states
+from .pseudo_labels import EMATeacher
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ class Iteration:
     """One iteration of a step, from :meth:`UDAStepTrainer.start_step` to :meth:`UDAStepTrainer.finish_step`.
 
     data, data_time: the loader's item and the seconds spent waiting for it.
-    metrics_step: whether this iteration reads its losses / metrics on the host (:attr:`UDAStepTrainer.is_metrics_step`).
+    metrics_step: whether this iteration reads its losses / metrics on the host
+        (:attr:`UDAStepTrainer.is_metrics_step`).
     plan: the iteration's backward passes in order (:meth:`UDAStepTrainer.pass_plan`); ``passes_run`` of them ran.
     losses: the loss terms of the passes run, in order (``total_loss`` sums them in this order), with their graph.
     scalars: non-loss scalars (tensors stay on the device until a metrics step reads them).
@@ -275,9 +277,9 @@ class UDAStepTrainer(SimpleTrainer):
             if self.gradients_are_finite(it):
                 self.step_optimizers()
 
-    def update_teacher(self, it: Iteration, teacher) -> None:
-        """Stage ``ema``: the EMA update of ``teacher`` (an :class:`~.pseudo_labels.EMATeacher`) from the student
-        at the start of the iteration; its coefficient ``ema_alpha`` into ``it.scalars``."""
+    def update_teacher(self, it: Iteration, teacher: EMATeacher) -> None:
+        """Stage ``ema``: the EMA update of ``teacher`` from the student at the start of the iteration; its
+        coefficient ``ema_alpha`` into ``it.scalars``."""
         with self.stage("ema"):
             it.scalars["ema_alpha"] = teacher.update(self.student, self.iter)
 

@@ -1,4 +1,4 @@
-"""MIC on AdvSeg / MinEnt with MIC's own EMA teacher (hrda_d2/uda/masked_consistency_teacher.py, docs/method.md
+"""MIC on AdvSeg / MinEnt with MIC's own EMA teacher (hrda_d2/uda/masked_consistency.py, docs/method.md
 §17.6), on a tiny HRDA in one process:
 
 * the stages come in the original's order: teacher update first, the masked pass after the method's target pass
