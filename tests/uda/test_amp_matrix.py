@@ -4,8 +4,9 @@
 ``UDA.MIC.ENABLED`` {off, on} (MIC is refused for source_only / target_only), each built as ``HRDATrainer`` builds
 it (student, EMA teacher, ImageNet model, discriminator and the optimizers over them; ``build_uda_step``):
 
-* a normal step: every loss finite, every parameter finite, the student (and the discriminator) moved and the
-  optimizers have state;
+* a normal step (float16: initial scale 1; the random-init tiny HRDA's MIC gradients reach ~260, so the default
+  2^16, even 2^8, overflows and the scaler rightly skips): every loss finite, every parameter finite, the student
+  (and the discriminator) moved and the optimizers have state;
 * float16 with a FORCED overflow (a grad scaler whose initial scale, 2^100, overflows the float16 gradients): the
   scaler backs off, and no optimizer steps: every student, teacher and discriminator parameter is finite and
   unchanged, and the optimizers' states are unchanged (AdvSeg's discriminator Adam included, which used to step
@@ -33,6 +34,7 @@ AMP = {"off": {}, "bfloat16": {"SOLVER.AMP.ENABLED": True, "SOLVER.AMP.DTYPE": "
 METHODS = {"dacs": (False, True), "advseg": (False, True), "minent": (False, True), "source_only": (False,),
            "target_only": (False,)}
 OVERFLOW_SCALE = 2.0 ** 100
+NORMAL_SCALE = 1.0
 DEFAULT_SUITE = {("float16", "advseg", False)}
 
 
@@ -91,8 +93,8 @@ def run_one_step(step):
 @pytest.mark.parametrize("amp,method,mic", list(cases(overflow=False)))
 def test_one_step_moves_every_trained_model(amp, method, mic):
     step, models = build(amp, method, mic)
-    if step.grad_scaler is not None:  # float16: an initial scale that does not overflow the tiny model
-        step.grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    if step.grad_scaler is not None:  # float16: a scale that does not overflow (random-init MIC gradients reach
+        step.grad_scaler = torch.amp.GradScaler("cpu", init_scale=NORMAL_SCALE)  # ~260: x 2^8 overflows float16)
     before = parameters(models)
     losses = run_one_step(step)
     assert losses and all(np.isfinite(v) for v in losses.values()), losses
@@ -103,7 +105,7 @@ def test_one_step_moves_every_trained_model(amp, method, mic):
             assert any(not torch.equal(v, before[k]) for k, v in after.items() if k.startswith(name + ".")), name
     assert all(state for state in optimizer_states(step)), "an optimizer did not step"
     if step.grad_scaler is not None:
-        assert step.grad_scaler.get_scale() == 2.0 ** 8  # no overflow, no back-off
+        assert step.grad_scaler.get_scale() == NORMAL_SCALE  # no overflow, no back-off
 
 
 @pytest.mark.parametrize("amp,method,mic", list(cases(overflow=True)))
