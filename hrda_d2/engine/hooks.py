@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Dict, List, Sequence
+from typing import List, Sequence
 
 import numpy as np
 import torch
@@ -13,6 +13,7 @@ from detectron2.utils.events import get_event_storage
 from PIL import Image, ImageDraw
 
 from ..modeling.pixel_normalizer import PixelNormalizer
+from ..uda.dacs_step import DACSVisuals
 from ..utils.colorize import colorize_labels, grey_image
 from ..utils.rng import preserve_rng_states
 
@@ -55,7 +56,8 @@ def _grid(rows: List[List[tuple]]) -> Image.Image:
 
 
 class DebugImageHook(HookBase):
-    """After every iteration whose DACS step kept its tensors (``trainer.uda_step.visuals``: every
+    """After every iteration whose DACS step kept its tensors (``trainer.uda_step.visuals``, a
+    :class:`~hrda_d2.uda.dacs_step.DACSVisuals`: every
     ``UDA.DEBUG_IMG_INTERVAL`` iterations), writes ``<output_dir>/debug/<iter+1:06d>_<sample>.png`` and puts the
     same panels into the event storage (``put_image``: TensorBoard): source image and label, target image,
     pseudo-label, pseudo weight, ClassMix mask, mixed image and label, and the student's LR / HR / fused
@@ -78,26 +80,26 @@ class DebugImageHook(HookBase):
             self._write(step.student, step.visuals)
 
     @torch.no_grad()
-    def _write(self, student, visuals: Dict[str, torch.Tensor]) -> None:
+    def _write(self, student, visuals: DACSVisuals) -> None:
         os.makedirs(self._dir, exist_ok=True)
         storage = get_event_storage()
         normalizer = student.pixel_normalizer
         scales = masked_pred = None
         with inference_context(student):
             if student.is_multi_scale:
-                scales = student.forward_scales(visuals["target_image"][: self._max_samples])
-            if "masked_image" in visuals:  # MIC
-                masked_pred = student.whole_inference(visuals["masked_image"][: self._max_samples]).argmax(1)
-        for i in range(min(self._max_samples, visuals["source_image"].shape[0])):
+                scales = student.forward_scales(visuals.target_image[: self._max_samples])
+            if visuals.masked_image is not None:  # MIC
+                masked_pred = student.whole_inference(visuals.masked_image[: self._max_samples]).argmax(1)
+        for i in range(min(self._max_samples, visuals.source_image.shape[0])):
             rows = [
-                [("source", denormalize_image(visuals["source_image"][i], normalizer)),
-                 ("source label", colorize_labels(visuals["source_label"][i], self._colors)),
-                 ("target", denormalize_image(visuals["target_image"][i], normalizer)),
-                 ("pseudo-label", colorize_labels(visuals["pseudo_label"][i], self._colors)),
-                 ("pseudo weight", grey_image(visuals["pseudo_weight"][i]))],
-                [("mix mask", grey_image(visuals["mix_mask"][i, 0].float())),
-                 ("mixed (aug)", denormalize_image(visuals["mixed_image"][i], normalizer)),
-                 ("mixed label", colorize_labels(visuals["mixed_label"][i], self._colors))],
+                [("source", denormalize_image(visuals.source_image[i], normalizer)),
+                 ("source label", colorize_labels(visuals.source_label[i], self._colors)),
+                 ("target", denormalize_image(visuals.target_image[i], normalizer)),
+                 ("pseudo-label", colorize_labels(visuals.pseudo_label[i], self._colors)),
+                 ("pseudo weight", grey_image(visuals.pseudo_weight[i]))],
+                [("mix mask", grey_image(visuals.mix_mask[i, 0].float())),
+                 ("mixed (aug)", denormalize_image(visuals.mixed_image[i], normalizer)),
+                 ("mixed label", colorize_labels(visuals.mixed_label[i], self._colors))],
             ]
             if scales is not None:
                 rows.append([
@@ -108,8 +110,8 @@ class DebugImageHook(HookBase):
                 ])
             if masked_pred is not None and i < masked_pred.shape[0]:
                 rows.append([
-                    ("masked (MIC)", denormalize_image(visuals["masked_image"][i], normalizer)),
-                    ("masked label", colorize_labels(visuals["masked_label"][i], self._colors)),
+                    ("masked (MIC)", denormalize_image(visuals.masked_image[i], normalizer)),
+                    ("masked label", colorize_labels(visuals.masked_label[i], self._colors)),
                     ("masked pred.", colorize_labels(masked_pred[i], self._colors)),
                 ])
             panel = _grid(rows)

@@ -1,17 +1,19 @@
 """The adaptation methods (docs/method.md §7, §17, §18): one step class per method, one iteration per ``run_step``.
 
-* :mod:`.step_base`: ``UDAStepTrainer``, the ``SimpleTrainer`` machinery every UDA step shares (batch and data
-  time, RNG restore, autocast, labelled / label-free student forwards, finite checks, backward, one DDP gradient
-  sync per iteration, optimizer step, metrics, named stages with an optional listener, checkpointed state);
+* :mod:`.step_base`: ``UDAStepTrainer``, the ``SimpleTrainer`` machinery every UDA step shares: ``start_step``
+  (the iteration's state and pass plan), ``run_pass`` (a named pass: forward, finite check, backward, one DDP
+  gradient sync per model and iteration), ``finish_step`` (metrics, gradient check, every optimizer through one
+  grad-scaler decision), labelled / label-free student forwards, named stages with an optional listener,
+  checkpointed state;
 * :mod:`.build`: ``build_uda_step``, the step of ``UDA.METHOD``;
-* :mod:`.dacs_step`: ``DACSStepTrainer``, one DACS iteration (HRDA's and DAFormer's self-training; source-only
-  without a teacher), and its parts, in the order of the iteration: :mod:`.ema` (EMA teacher, step 1),
-  :mod:`.strong_augmentation` (steps 3 and 8), :mod:`.feature_distance` (step 5), :mod:`.pseudo_labels` (step 6),
+* :mod:`.dacs_step`: ``DACSStepTrainer``, one DACS iteration (HRDA's and DAFormer's self-training), and its parts,
+  in the order of the iteration: :mod:`.ema` (EMA update, step 1), :mod:`.strong_augmentation` (steps 3 and 8),
+  :mod:`.feature_distance` (step 5), :mod:`.pseudo_labels` (the EMA teacher's pseudo-labels, step 6),
   :mod:`.class_mix` (steps 7 and 8); MIC after step 9: :mod:`.masking` (block masking, §17.3) and
-  :mod:`.masked_consistency` (the masked image consistency loss, §17);
+  :mod:`.masked_consistency` (the masked image consistency pass, §17);
 * :mod:`.advseg_step` (AdvSeg, with :mod:`.discriminator`), :mod:`.minent_step` (MinEnt), sharing
-  :mod:`.output_space`, and with MIC its own EMA teacher (:mod:`.masked_consistency_teacher`, §17.6);
-  :mod:`.supervised_step` (the target-only oracle).
+  :mod:`.output_space`; with MIC, its pass has its own EMA teacher (§17.6);
+  :mod:`.supervised_step` (source-only and the target-only oracle: one labelled stream).
 
 The workflow around it (models, optimizer, schedule, checkpoints, evaluation, hooks) is :mod:`hrda_d2.engine`.
 """

@@ -4,10 +4,10 @@
 method             step                                  models besides the student
 =================  ====================================  =======================================================
 ``dacs``           :class:`.dacs_step.DACSStepTrainer`   EMA teacher, frozen ImageNet model (``UDA.FD.LAMBDA``)
-``source_only``    :class:`.dacs_step.DACSStepTrainer`   none (the DACS step without a teacher)
 ``advseg``         :class:`.advseg_step.AdvSegStepTrainer`  discriminator (+ its Adam); with MIC: MIC's EMA teacher
 ``minent``         :class:`.minent_step.MinEntStepTrainer`  none; with MIC: MIC's EMA teacher
-``target_only``    :class:`.supervised_step.SupervisedStepTrainer`  none
+``source_only``    :class:`.supervised_step.SupervisedStepTrainer`  none (the source stream)
+``target_only``    :class:`.supervised_step.SupervisedStepTrainer`  none (the labelled target stream)
 =================  ====================================  =======================================================
 """
 from typing import Optional
@@ -47,7 +47,7 @@ def build_uda_step(cfg, model: nn.Module, data_loader, optimizer: torch.optim.Op
     """The step of ``cfg``'s method over the (possibly DDP-wrapped) student ``model``; the extra models as the
     method needs them (module docstring)."""
     method = uda_method(cfg)
-    if method in ("dacs", "source_only"):
+    if method == SELF_TRAINING:
         return DACSStepTrainer(cfg, model=model, data_loader=data_loader, optimizer=optimizer, teacher=teacher,
                                imnet_model=imnet_model)
     if method == "advseg":
@@ -56,4 +56,4 @@ def build_uda_step(cfg, model: nn.Module, data_loader, optimizer: torch.optim.Op
                                  teacher=teacher)
     if method == "minent":
         return MinEntStepTrainer(cfg, model=model, data_loader=data_loader, optimizer=optimizer, teacher=teacher)
-    return SupervisedStepTrainer(cfg, model=model, data_loader=data_loader, optimizer=optimizer)
+    return SupervisedStepTrainer(cfg, model=model, data_loader=data_loader, optimizer=optimizer)  # *_only

@@ -1,8 +1,8 @@
 """One DACS self-training iteration per ``run_step`` (docs/method.md §7.2), on the shared UDA step machinery.
 
-``run_step`` is the list of docs/method.md §7.2, one call per step, each returning a small dataclass, with every
-finite check, every backward and the DDP gradient synchronisation written out (the step numbers below and in
-every module of ``hrda_d2/uda`` are that list's):
+``run_step`` is the list of docs/method.md §7.2, one call per step, each returning a small dataclass; the three
+student passes run through :meth:`UDAStepTrainer.run_pass` (the step numbers below and in every module of
+``hrda_d2/uda`` are that list's):
 
 1. EMA update of the teacher at the START of the step (:mod:`.ema`);
 3. strong-augmentation decisions with Python's ``random``: jitter draw, then blur draw (:mod:`.strong_augmentation`);
@@ -18,10 +18,11 @@ every module of ``hrda_d2/uda`` are that list's):
    same pseudo-labels and weights -> ``loss_masked_*`` (:mod:`.masked_consistency`);
 
 then one optimizer step. Step 2 (the original's debug flag) and step 10 (debug figures) have no numeric effect:
-here the step keeps its tensors in :attr:`DACSStepTrainer.visuals` on every ``UDA.DEBUG_IMG_INTERVAL``-th
-iteration for :class:`hrda_d2.engine.hooks.DebugImageHook`.
+here the step keeps its tensors (:class:`DACSVisuals`) in :attr:`UDAStepTrainer.visuals` on every
+``UDA.DEBUG_IMG_INTERVAL``-th iteration for :class:`hrda_d2.engine.hooks.DebugImageHook`.
 
-With ``UDA.ENABLED False`` only step 4 (and the optimizer step) runs: source-only training in the same loop.
+Source-only training (``UDA.METHOD source_only``) is :class:`.supervised_step.SupervisedStepTrainer` on the
+source stream.
 
 Named stages (:meth:`UDAStepTrainer.stage`, profiler ranges ``dacs/<name>``): ``ema`` (step 1), ``source``
 (steps 4-5, forward and backward), ``pseudo_labels`` (step 6), ``mix`` (steps 7-8), ``mixed`` (step 9, forward
@@ -30,7 +31,7 @@ and backward), ``masked`` (MIC, forward and backward), ``optimizer``.
 Gradients: the student is called through its (possibly DDP-wrapped) ``__call__`` with keyword arguments
 (``model(images=..., sem_seg=..., weight=..., return_outputs=True)``). The passes before the last one of the
 iteration (source; mixed when MIC follows) run under DDP's ``no_sync``, so one all-reduce per iteration
-synchronises the summed gradients (:meth:`UDAStepTrainer.gradient_sync`). The teacher and the ImageNet model
+synchronises the summed gradients (:meth:`UDAStepTrainer.run_pass`, from :meth:`DACSStepTrainer.pass_plan`). The teacher and the ImageNet model
 are separate module instances outside the optimizer; their parameters have ``requires_grad=False``.
 
 Metrics: the loss terms go through Detectron2's ``write_metrics`` (``total_loss`` = their sum); accuracies,
@@ -49,19 +50,17 @@ import torch
 from detectron2.config import configurable
 from torch import nn
 
-from ..config import SELF_TRAINING, uda_method
 from ..modeling.meta_arch.crop_utils import crop
 from .class_mix import class_mix_batch, class_mix_masks
-from .ema import ema_update_
 from .feature_distance import imnet_feature_distance_loss
-from .masked_consistency import MaskedBatch, MaskedImageConsistency
-from .pseudo_labels import PseudoLabels, predict_pseudo_labels
+from .masked_consistency import MaskedImageConsistency, MaskedLosses
+from .pseudo_labels import EMATeacher, PseudoLabels
 from .step_base import StudentLosses, UDAStepTrainer, amp_dtype_from_config, prefixed_losses, step_config
 from .strong_augmentation import StrongAugmentation, StrongAugmentationDraws
 
 __all__ = [
     "DACSStepTrainer",
-    "DACSStepVisuals",
+    "DACSVisuals",
     "FeatureDistance",
     "MixedBatch",
     "PseudoLabels",
@@ -69,9 +68,6 @@ __all__ = [
     "StudentLosses",
     "amp_dtype_from_config",
 ]
-
-
-DACSStepVisuals = Dict[str, torch.Tensor]
 
 
 @dataclass
@@ -111,6 +107,35 @@ class MixedBatch:
     masks: torch.Tensor
 
 
+@dataclass
+class DACSVisuals:
+    """The detached tensors of a DACS debug iteration (docs/method.md §7.2 step 10), for the debug-image hook.
+
+    source_image, target_image, mixed_image: ``N x 3 x H x W`` normalised; source_label, pseudo_label,
+    mixed_label: ``N x H x W`` int64; pseudo_weight: ``N x H x W`` float32; mix_mask: ``N x 1 x H x W`` (1 = source
+    pixel); with MIC: masked_image ``M x 3 x H x W`` and masked_label ``M x H x W`` (else None).
+    """
+
+    source_image: torch.Tensor
+    source_label: torch.Tensor
+    target_image: torch.Tensor
+    pseudo_label: torch.Tensor
+    pseudo_weight: torch.Tensor
+    mix_mask: torch.Tensor
+    mixed_image: torch.Tensor
+    mixed_label: torch.Tensor
+    masked_image: Optional[torch.Tensor] = None
+    masked_label: Optional[torch.Tensor] = None
+
+    @classmethod
+    def of(cls, source: "SourceOutputs", pseudo: PseudoLabels, mixed: MixedBatch,
+           masked: Optional[MaskedLosses]) -> "DACSVisuals":
+        return cls(source.images.detach(), source.labels.detach(), pseudo.target_images.detach(),
+                   pseudo.label.detach(), pseudo.weight.detach(), mixed.masks.detach(), mixed.images.detach(),
+                   mixed.labels.detach(), None if masked is None else masked.batch.images,
+                   None if masked is None else masked.batch.labels)
+
+
 class DACSStepTrainer(UDAStepTrainer):
     """The DACS iteration (``run_step``) on :class:`UDAStepTrainer` (the workflow around it: ``HRDATrainer``).
 
@@ -120,12 +145,9 @@ class DACSStepTrainer(UDAStepTrainer):
     Args:
         model, data_loader, optimizer, step_options (amp_dtype, grad_scaler, metrics_period, max_iter,
             checkpoint_period, stage_listener, check_gradients, skip_nonfinite_steps): as :class:`UDAStepTrainer`;
-            ``data_loader`` yields ``(source_batch, target_batch)``
-            pairs of mapper dicts; ``target_batch`` is ignored (may be None) when ``teacher`` is None
-            (source-only).
-        teacher: EMA teacher (same architecture), or None for source-only training.
-        imnet_model: frozen ImageNet-initialised model for the feature distance, or None when
-            ``fd_lambda == 0`` or source-only.
+            ``data_loader`` yields ``(source_batch, target_batch)`` pairs of mapper dicts.
+        teacher: the EMA teacher's module (same architecture as the student).
+        imnet_model: frozen ImageNet-initialised model for the feature distance, or None when ``fd_lambda == 0``.
         strong_augmentation: DACS colour jitter / blur.
         alpha: ``UDA.ALPHA``. pseudo_threshold: ``UDA.PSEUDO_THRESHOLD``.
         pseudo_ignore_top, pseudo_ignore_bottom: ``UDA.PSEUDO_WEIGHT_IGNORE_TOP/BOTTOM``.
@@ -134,9 +156,9 @@ class DACSStepTrainer(UDAStepTrainer):
             smallest map; res5 of MiT).
         fd_all_scales: ``UDA.FD.ALL_SCALES``: the distance on every HRDA scale (summed), not only FEATURE_SCALE.
         num_classes, ignore_value: label space.
-        debug_interval: every this many iterations the step keeps its tensors in :attr:`visuals` for the
-            debug-image hook (0 = never).
-        mic: MIC's masked image consistency (MIC step), or None (``UDA.MIC.ENABLED False``); needs a teacher.
+        debug_interval: every this many iterations the step keeps its tensors (:class:`DACSVisuals`) in
+            :attr:`visuals` for the debug-image hook (0 = never).
+        mic: MIC (``UDA.MIC.ENABLED``) on the DACS pseudo-labels, or None.
     """
 
     stage_prefix = "dacs"
@@ -148,9 +170,9 @@ class DACSStepTrainer(UDAStepTrainer):
         data_loader,
         optimizer: torch.optim.Optimizer,
         *,
-        teacher: Optional[nn.Module],
+        teacher: nn.Module,
         imnet_model: Optional[nn.Module],
-        strong_augmentation: Optional[StrongAugmentation],
+        strong_augmentation: StrongAugmentation,
         alpha: float = 0.999,
         pseudo_threshold: float = 0.968,
         pseudo_ignore_top: int = 0,
@@ -167,18 +189,11 @@ class DACSStepTrainer(UDAStepTrainer):
         **step_options: Any,
     ) -> None:
         super().__init__(model, data_loader, optimizer, **step_options)
-        if teacher is not None and strong_augmentation is None:
-            raise ValueError("DACSStepTrainer: self-training (a teacher) needs a StrongAugmentation")
-        if mic is not None and teacher is None:
-            raise ValueError("DACSStepTrainer: MIC (UDA.MIC.ENABLED) uses the DACS pseudo-labels; set UDA.ENABLED True")
+        self.ema_teacher = EMATeacher(teacher, alpha=alpha, pseudo_threshold=pseudo_threshold,
+                                      pseudo_ignore_top=pseudo_ignore_top, pseudo_ignore_bottom=pseudo_ignore_bottom)
         self.mic = mic
-        self.teacher = teacher
-        self.imnet_model = imnet_model if fd_lambda > 0 else None
+        self.imnet_model = imnet_model.requires_grad_(False) if imnet_model is not None and fd_lambda > 0 else None
         self.strong_augmentation = strong_augmentation
-        self.alpha = alpha
-        self.pseudo_threshold = pseudo_threshold
-        self.pseudo_ignore_top = pseudo_ignore_top
-        self.pseudo_ignore_bottom = pseudo_ignore_bottom
         self.fd_lambda = fd_lambda
         self.fd_classes = list(fd_classes)
         self.fd_min_ratio = fd_min_ratio
@@ -187,24 +202,19 @@ class DACSStepTrainer(UDAStepTrainer):
         self.num_classes = num_classes
         self.ignore_value = ignore_value
         self.debug_interval = debug_interval
-        self._visuals: Optional[DACSStepVisuals] = None
-        for frozen in (teacher, self.imnet_model):
-            if frozen is not None:
-                frozen.requires_grad_(False)
 
     @classmethod
     def from_config(cls, cfg, model: nn.Module, data_loader, optimizer: torch.optim.Optimizer, *,
-                    teacher: Optional[nn.Module], imnet_model: Optional[nn.Module]) -> Dict[str, Any]:
+                    teacher: nn.Module, imnet_model: Optional[nn.Module]) -> Dict[str, Any]:
         """Constructor arguments of the step of ``cfg`` (``UDA.*``, ``SOLVER.AMP.*``, ``SOLVER.METRICS_PERIOD``)
         for the given student, loader, optimizer and models."""
-        uda = uda_method(cfg) == SELF_TRAINING
         return {
             "model": model,
             "data_loader": data_loader,
             "optimizer": optimizer,
             "teacher": teacher,
             "imnet_model": imnet_model,
-            "strong_augmentation": StrongAugmentation(cfg) if uda else None,
+            "strong_augmentation": StrongAugmentation(cfg),
             "alpha": cfg.UDA.ALPHA,
             "pseudo_threshold": cfg.UDA.PSEUDO_THRESHOLD,
             "pseudo_ignore_top": cfg.UDA.PSEUDO_WEIGHT_IGNORE_TOP,
@@ -216,82 +226,52 @@ class DACSStepTrainer(UDAStepTrainer):
             "fd_all_scales": cfg.UDA.FD.ALL_SCALES,
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-            "debug_interval": cfg.UDA.DEBUG_IMG_INTERVAL if uda else 0,
-            "mic": MaskedImageConsistency(cfg) if uda and cfg.UDA.MIC.ENABLED else None,
+            "debug_interval": cfg.UDA.DEBUG_IMG_INTERVAL,
+            "mic": MaskedImageConsistency(cfg) if cfg.UDA.MIC.ENABLED else None,
             **step_config(cfg, model),
         }
 
     # ------------------------------------------------------------------------------------------------------
     @property
-    def uda_enabled(self) -> bool:
-        return self.teacher is not None
+    def teacher(self) -> nn.Module:
+        """The EMA teacher's module."""
+        return self.ema_teacher.model
 
-    @property
-    def visuals(self) -> Optional[DACSStepVisuals]:
-        """The tensors of the last iteration (normalised ``N x 3 x H x W`` images, ``N x H x W`` labels and weights,
-        ``N x 1 x H x W`` mix masks) if it was a debug iteration (``iter % debug_interval == 0``), else None."""
-        return self._visuals
+    def pass_plan(self):
+        """The student's passes: source, mixed, and with MIC masked (the last one all-reduces)."""
+        return [(name, self.model) for name in ("source", "mixed", "masked")[:3 if self.mic is not None else 2]]
 
-    # ------------------------------------------------------------------------------------------------------
     def run_step(self) -> None:
-        step = self.start_step()
-        source_batch, target_batch = step.data
-        self._visuals = None
-        scalars: Dict[str, Any] = {}  # tensors stay on the device until a metrics step reads them
-        uda = self.uda_enabled
-
-        if uda:
-            with self.stage("ema"):
-                scalars["ema_alpha"] = self.update_teacher()  # step 1
-            draws = self.strong_augmentation.draw()  # step 3
-
-        with self.stage("source"), self.gradient_sync(last=not uda):
-            source = self.source_forward(source_batch)  # step 4
-            losses = dict(source.losses)
-            scalars.update(source.metrics)
-            if uda and self.imnet_model is not None:
-                distance = self.feature_distance(source)  # step 5
-                losses["loss_imnet_feat_dist"] = distance.loss
-                scalars["imnet_fd_cells"] = distance.num_cells
-            self.check_finite(losses)
-            self.backward(sum(losses.values()))
-
-        if uda:
-            with self.stage("pseudo_labels"):
-                pseudo = self.pseudo_labels(target_batch)  # step 6
-            with self.stage("mix"):
-                masks = class_mix_masks(source.labels)  # step 7
-                mixed_batch = self.mix(masks, source, pseudo, draws)  # step 8
-            with self.stage("mixed"), self.gradient_sync(last=self.mic is None):
-                mixed = self.mixed_forward(mixed_batch)  # step 9
-                self.check_finite(mixed.losses)
-                self.backward(sum(mixed.losses.values()))
-            losses.update(mixed.losses)
-            scalars.update(mixed.metrics)
-            scalars["pseudo_confident_fraction"] = pseudo.confident_fraction
-            masked_batch = None
-            if self.mic is not None:  # MIC, after step 9 (docs/method.md §17.1)
-                with self.stage("masked"), self.gradient_sync(last=True):
-                    masked_batch = self.mic.masked_batch(
-                        source.images, source.labels, pseudo.target_images, pseudo.label, pseudo.weight)
-                    masked = self.masked_forward(masked_batch)
-                    self.check_finite(masked.losses)
-                    self.backward(sum(masked.losses.values()))
-                losses.update(masked.losses)
-                scalars.update(masked.metrics)
-            if self.debug_interval > 0 and self.iter % self.debug_interval == 0:
-                self._visuals = _debug_visuals(source, pseudo, mixed_batch, masked_batch)
-
-        self.after_backward()
-        self.write_step_metrics(losses, scalars, step.data_time)
-        with self.stage("optimizer"):
-            if self.gradients_are_finite(losses):
-                self.optimizer_step()
+        it = self.start_step()
+        source_batch, target_batch = it.data
+        self.update_teacher(it, self.ema_teacher)  # step 1
+        draws = self.strong_augmentation.draw()  # step 3
+        source = self.run_pass(it, "source", lambda: self.source_pass(source_batch))  # steps 4-5
+        with self.stage("pseudo_labels"):
+            pseudo = self.pseudo_labels(target_batch)  # step 6
+        with self.stage("mix"):
+            masks = class_mix_masks(source.labels)  # step 7
+            mixed_batch = self.mix(masks, source, pseudo, draws)  # step 8
+        self.run_pass(it, "mixed", lambda: self.mixed_forward(mixed_batch))  # step 9
+        it.scalars["pseudo_confident_fraction"] = pseudo.confident_fraction
+        masked = None
+        if self.mic is not None:  # MIC, after step 9 (docs/method.md §17.1)
+            masked = self.run_pass(it, "masked", lambda: self.mic.forward(self.model, source, None, self.autocast,
+                                                                          pseudo))
+        if self.debug_interval > 0 and self.iter % self.debug_interval == 0:
+            it.visuals = DACSVisuals.of(source, pseudo, mixed_batch, masked)
+        self.finish_step(it)
 
     # ------------------------------------------------------------------------------------------ the steps
-    def update_teacher(self) -> float:
-        """Step 1: the EMA update of the teacher from the student; returns the coefficient ``alpha_t``."""
-        return ema_update_(self.teacher, self.student, self.iter, self.alpha)
+    def source_pass(self, source_batch: List[Dict[str, Any]]) -> SourceOutputs:
+        """Steps 4-5: :meth:`source_forward`, with the feature distance (:meth:`feature_distance`) added as
+        ``loss_imnet_feat_dist`` (and its ``imnet_fd_cells``) when there is an ImageNet model."""
+        source = self.source_forward(source_batch)
+        if self.imnet_model is not None:
+            distance = self.feature_distance(source)
+            source.losses["loss_imnet_feat_dist"] = distance.loss
+            source.metrics["imnet_fd_cells"] = distance.num_cells
+        return source
 
     def source_forward(self, source_batch: List[Dict[str, Any]]) -> SourceOutputs:
         """Step 4: the student's training forward on the source batch (a random detail crop, NumPy)."""
@@ -336,8 +316,7 @@ class DACSStepTrainer(UDAStepTrainer):
         """Step 6: the teacher (pseudo-label mode: no dropout / drop-path, train-mode BN) on the target batch,
         HR slide inference, thresholded confidence weight times the margin mask (``valid_pseudo_mask``)."""
         target_images, valid_mask = self.target_images(target_batch)
-        return predict_pseudo_labels(self.teacher, target_images, self.pseudo_threshold, self.pseudo_ignore_top,
-                                     self.pseudo_ignore_bottom, valid_mask, self.autocast())
+        return self.ema_teacher.pseudo_labels(target_images, valid_mask, self.autocast)
 
     def mix(self, masks: torch.Tensor, source: SourceOutputs, pseudo: PseudoLabels,
             draws: StrongAugmentationDraws) -> MixedBatch:
@@ -353,26 +332,3 @@ class DACSStepTrainer(UDAStepTrainer):
             raw, outputs = self.model(images=mixed.images, sem_seg=mixed.labels, weight=mixed.weight,
                                       return_outputs=True)
         return StudentLosses(prefixed_losses(raw, "mix_"), {f"mix_{k}": v for k, v in outputs.metrics.items()})
-
-    def masked_forward(self, batch: MaskedBatch) -> StudentLosses:
-        """MIC (docs/method.md §17.4): the student's training forward on the masked batch -> ``loss_masked_*``."""
-        with self.autocast():
-            losses, metrics = self.mic.losses(self.model, batch)
-        return StudentLosses(losses, metrics)
-
-
-def _debug_visuals(source: SourceOutputs, pseudo: PseudoLabels, mixed: MixedBatch,
-                   masked: Optional[MaskedBatch]) -> DACSStepVisuals:
-    """The tensors of the debug panel (detached), with the masked row when MIC ran."""
-    visuals = {
-        "target_image": pseudo.target_images.detach(),
-        "pseudo_label": pseudo.label.detach(),
-        "pseudo_weight": pseudo.weight.detach(),
-        "mix_mask": mixed.masks.detach(),
-        "mixed_image": mixed.images.detach(),
-        "mixed_label": mixed.labels.detach(),
-    }
-    if masked is not None:
-        visuals.update(masked_image=masked.images, masked_label=masked.labels)
-    visuals.update(source_image=source.images.detach(), source_label=source.labels.detach())
-    return visuals

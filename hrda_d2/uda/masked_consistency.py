@@ -1,9 +1,17 @@
-"""MIC, masked image consistency (Hoyer et al., CVPR'23) as an extra loss of the DACS step (``docs/method.md §17``).
+"""MIC, masked image consistency (Hoyer et al., CVPR'23): one extra pass of a UDA step (``docs/method.md §17``).
 
-After the mixed forward/backward of DACS and before the optimizer step, the student is trained once more on a
-*masked* batch (:mod:`.masking`) with the DACS pseudo-labels and pixel weights (the weights after the
-pseudo-label margin mask). The teacher and its pseudo-labels are shared with DACS (the original's
-``mask_alpha='same'``, ``mask_pseudo_threshold='same'``): MIC has no teacher of its own here.
+After the method's own passes and before the optimizer step, the student is trained once more on a *masked*
+batch (:mod:`.masking`) with pseudo-labels and pixel weights (the weights after the pseudo-label margin mask).
+:class:`MaskedImageConsistency` is the one component every method uses; its pseudo-labels come from
+
+* the method's teacher (DACS, §17.1): the DACS pseudo-labels are passed in (the original's ``mask_alpha='same'``,
+  ``mask_pseudo_threshold='same'``), MIC has no teacher of its own;
+* MIC's own EMA teacher (AdvSeg, MinEnt, §17.6; the original's ``MaskingConsistencyModule(require_teacher=True)``):
+  an :class:`~.pseudo_labels.EMATeacher` with ``UDA.ALPHA``, EMA-updated by the step at the START of the
+  iteration (iteration 0: a copy of the student), predicting on the images of the step's target forward
+  (pseudo-label mode, ``UDA.PSEUDO_THRESHOLD``, ``UDA.PSEUDO_WEIGHT_IGNORE_TOP/BOTTOM``, the target mapper's margin
+  mask); it is the trainer's ``teacher`` checkpointable, so ``--resume`` continues it exactly. The teacher draws
+  nothing from the RNG streams.
 
 Which images form the masked batch is ``UDA.MIC.MODE`` (§17.2):
 
@@ -31,7 +39,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, ContextManager, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -39,9 +47,11 @@ from detectron2.config import configurable
 from torch import nn
 
 from .masking import mask_images
+from .pseudo_labels import EMATeacher, PseudoLabels
+from .step_base import StudentLosses, UnlabelledForward
 from .strong_augmentation import BLUR_SIGMA_RANGE, StrongAugmentation
 
-__all__ = ["MIC_MODES", "MaskedBatch", "MaskedImageConsistency", "build_masked_batch"]
+__all__ = ["MIC_MODES", "MaskedBatch", "MaskedImageConsistency", "MaskedLosses", "build_masked_batch", "with_own_teacher"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +95,13 @@ class MaskedBatch:
     mask: torch.Tensor
 
 
+@dataclass
+class MaskedLosses(StudentLosses):
+    """MIC's pass: ``loss_masked_*`` terms with their graph, ``masked_*`` metrics, and the ``batch`` trained on."""
+
+    batch: MaskedBatch
+
+
 def build_masked_batch(
     mode: str,
     src_images: torch.Tensor,
@@ -118,7 +135,18 @@ def build_masked_batch(
 
 
 class MaskedImageConsistency:
-    """The MIC loss of one DACS iteration: ``self.masked_batch(...)`` then ``self.losses(model, batch)``."""
+    """MIC's pass of a UDA step (module docstring): :meth:`forward` -> ``loss_masked_*``.
+
+    Args:
+        mode: ``UDA.MIC.MODE`` (:data:`MIC_MODES`).
+        mask_ratio: ``UDA.MIC.MASK_RATIO``, the share of masked blocks (a block is kept where its uniform draw is
+            greater than this).
+        block_size: ``UDA.MIC.BLOCK_SIZE`` in pixels.
+        loss_lambda: ``UDA.MIC.LAMBDA``, weight of the fused masked loss term.
+        augmentation: colour jitter / blur of the ``...aug`` modes (its own ``blur`` flag must be True: MIC always
+            draws the blur decision); needed only by those modes.
+        teacher: MIC's own EMA teacher (AdvSeg, MinEnt), or None: the method passes its pseudo-labels (DACS).
+    """
 
     @configurable
     def __init__(
@@ -128,33 +156,23 @@ class MaskedImageConsistency:
         mask_ratio: float = 0.7,
         block_size: int = 64,
         loss_lambda: float = 1.0,
-        augmentation: Optional["StrongAugmentation"] = None,
+        augmentation: Optional[StrongAugmentation] = None,
+        teacher: Optional[EMATeacher] = None,
     ):
-        """
-        Args:
-            mode: ``UDA.MIC.MODE`` (:data:`MIC_MODES`).
-            mask_ratio: ``UDA.MIC.MASK_RATIO``, the share of masked blocks (a block is kept where its uniform
-                draw is greater than this).
-            block_size: ``UDA.MIC.BLOCK_SIZE`` in pixels.
-            loss_lambda: ``UDA.MIC.LAMBDA``, weight of the fused masked loss term.
-            augmentation: colour jitter / blur of the ``...aug`` modes (its own ``blur`` flag must be True: MIC
-                always draws the blur decision); needed only by those modes.
-        """
         self.spec = _check_mode(mode)
         self.mode = mode
-        if not 0.0 <= mask_ratio <= 1.0:
-            raise ValueError(f"UDA.MIC.MASK_RATIO must be in [0, 1], got {mask_ratio}")
-        if block_size <= 0:
-            raise ValueError(f"UDA.MIC.BLOCK_SIZE must be a positive number of pixels, got {block_size}")
         if self.spec.augment and augmentation is None:
             raise ValueError(f"UDA.MIC.MODE={mode!r} colour-augments the masked batch: pass a StrongAugmentation")
         self.mask_ratio = float(mask_ratio)
         self.block_size = int(block_size)
         self.loss_lambda = float(loss_lambda)
         self.augmentation = augmentation
+        self.teacher = teacher
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg, teacher: Optional[nn.Module] = None) -> Dict[str, Any]:
+        """``UDA.MIC.*``; ``teacher``: the module of MIC's own EMA teacher (``UDA.ALPHA``, ``UDA.PSEUDO_*``), or
+        None (the method's pseudo-labels)."""
         augmentation = StrongAugmentation(
             pixel_mean=list(cfg.MODEL.PIXEL_MEAN),
             pixel_std=list(cfg.MODEL.PIXEL_STD),
@@ -168,7 +186,30 @@ class MaskedImageConsistency:
             "block_size": cfg.UDA.MIC.BLOCK_SIZE,
             "loss_lambda": cfg.UDA.MIC.LAMBDA,
             "augmentation": augmentation,
+            "teacher": EMATeacher(cfg, teacher) if teacher is not None else None,
         }
+
+    def forward(self, model: nn.Module, source, target: Optional[UnlabelledForward],
+                autocast: Callable[[], ContextManager], pseudo: Optional[PseudoLabels] = None) -> MaskedLosses:
+        """MIC's pass (the caller runs the backward): the pseudo-labels (:meth:`pseudo_labels` of the own teacher
+        on ``target``'s images, adding ``masked_pseudo_confident_fraction``; without an own teacher the method's
+        ``pseudo``), the masked batch of :attr:`mode` from ``source`` (``images``, ``labels`` of the step's source
+        forward) and them (:meth:`masked_batch`), then the student's training forward on it through ``model``
+        (the possibly DDP-wrapped student) under ``autocast()`` (:meth:`losses`)."""
+        metrics: Dict[str, Any] = {}
+        if self.teacher is not None:
+            pseudo = self.pseudo_labels(target, autocast)
+            metrics["masked_pseudo_confident_fraction"] = pseudo.confident_fraction
+        elif pseudo is None:
+            raise ValueError("MaskedImageConsistency without its own teacher needs the method's pseudo-labels")
+        batch = self.masked_batch(source.images, source.labels, pseudo.target_images, pseudo.label, pseudo.weight)
+        with autocast():
+            losses, forward_metrics = self.losses(model, batch)
+        return MaskedLosses(losses, {**forward_metrics, **metrics}, batch)
+
+    def pseudo_labels(self, target: UnlabelledForward, autocast: Callable[[], ContextManager]) -> PseudoLabels:
+        """The own teacher's pseudo-labels on the images (and margin masks) of the step's target forward."""
+        return self.teacher.pseudo_labels(target.images, target.valid_mask, autocast)
 
     def augment(self, images: torch.Tensor) -> torch.Tensor:
         """Colour-augment the whole ``M x 3 x H x W`` normalised batch with fresh draws (module docstring)."""
@@ -213,3 +254,11 @@ class MaskedImageConsistency:
             losses[f"loss_masked_{name[len('loss_'):]}"] = value
         metrics = dict((f"masked_{k}", v) for k, v in outputs.metrics.items())  # read on metrics steps only
         return losses, metrics
+
+
+def with_own_teacher(mic: Optional[MaskedImageConsistency], method: str) -> Optional[MaskedImageConsistency]:
+    """``mic`` for a method without a teacher (AdvSeg, MinEnt), which must bring its own EMA teacher."""
+    if mic is not None and mic.teacher is None:
+        raise ValueError(f"UDA.MIC.ENABLED with {method} needs MIC's own EMA teacher: build MaskedImageConsistency "
+                         f"with teacher=... (HRDATrainer does when hrda_d2.uda.uses_teacher(cfg))")
+    return mic

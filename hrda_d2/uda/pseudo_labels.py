@@ -4,14 +4,15 @@ Source: docs/method.md §7.2 step 6, §15 Q3, §15 Q4.
 """
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import ContextManager, Optional, Tuple
+from typing import Any, Callable, ContextManager, Dict, Optional, Tuple
 
 import torch
+from detectron2.config import configurable
 from torch import nn
 
-from .ema import set_pseudo_label_mode
+from .ema import ema_update_, set_pseudo_label_mode
 
-__all__ = ["PseudoLabels", "predict_pseudo_labels", "pseudo_labels_from_logits"]
+__all__ = ["EMATeacher", "PseudoLabels", "predict_pseudo_labels", "pseudo_labels_from_logits"]
 
 
 @dataclass
@@ -114,3 +115,40 @@ def predict_pseudo_labels(
         teacher_logits = teacher.generate_pseudo_label(target_images)
     label, weight = pseudo_labels_from_logits(teacher_logits, threshold, ignore_top, ignore_bottom, valid_pseudo_mask)
     return PseudoLabels(target_images, label, weight)
+
+
+class EMATeacher:
+    """An EMA teacher and its pseudo-labels: DACS's (docs/method.md §7.2 steps 1 and 6), or MIC's own on a method
+    without one (AdvSeg, MinEnt, §17.6).
+
+    Args:
+        model: the teacher, the student's architecture; its parameters get ``requires_grad=False``.
+        alpha: ``UDA.ALPHA``. pseudo_threshold: ``UDA.PSEUDO_THRESHOLD``.
+        pseudo_ignore_top, pseudo_ignore_bottom: ``UDA.PSEUDO_WEIGHT_IGNORE_TOP/BOTTOM``.
+    """
+
+    @configurable
+    def __init__(self, model: nn.Module, *, alpha: float = 0.999, pseudo_threshold: float = 0.968,
+                 pseudo_ignore_top: int = 0, pseudo_ignore_bottom: int = 0) -> None:
+        self.model = model.requires_grad_(False)
+        self.alpha = alpha
+        self.pseudo_threshold = pseudo_threshold
+        self.pseudo_ignore_top = pseudo_ignore_top
+        self.pseudo_ignore_bottom = pseudo_ignore_bottom
+
+    @classmethod
+    def from_config(cls, cfg, model: nn.Module) -> Dict[str, Any]:
+        return {"model": model, "alpha": cfg.UDA.ALPHA, "pseudo_threshold": cfg.UDA.PSEUDO_THRESHOLD,
+                "pseudo_ignore_top": cfg.UDA.PSEUDO_WEIGHT_IGNORE_TOP,
+                "pseudo_ignore_bottom": cfg.UDA.PSEUDO_WEIGHT_IGNORE_BOTTOM}
+
+    def update(self, student: nn.Module, iteration: int) -> float:
+        """The EMA update from ``student`` at the start of 0-based ``iteration`` (0: a copy); returns ``alpha_t``."""
+        return ema_update_(self.model, student, iteration, self.alpha)
+
+    def pseudo_labels(self, images: torch.Tensor, valid_mask: Optional[torch.Tensor],
+                      autocast: Callable[[], ContextManager]) -> PseudoLabels:
+        """:func:`predict_pseudo_labels` on ``N x 3 x H x W`` normalised target ``images`` with the margin masks
+        ``valid_mask`` (``N x H x W`` or None), under ``autocast()``."""
+        return predict_pseudo_labels(self.model, images, self.pseudo_threshold, self.pseudo_ignore_top,
+                                     self.pseudo_ignore_bottom, valid_mask, autocast())

@@ -1,31 +1,35 @@
 """``UDAStepTrainer``: what every domain-adaptation step shares (a Detectron2 ``SimpleTrainer``).
 
-A UDA method is a subclass whose ``run_step`` is one iteration of the method, written as a flat list of calls
-(DACS: :class:`hrda_d2.uda.dacs_step.DACSStepTrainer`, docs/method.md §7.2). The base provides the machinery
-around those calls, each a public method the subclass calls explicitly:
+A UDA method is a subclass whose ``run_step`` is one iteration of the method, written as its passes in order
+(DACS: :class:`hrda_d2.uda.dacs_step.DACSStepTrainer`, docs/method.md §7.2):
 
-* :meth:`start_step`: the next batch with its data time, the RNG streams of a resumed run, zeroed gradients,
-  the decision whether this iteration reads metrics on the host (:attr:`is_metrics_step`);
-* :meth:`stage`: a named stage of the iteration, inside ``torch.profiler.record_function("<prefix>/<name>")``,
-  reported to an optional :class:`StageListener` (a benchmark's stage timer, a test's recorder);
-* :meth:`autocast` (``SOLVER.AMP``), :meth:`check_finite` (a named error for a non-finite loss term),
-  :meth:`backward` (through the float16 grad scaler), :meth:`gradient_sync` (one DDP gradient all-reduce per
-  iteration: the earlier forward/backward passes run under ``no_sync``), :meth:`optimizer_step`,
-  :meth:`write_step_metrics` (losses + scalars, on metrics steps only);
+* :meth:`start_step` returns the iteration's :class:`Iteration` (the batch with its data time, the metrics-step
+  decision, the pass plan of :meth:`pass_plan`, the losses / scalars / visuals gathered so far): every value of
+  one iteration is there, passed along, none on the step; it also restores the RNG streams of a resumed run and
+  zeroes the gradients of every optimizer;
+* :meth:`run_pass` runs the next pass of the plan: a named stage (:meth:`stage`), the pass's forward, the finite
+  check of its loss terms, one backward of their sum (through the float16 grad scaler), and the DDP gradient
+  all-reduce only in the LAST pass of the plan that backpropagates into that model (the earlier ones run under
+  ``no_sync``);
+* :meth:`finish_step` ends it: metrics (on metrics steps), the gradient check, and one step of EVERY optimizer of
+  the method through one grad-scaler decision;
+* helpers: :meth:`autocast` (``SOLVER.AMP``, entered by the forwards around their model calls),
+  :meth:`update_teacher` (stage ``ema``), :meth:`labelled_forward` / :meth:`unlabelled_forward`;
 * the checkpointed state: optimizer (``SimpleTrainer``), every rank's RNG streams, the grad scaler.
 
 Gradients of all backward passes of an iteration add up and one optimizer step follows (docs/method.md §7.2,
-the frame), so under DDP only the LAST backward of the iteration needs to all-reduce: the gradients accumulated
+the frame), so under DDP only the LAST backward into each model needs to all-reduce: the gradients accumulated
 locally under ``no_sync`` are all-reduced together with it. The result is the mean over ranks of the summed
 gradients, which equals the sum over passes of the per-pass means up to float rounding.
 """
 from __future__ import annotations
 
 import logging
+import math
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Mapping, Optional, Protocol, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Protocol, Sequence, Tuple, TypeVar
 
 import torch
 from detectron2.engine import SimpleTrainer
@@ -33,12 +37,13 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from ..utils.rng import gather_rng_states, rank_rng_states, set_rng_states
+from .pseudo_labels import EMATeacher
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LabelledForward", "StageListener", "StepInput", "StudentLosses", "UDAStepTrainer",
-           "UnlabelledForward", "amp_dtype_from_config",
-           "prefixed_losses", "stack_field", "stack_images", "step_config", "synchronised_unless", "unwrap_model"]
+__all__ = ["Iteration", "LabelledForward", "StageListener", "StudentLosses", "TargetLosses", "UDAStepTrainer",
+           "UnlabelledForward", "all_finite", "amp_dtype_from_config", "prefixed_losses", "stack_field",
+           "stack_images", "step_config", "unwrap_model"]
 
 
 class StageListener(Protocol):
@@ -89,11 +94,40 @@ class UnlabelledForward:
 
 
 @dataclass
-class StepInput:
-    """The loader's item for this iteration and the seconds spent waiting for it."""
+class TargetLosses(StudentLosses):
+    """A method's loss on the student's target forward (AdvSeg's generator term, MinEnt's entropy): the terms and
+    metrics, the forward (:class:`UnlabelledForward`) and its adapted ``N x C x H x W`` ``prediction``."""
+
+    forward: UnlabelledForward
+    prediction: torch.Tensor
+
+
+#: one backward pass of an iteration: (pass name, the possibly DDP-wrapped model it backpropagates into)
+PlannedPass = Tuple[str, nn.Module]
+Losses = TypeVar("Losses")  # a pass's forward result: anything with ``losses`` and ``metrics`` mappings
+
+
+@dataclass
+class Iteration:
+    """One iteration of a step, from :meth:`UDAStepTrainer.start_step` to :meth:`UDAStepTrainer.finish_step`.
+
+    data, data_time: the loader's item and the seconds spent waiting for it.
+    metrics_step: whether this iteration reads its losses / metrics on the host
+        (:attr:`UDAStepTrainer.is_metrics_step`).
+    plan: the iteration's backward passes in order (:meth:`UDAStepTrainer.pass_plan`); ``passes_run`` of them ran.
+    losses: the loss terms of the passes run, in order (``total_loss`` sums them in this order), with their graph.
+    scalars: non-loss scalars (tensors stay on the device until a metrics step reads them).
+    visuals: what a debug iteration keeps for the debug-image hook (DACS: ``DACSVisuals``), else None.
+    """
 
     data: Any
     data_time: float
+    metrics_step: bool
+    plan: Tuple[PlannedPass, ...]
+    passes_run: int = 0
+    losses: Dict[str, torch.Tensor] = field(default_factory=dict)
+    scalars: Dict[str, Any] = field(default_factory=dict)
+    visuals: Optional[Any] = None
 
 
 def stack_images(batch: Sequence[Mapping[str, Any]], device: torch.device) -> torch.Tensor:
@@ -111,15 +145,9 @@ def prefixed_losses(terms: Mapping[str, torch.Tensor], prefix: str) -> Dict[str,
     return {f"loss_{prefix}{k[len('loss_'):]}": v for k, v in terms.items()}
 
 
-@contextmanager
-def synchronised_unless(model: nn.Module, last: bool) -> Iterator[None]:
-    """``model.no_sync()`` (a DDP wrapper's) unless ``last``; nothing for a model without ``no_sync``."""
-    no_sync = getattr(model, "no_sync", None)
-    if last or no_sync is None:
-        yield
-    else:
-        with no_sync():
-            yield
+def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether every element of ``tensors`` is finite: one reduction (the max-abs norms), one host read."""
+    return not tensors or bool(torch.isfinite(torch.stack(torch._foreach_norm(tensors, math.inf))).all())
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -128,7 +156,8 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 class UDAStepTrainer(SimpleTrainer):
-    """``SimpleTrainer`` with the shared machinery of a UDA iteration; subclasses implement ``run_step``.
+    """``SimpleTrainer`` with the shared machinery of a UDA iteration; subclasses implement :meth:`pass_plan` and
+    ``run_step`` (``it = self.start_step()``, the passes with :meth:`run_pass`, ``self.finish_step(it)``).
 
     Args:
         model: the student, possibly wrapped in ``DistributedDataParallel``; called with keyword arguments.
@@ -173,8 +202,10 @@ class UDAStepTrainer(SimpleTrainer):
         self.max_iter = max_iter
         self.checkpoint_period = int(checkpoint_period)
         self.stage_listener = stage_listener
-        self._metrics_step = True
-        self._pending_rng_states: Optional[Dict[str, Any]] = None
+        self.visuals: Optional[Any] = None  # the last iteration's Iteration.visuals (read by the debug-image hook)
+        # the RNG streams of a resumed run, set by load_state_dict, applied once by the next start_step (after the
+        # data loader started: its start draws from torch)
+        self._resumed_rng_states: Optional[Dict[str, Any]] = None
 
     # ------------------------------------------------------------------------------------------------------
     @property
@@ -184,30 +215,73 @@ class UDAStepTrainer(SimpleTrainer):
 
     @property
     def is_metrics_step(self) -> bool:
-        """Whether this iteration reads its losses / metrics on the host (decided by :meth:`start_step`)."""
-        return self._metrics_step
-
-    def _decide_metrics_step(self) -> bool:
-        """Metrics period, the last iteration, and every checkpoint iteration (so no checkpoint is written from an
-        iteration whose losses were not checked for finiteness)."""
+        """Whether iteration :attr:`iter` reads its losses / metrics on the host: the metrics period, the last
+        iteration, and every checkpoint iteration (so no checkpoint is written from an iteration whose losses were
+        not checked for finiteness)."""
         done = self.iter + 1
         last = self.max_iter is not None and done >= self.max_iter
         at_checkpoint = self.checkpoint_period > 0 and done % self.checkpoint_period == 0
         return last or at_checkpoint or done % self.metrics_period == 0
 
-    def start_step(self) -> StepInput:
-        """The next loader item, then (after a resume) the interrupted run's RNG streams, zeroed gradients and the
-        metrics-step decision. Call it first in ``run_step``."""
+    def pass_plan(self) -> Sequence[PlannedPass]:
+        """The backward passes of this iteration in order, ``(name, model)`` with ``model`` the (possibly
+        DDP-wrapped) module the pass backpropagates into; :meth:`run_pass` follows it."""
+        raise NotImplementedError
+
+    def start_step(self) -> Iteration:
+        """The next loader item, then (after a resume) the interrupted run's RNG streams, zeroed gradients of every
+        optimizer, the metrics-step decision and the pass plan. Call it first in ``run_step``."""
         assert self.model.training, f"[{type(self).__name__}] the student was switched to eval mode"
         start = time.perf_counter()
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
-        if self._pending_rng_states is not None:  # resumed: continue the interrupted run's RNG streams
-            set_rng_states(self._pending_rng_states)
-            self._pending_rng_states = None
-        self.optimizer.zero_grad(set_to_none=True)
-        self._metrics_step = self._decide_metrics_step()
-        return StepInput(data, data_time)
+        if self._resumed_rng_states is not None:  # resumed: continue the interrupted run's RNG streams
+            set_rng_states(self._resumed_rng_states)
+            self._resumed_rng_states = None
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        return Iteration(data, data_time, self.is_metrics_step, tuple(self.pass_plan()))
+
+    def run_pass(self, it: Iteration, name: str, forward: Callable[[], Losses]) -> Losses:
+        """The next pass of ``it.plan``, named ``name``: stage ``name``; ``forward()`` (its forwards enter
+        :meth:`autocast` around their model calls) returning the pass's ``losses`` (0-dim terms with their graph)
+        and ``metrics``, under the planned model's ``no_sync`` unless no later pass of the plan backpropagates
+        into that model; the finite check of the terms; one backward of their sum. The terms and metrics are added
+        to ``it``; ``forward``'s result is returned."""
+        planned = [n for n, _ in it.plan]
+        if it.passes_run >= len(planned) or planned[it.passes_run] != name:
+            raise RuntimeError(f"[{type(self).__name__}] pass {name!r} run after {planned[:it.passes_run]}, "
+                               f"but the plan of the iteration is {planned}")
+        model = it.plan[it.passes_run][1]
+        last = all(later is not model for _, later in it.plan[it.passes_run + 1:])
+        with self.stage(name), self.gradient_sync(model, last):
+            result = forward()
+            self.check_finite(it, result.losses)
+            self.backward(sum(result.losses.values()))
+        it.passes_run += 1
+        it.losses.update(result.losses)
+        it.scalars.update(result.metrics)
+        return result
+
+    def finish_step(self, it: Iteration) -> None:
+        """After the last pass: ``after_backward`` hooks, the metrics (on metrics steps), the debug visuals for the
+        hooks (:attr:`visuals`), then stage ``optimizer``: the gradient check and one step of every optimizer
+        (:meth:`step_optimizers`)."""
+        if it.passes_run != len(it.plan):
+            raise RuntimeError(f"[{type(self).__name__}] {it.passes_run} of the planned passes "
+                               f"{[n for n, _ in it.plan]} ran")
+        self.after_backward()
+        self.write_step_metrics(it)
+        self.visuals = it.visuals
+        with self.stage("optimizer"):
+            if self.gradients_are_finite(it):
+                self.step_optimizers()
+
+    def update_teacher(self, it: Iteration, teacher: EMATeacher) -> None:
+        """Stage ``ema``: the EMA update of ``teacher`` from the student at the start of the iteration; its
+        coefficient ``ema_alpha`` into ``it.scalars``."""
+        with self.stage("ema"):
+            it.scalars["ema_alpha"] = teacher.update(self.student, self.iter)
 
     def labelled_forward(self, batch: Sequence[Mapping[str, Any]], prefix: str) -> LabelledForward:
         """The student's training forward (random detail crop, NumPy) on a labelled batch of mapper dicts, through
@@ -257,19 +331,22 @@ class UDAStepTrainer(SimpleTrainer):
         return torch.autocast(device_type=self.student.device.type, dtype=self.amp_dtype)
 
     @contextmanager
-    def gradient_sync(self, last: bool) -> Iterator[None]:
-        """Wrap one forward AND its backward (DDP decides at forward time whether the backward all-reduces).
-
-        ``last=False``: the gradients stay local (``model.no_sync()``) and add up with the next passes';
-        ``last=True``: this backward all-reduces everything accumulated. A model without ``no_sync`` (no DDP)
-        is left alone."""
-        with synchronised_unless(self.model, last):
+    def gradient_sync(self, model: nn.Module, last: bool) -> Iterator[None]:
+        """Wrap one forward AND its backward into ``model`` (DDP decides at forward time whether the backward
+        all-reduces): ``last=False``: the gradients stay local (``model.no_sync()``) and add up with the later
+        passes'; ``last=True``: this backward all-reduces everything accumulated. A model without ``no_sync`` (no
+        DDP) is left alone."""
+        no_sync = getattr(model, "no_sync", None)
+        if last or no_sync is None:
             yield
+        else:
+            with no_sync():
+                yield
 
-    def check_finite(self, losses: Mapping[str, torch.Tensor]) -> None:
+    def check_finite(self, it: Iteration, losses: Mapping[str, torch.Tensor]) -> None:
         """On metrics steps: a ``FloatingPointError`` naming the first non-finite term and the iteration (other
         iterations do not read the losses: that would wait for the device)."""
-        if not self._metrics_step:
+        if not it.metrics_step:
             return
         for name, value in losses.items():
             if not torch.isfinite(value).all():
@@ -291,23 +368,22 @@ class UDAStepTrainer(SimpleTrainer):
         method with more models adds theirs)."""
         return self.student.named_parameters()
 
-    def gradients_are_finite(self, losses: Mapping[str, torch.Tensor]) -> bool:
+    def gradients_are_finite(self, it: Iteration) -> bool:
         """Whether the optimizer step may follow (docs/method.md §7.2, the frame; §15 Q20).
 
-        On metrics steps, one reduction over every gradient of the optimizer (``torch._foreach_norm``, one host
-        read); other iterations return True without touching the device. A non-finite gradient raises a
+        On metrics steps, one reduction over every gradient of the optimizer (:func:`all_finite`, one host read);
+        other iterations return True without touching the device. A non-finite gradient raises a
         ``FloatingPointError`` naming the first such parameter and this iteration's loss terms, unless
         ``skip_nonfinite_steps`` allows skipping: then every optimizer's gradients are zeroed, a warning counts
-        the skips, and False is returned (the caller skips its optimizer steps). With the float16 grad scaler
-        the scaler's own inf/NaN skip applies instead."""
-        if not (self.check_gradients and self._metrics_step) or self.grad_scaler is not None:
+        the skips, and False is returned (no optimizer steps). With the float16 grad scaler the scaler's own
+        inf/NaN skip applies instead (:meth:`step_optimizers`)."""
+        if not (self.check_gradients and it.metrics_step) or self.grad_scaler is not None:
             return True
-        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())):
+        if all_finite(_gradients(self.optimizer)):
             return True
         name = next((n for n, p in self.named_trainable_parameters()
                      if p.grad is not None and not torch.isfinite(p.grad).all()), "?")
-        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in it.losses.items())
         if self.skipped_steps < self.skip_nonfinite_steps:
             self.skipped_steps += 1
             logger.warning("iteration %d: non-finite gradient of %s (losses: %s); step skipped (%d of "
@@ -324,25 +400,47 @@ class UDAStepTrainer(SimpleTrainer):
 
     @property
     def optimizers(self) -> Sequence[torch.optim.Optimizer]:
-        """Every optimizer of the step (the main one; a method with more adds them)."""
+        """Every optimizer of the step, in stepping order (the main one; a method with more adds them)."""
         return (self.optimizer,)
 
-    def optimizer_step(self) -> None:
-        """One optimizer step (through the grad scaler, which also updates its scale, when there is one)."""
-        if self.grad_scaler is not None:
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            self.optimizer.step()
+    def step_optimizers(self) -> None:
+        """One step of every optimizer of :attr:`optimizers`, in order.
 
-    def write_step_metrics(self, losses: Mapping[str, torch.Tensor], scalars: Mapping[str, Any],
-                           data_time: float) -> None:
-        """On metrics steps: the loss terms through Detectron2's metrics writer (``total_loss`` = their sum, in
-        the order given) and ``scalars`` (tensors or numbers) as non-loss scalars of the event storage."""
-        if not self._metrics_step:
+        With the float16 grad scaler, one decision for all of them: each gradient is unscaled once (an
+        optimizer whose parameters an earlier one already covers, as AdvSeg's discriminator Adam is covered by
+        the main optimizer, docs/method.md §18.4, is not unscaled again), then either every optimizer steps (all
+        gradients finite) or none does (an overflow), and the scaler updates its scale once."""
+        optimizers = self.optimizers
+        scaler = self.grad_scaler
+        if scaler is None:
+            for optimizer in optimizers:
+                optimizer.step()
             return
-        self._write_metrics(losses, data_time)
-        get_event_storage().put_scalars(**{k: float(v) for k, v in scalars.items()})
+        unscaled = set()
+        for optimizer in optimizers:
+            params = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            if params <= unscaled:
+                continue
+            if params & unscaled:
+                raise ValueError(f"[{type(self).__name__}] optimizers share some, not all, of their parameters: "
+                                 f"the grad scaler cannot unscale each gradient once")
+            scaler.unscale_(optimizer)
+            unscaled |= params
+        if all_finite([g for optimizer in optimizers for g in _gradients(optimizer)]):
+            for optimizer in optimizers:
+                optimizer.step()
+        else:
+            logger.debug("iteration %d: float16 gradients overflowed; no optimizer steps (scale %g)", self.iter,
+                         scaler.get_scale())
+        scaler.update()
+
+    def write_step_metrics(self, it: Iteration) -> None:
+        """On metrics steps: the loss terms through Detectron2's metrics writer (``total_loss`` = their sum, in
+        the order of the passes) and the scalars (tensors or numbers) as non-loss scalars of the event storage."""
+        if not it.metrics_step:
+            return
+        self._write_metrics(it.losses, it.data_time)
+        get_event_storage().put_scalars(**{k: float(v) for k, v in it.scalars.items()})
 
     # ------------------------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
@@ -360,10 +458,13 @@ class UDAStepTrainer(SimpleTrainer):
         super().load_state_dict(state_dict)
         self.skipped_steps = int(state_dict.get("skipped_steps", 0))
         if "rng_states" in state_dict:
-            # applied at the start of the next step, after the data loader started (its start draws from torch)
-            self._pending_rng_states = rank_rng_states(state_dict["rng_states"])
+            self._resumed_rng_states = rank_rng_states(state_dict["rng_states"])
         if self.grad_scaler is not None and "grad_scaler" in state_dict:
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+
+
+def _gradients(optimizer: torch.optim.Optimizer) -> list:
+    return [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
 
 
 def step_config(cfg, model: nn.Module) -> Dict[str, Any]:

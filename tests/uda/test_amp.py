@@ -19,7 +19,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from tests.helpers.tiny_configs import small_input_hrda_cfg
 
-from hrda_d2.uda import DACSStepTrainer
+from hrda_d2.uda import SupervisedStepTrainer
 
 ARGMAX_AGREEMENT = {"slide_inference": 0.99, "pseudo_label": 0.985}  # measured 99.42 % / 99.03 %
 MAX_PROB_DIFF = 0.05  # measured 0.028 / 0.031
@@ -102,9 +102,8 @@ def source_only_trainer(model, metrics_period=1, max_iter=None, amp_dtype=None, 
                     "sem_seg": torch.randint(0, 19, (128, 128), generator=g)}], None
 
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-    return DACSStepTrainer(model, batches(), optimizer, teacher=None, imnet_model=None, strong_augmentation=None,
-                       amp_dtype=amp_dtype, grad_scaler=grad_scaler, metrics_period=metrics_period,
-                       max_iter=max_iter)
+    return SupervisedStepTrainer(model, batches(), optimizer, prefix="src_", amp_dtype=amp_dtype,
+                                 grad_scaler=grad_scaler, metrics_period=metrics_period, max_iter=max_iter)
 
 
 def test_grad_scaler_state_is_checkpointed_and_restored():

@@ -42,7 +42,7 @@ BACKWARD_STAGES = ("source", "mixed", "masked")
 
 
 class EveryBackwardSynced(DACSStepTrainer):
-    def gradient_sync(self, last):
+    def gradient_sync(self, model, last):
         return nullcontext()
 
 

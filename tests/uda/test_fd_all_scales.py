@@ -14,7 +14,7 @@ def test_the_distance_is_the_sum_over_both_scales_with_the_detail_labels_cropped
     torch.manual_seed(0)
     student, imnet = (build_model(small_input_hrda_cfg(**{"MODEL.HRDA.BLUR_HR_CROP": blur})).train()
                       for blur in (False, False))
-    step = DACSStepTrainer(student, [], torch.optim.SGD(student.parameters(), lr=0.1), teacher=None,
+    step = DACSStepTrainer(student, [], torch.optim.SGD(student.parameters(), lr=0.1), teacher=imnet,
                            imnet_model=imnet, strong_augmentation=None, fd_all_scales=True, fd_classes=range(19),
                            num_classes=19, fd_min_ratio=0.0, fd_lambda=0.005)
     images = torch.randn(2, 3, 128, 128)

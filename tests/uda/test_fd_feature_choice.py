@@ -28,7 +28,7 @@ def features(seed):
 def step_with(fd_feature):
     """A DACS step whose ImageNet model returns fixed features (its student, loader and optimizer are unused)."""
     unused = nn.Linear(1, 1)
-    return DACSStepTrainer(unused, [], torch.optim.SGD(unused.parameters(), lr=0.1), teacher=None,
+    return DACSStepTrainer(unused, [], torch.optim.SGD(unused.parameters(), lr=0.1), teacher=nn.Linear(1, 1),
                            imnet_model=FixedFeatures(features(1)), strong_augmentation=None, fd_feature=fd_feature,
                            fd_classes=range(19), num_classes=19, fd_min_ratio=0.0, fd_lambda=0.005, ignore_value=255)
 

@@ -18,7 +18,7 @@ from detectron2.utils.events import EventStorage
 from torch.nn.parallel import DistributedDataParallel
 
 from benchmarking.ddp import AllReduceCounter, BackwardCounter
-from hrda_d2.uda import DACSStepTrainer
+from hrda_d2.uda import DACSStepTrainer, SupervisedStepTrainer
 from tests.helpers.step_inputs import RecordStages, synthetic_pairs
 from tests.helpers.tiny_configs import small_input_hrda_cfg
 
@@ -35,13 +35,13 @@ def run_one_step(setting, ddp, listener=None, profile=False):
     cfg = small_input_hrda_cfg(**{"UDA.PSEUDO_THRESHOLD": 0.0, "SOLVER.METRICS_PERIOD": 1, **SETTINGS[setting]})
     torch.manual_seed(0)
     student = build_model(cfg).train()
-    uda = cfg.UDA.METHOD != "source_only"
-    teacher = build_model(cfg) if uda else None
-    imnet = build_model(cfg) if uda else None
     model = DistributedDataParallel(student, broadcast_buffers=False) if ddp else student
-    step = DACSStepTrainer(cfg, model=model, data_loader=synthetic_pairs(torch.Generator().manual_seed(0)),
-                           optimizer=torch.optim.SGD(student.parameters(), lr=0.01), teacher=teacher,
-                           imnet_model=imnet, stage_listener=listener)
+    common = dict(model=model, data_loader=synthetic_pairs(torch.Generator().manual_seed(0)),
+                  optimizer=torch.optim.SGD(student.parameters(), lr=0.01), stage_listener=listener)
+    if cfg.UDA.METHOD != "source_only":
+        step = DACSStepTrainer(cfg, teacher=build_model(cfg), imnet_model=build_model(cfg), **common)
+    else:  # source-only: the supervised step on the source stream
+        step = SupervisedStepTrainer(cfg, **common)
     counters = (AllReduceCounter().attach(model), BackwardCounter(student)) if ddp else None
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
     names = set()

@@ -1,4 +1,4 @@
-"""MIC on AdvSeg / MinEnt with MIC's own EMA teacher (hrda_d2/uda/masked_consistency_teacher.py, docs/method.md
+"""MIC on AdvSeg / MinEnt with MIC's own EMA teacher (hrda_d2/uda/masked_consistency.py, docs/method.md
 §17.6), on a tiny HRDA in one process:
 
 * the stages come in the original's order: teacher update first, the masked pass after the method's target pass
@@ -39,7 +39,7 @@ def cfg_for(method):
                                    "SOLVER.METRICS_PERIOD": 1})
 
 
-def build_step(method, ddp=False, listener=None):
+def build_step(method, ddp=False, listener=None, ddp_discriminator=False):
     cfg = cfg_for(method)
     torch.manual_seed(0)
     student = build_model(cfg).train()
@@ -51,6 +51,8 @@ def build_step(method, ddp=False, listener=None):
         return MinEntStepTrainer(cfg, **common), student, teacher
     discriminator = FCDiscriminator(19, 8)
     d_opt = torch.optim.Adam(discriminator.parameters(), lr=1e-4)
+    if ddp_discriminator:
+        discriminator = DistributedDataParallel(discriminator, broadcast_buffers=False)
     return AdvSegStepTrainer(cfg, discriminator=discriminator, discriminator_optimizer=d_opt, **common), student, \
         teacher
 
@@ -133,3 +135,18 @@ def test_one_gradient_sync_round_with_the_plain_gradients(single_process_group, 
     plain_step, plain_student, _ = build_step(method)
     run(plain_step, 0)
     assert [k for k, p in plain_student.named_parameters() if not torch.equal(p.grad, ddp_grads[k])] == []
+
+
+def test_advseg_discriminator_one_gradient_sync_round_with_the_plain_gradients(single_process_group):
+    """The discriminator's two terms form one pass (source term through the module, target term through the DDP
+    wrapper): one backward, one sync round of the discriminator, its gradients those of the plain model."""
+    step, _, _ = build_step("advseg", ddp=True, ddp_discriminator=True)
+    rounds = AllReduceCounter().attach(step.model), AllReduceCounter().attach(step.discriminator)
+    run(step, 0)
+    assert [counter.sync_rounds for counter in rounds] == [1, 1]
+    ddp_grads = {k: p.grad.clone() for k, p in step.discriminator_module.named_parameters()}
+    plain_step, _, _ = build_step("advseg")
+    run(plain_step, 0)
+    plain = dict(plain_step.discriminator_module.named_parameters())
+    assert all(bool(g.abs().sum() > 0) for g in ddp_grads.values())
+    assert [k for k, g in ddp_grads.items() if not torch.equal(plain[k].grad, g)] == []
