@@ -46,6 +46,7 @@ import torch
 from detectron2.config import configurable
 from torch import nn
 
+from ..config import MIC_MODE_NAMES, check_choice
 from .masking import mask_images
 from .pseudo_labels import EMATeacher, PseudoLabels
 from .step_base import StudentLosses, UnlabelledForward
@@ -61,22 +62,14 @@ class _ModeSpec(NamedTuple):
     augment: bool
 
 
-MIC_MODES: Dict[str, _ModeSpec] = {
-    "separatetrgaug": _ModeSpec("target", True),
-    "separatetrg": _ModeSpec("target", False),
-    "separate": _ModeSpec("pair", False),
-    "separateaug": _ModeSpec("pair", True),
-    "separatesrc": _ModeSpec("source", False),
-    "separatesrcaug": _ModeSpec("source", True),
+MIC_MODES: Dict[str, _ModeSpec] = {  # UDA.MIC.MODE (config/choices.py) -> which images, augmented or not
+    mode: _ModeSpec("source" if "src" in mode else "target" if "trg" in mode else "pair", mode.endswith("aug"))
+    for mode in MIC_MODE_NAMES
 }
 
 
 def _check_mode(mode: str) -> _ModeSpec:
-    if mode not in MIC_MODES:
-        raise ValueError(f"UDA.MIC.MODE={mode!r} is not a MIC mode; valid modes: {sorted(MIC_MODES)} "
-                         f"('separatetrgaug' for GTA/Synthia -> Cityscapes, 'separate' for Cityscapes -> "
-                         f"ACDC / Dark Zurich)")
-    return MIC_MODES[mode]
+    return MIC_MODES[check_choice("UDA.MIC.MODE", mode)]
 
 
 @dataclass

@@ -49,8 +49,6 @@ def block_mask(batch_size: int, height: int, width: int, mask_ratio: float, bloc
     (``(gh, gw)`` = :func:`block_mask_grid_shape`), keeps the blocks whose draw is ``> mask_ratio`` and
     upsamples with nearest-neighbour interpolation. ``mask_ratio`` 0 keeps (almost surely) every block, 1 none.
     """
-    if not 0.0 <= mask_ratio <= 1.0:
-        raise ValueError(f"UDA.MIC.MASK_RATIO must be in [0, 1] (the share of masked blocks), got {mask_ratio}")
     grid_h, grid_w = block_mask_grid_shape(height, width, block_size)
     draws = torch.rand(batch_size, 1, grid_h, grid_w, device=device)
     kept = (draws > mask_ratio).float()

@@ -12,6 +12,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..config import check_choice
+
 __all__ = ["SOURCE_DOMAIN_LABEL", "TARGET_DOMAIN_LABEL", "adaptation_logits", "gan_loss", "normalized_entropy"]
 
 SOURCE_DOMAIN_LABEL, TARGET_DOMAIN_LABEL = 0.0, 1.0  # the discriminator's targets (the original's labels)
@@ -36,8 +38,6 @@ def gan_loss(discriminator_logits: Tensor, domain_label: float, kind: str) -> Te
     """``"LS"``: mean squared error to ``domain_label``; ``"VANILLA"``: BCE with logits (both averaged over every
     output cell), against a constant map of ``domain_label`` (0 = source, 1 = target)."""
     target = torch.full_like(discriminator_logits, domain_label)
-    if kind == "LS":
+    if check_choice("UDA.ADVSEG.GAN_LOSS", kind) == "LS":
         return F.mse_loss(discriminator_logits, target)
-    if kind == "VANILLA":
-        return F.binary_cross_entropy_with_logits(discriminator_logits, target)
-    raise ValueError(f"UDA.ADVSEG.GAN_LOSS={kind!r}: use 'LS' or 'VANILLA'")
+    return F.binary_cross_entropy_with_logits(discriminator_logits, target)  # "VANILLA"

@@ -36,6 +36,7 @@ from detectron2.engine import SimpleTrainer
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from ..config import check_choice
 from ..utils.rng import gather_rng_states, rank_rng_states, set_rng_states
 from .pseudo_labels import EMATeacher
 
@@ -485,9 +486,4 @@ def step_config(cfg, model: nn.Module) -> Dict[str, Any]:
 
 def amp_dtype_from_config(enabled: bool, name: str) -> Optional[torch.dtype]:
     """``SOLVER.AMP.ENABLED``/``SOLVER.AMP.DTYPE`` -> autocast dtype (None = float32)."""
-    if not enabled:
-        return None
-    dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in dtypes:
-        raise ValueError(f"SOLVER.AMP.DTYPE must be one of {sorted(dtypes)}, got '{name}'")
-    return dtypes[name]
+    return getattr(torch, check_choice("SOLVER.AMP.DTYPE", name)) if enabled else None

@@ -127,7 +127,7 @@ def test_source_modes_use_the_source_batch_without_weights():
 
 
 def test_unknown_mode_is_refused_with_the_valid_ones():
-    with pytest.raises(ValueError, match=r"UDA.MIC.MODE='separatetarget'.*'separate'.*'separatetrgaug'"):
+    with pytest.raises(ValueError, match=r"UDA.MIC.MODE='separatetarget'.*separate,.*separatetrgaug"):
         MaskedImageConsistency(mode="separatetarget")
     assert set(MIC_MODES) == {"separate", "separateaug", "separatesrc", "separatesrcaug", "separatetrg",
                               "separatetrgaug"}
