@@ -8,12 +8,14 @@ after the step (student, discriminator, MIC's teacher), BatchNorm statistics.
 Tolerances (measured on this 2-core CPU, README of the fixture): with the fixture's 2 threads the ``separatetrg``
 cases match bit for bit at both iterations, ``separatetrgaug`` to 1e-7 at iteration 0 (our Gaussian blur against
 kornia 0.5.8's) and, at iteration 1, 2.4e-4 (masked loss), 7.7e-4 (backbone gradient norm), sampled-gradient
-cosine 0.99939, parameters within 0.039 x the update. The test therefore runs with the fixture's 2 threads. With 1
-thread the float32 summation order of the 101-layer backward differs: iteration 0 still passes (sampled gradients
-up to 2.5e-3 relative), but at iteration 1, after one step of those differences, 13 of 32768 pseudo-labels flip
-(near-ties) and the stem's sampled gradients reach cosine 0.992 only. A wrong teacher (not EMA-updated, or
-re-copied from the student) moves the masked loss at iteration 1 by 7.7e-3 to 4.8e-2 (sanity.json), far outside
-the masked-loss tolerance below."""
+cosine 0.99939, parameters within 0.039 x the update. The test runs with the fixture's 2 threads. With another
+float32 summation order of the 101-layer backward (1 thread; or, measured 2026-12-06, the same 2 threads on an
+AVX2-only AMD EPYC, whose kernels differ from those of the machine that generated the fixture) iteration 0 still
+passes (sampled gradients up to 2.5e-3 relative), but at iteration 1, after one step of those differences,
+near-tie pseudo-labels flip (13 of 32768 with 1 thread), the stem's sampled gradients reach cosine 0.992-0.993 and
+a discriminator loss 1.3e-4 relative: iteration 1 therefore allows cosine 0.99 and 1e-3 on every loss term. A wrong
+teacher (not EMA-updated, or re-copied from the student) moves the masked loss at iteration 1 by 7.7e-3 to 4.8e-2
+(sanity.json), far outside the masked-loss tolerance below."""
 import json
 import os
 import random
@@ -31,9 +33,9 @@ from hrda_d2.uda.advseg_step import build_discriminator_optimizer
 from tests.helpers.dlv2_reference import batches, dlv2_cfg, our_name
 from tests.helpers.paths import MIC_TEACHER_REFERENCE_DIR
 
-LOSS_TOL = 1e-4
-# iteration -> (masked loss rel, gradient norm rel, sampled-gradient cosine, parameter after the step: x |update|)
-ITERATION_TOL = {0: (1e-4, 1e-3, 0.9999, 5e-3), 1: (1e-3, 1e-2, 0.998, 0.1)}
+# iteration -> (loss terms rel, masked loss rel, gradient norm rel, sampled-gradient cosine, parameter after the
+# step: x |update|)
+ITERATION_TOL = {0: (1e-4, 1e-4, 1e-3, 0.9999, 5e-3), 1: (1e-3, 1e-3, 1e-2, 0.99, 0.1)}
 TERMS = {"loss_src_sem_seg": "decode.loss_seg", "loss_adv_trg": "G_trg.loss.main", "loss_disc_src": "D_src.loss.main",
          "loss_disc_trg": "D_trg.loss.main", "loss_ent_trg": "ent.loss.main"}
 MASKED_TERM = ("loss_masked_sem_seg", "decode.loss_seg")  # ours, the original MIC module's (before the prefix)
@@ -143,7 +145,7 @@ def test_two_iterations_match_the_original(case, mic_ref, mic_io, dlv2_originals
     for iteration in (0, 1):
         it_ref = case_ref["iterations"][str(iteration)]
         prefix = f"{case}_it{iteration}__"
-        masked_tol, grad_norm_tol, min_cosine, update_tol = ITERATION_TOL[iteration]
+        loss_tol, masked_tol, grad_norm_tol, min_cosine, update_tol = ITERATION_TOL[iteration]
         seed = it_ref["seed"]
         random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
         step.iter = iteration
@@ -154,7 +156,7 @@ def test_two_iterations_match_the_original(case, mic_ref, mic_io, dlv2_originals
         log_vars = it_ref["log_vars"]
         for ours, theirs in TERMS.items():
             if theirs in log_vars:
-                assert latest[ours] == pytest.approx(log_vars[theirs], rel=LOSS_TOL), (iteration, ours)
+                assert latest[ours] == pytest.approx(log_vars[theirs], rel=loss_tol), (iteration, ours)
         ours, theirs = MASKED_TERM
         assert latest[ours] == pytest.approx(it_ref["mic_losses"][theirs], rel=masked_tol), iteration
         assert latest["masked_acc_sem_seg"] == pytest.approx(it_ref["mic_acc"]["decode.acc_seg"], abs=0.1)
