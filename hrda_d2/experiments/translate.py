@@ -19,6 +19,7 @@ __all__ = ["DLV2_BACKBONE", "DLV2_HEAD", "DLV2_WEIGHTS", "UDA_METHOD_KEY", "PHOT
 # names for the DeepLabV2 (ResNet-101 v1c, reduced DLV2 head) rows of HRDA Table 2 / MIC Table 1
 DLV2_BACKBONE = "build_resnet_v1c_backbone"
 DLV2_HEAD = "DLV2Head"
+DLV2_BASE = "Base-DeepLabV2.yaml"  # head inputs (res5) and dilations (6, 12) of the original's dlv2red
 DLV2_WEIGHTS = "pretrained/resnet101_v1c_d2.pth"  # the converted ImageNet ResNet-101 v1c
 UDA_METHOD_KEY = "UDA.METHOD"  # dacs | advseg | minent | source_only | target_only
 PHOTOMETRIC_KEY = "INPUT.SOURCE.PHOTOMETRIC_DISTORTION"  # mmseg PhotoMetricDistortion on the source images
@@ -66,6 +67,8 @@ def _domain(name: str) -> str:
 
 def base_config(row: OriginalRow) -> str:
     """File name (in ``configs/``) of the paper config that ``row`` starts from."""
+    if row.decoder == "dlv2red":  # the reduced DeepLabV2 head on ResNet-101 V1c, every dataset pair
+        return DLV2_BASE
     pair = (_domain(row.source), row.target)
     if row.mask is not None and row.hrda is not None and pair in _MIC_BASE_CONFIGS:
         return _MIC_BASE_CONFIGS[pair]
