@@ -150,10 +150,7 @@ def run_output_dir(work_dir: str, run: Run, tiny: bool = False, startup_test: bo
 
 
 class _YamlDumper(yaml.SafeDumper):
-    """Block-style mappings, flow-style lists (``CROP_SIZE: [512, 512]``), every value written out (no anchors)."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
+    """Block-style mappings, flow-style lists (``CROP_SIZE: [512, 512]``)."""
 
 
 _YamlDumper.add_representer(
