@@ -104,20 +104,17 @@ def model_build_problem(cfg: CfgNode) -> Optional[str]:
 
 
 # ------------------------------------------------------------------------------------------------ writing
-def _get(cfg: CfgNode, key: str) -> Any:
-    node: Any = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
+_ABSENT = object()
 
 
-def _has(cfg: CfgNode, key: str) -> bool:
+def _value(cfg: CfgNode, key: str) -> Any:
+    """The value of the dotted ``key`` in ``cfg`` (``_ABSENT`` when ``cfg`` has no such key)."""
     node: Any = cfg
     for part in key.split("."):
         if not isinstance(node, CfgNode) or part not in node:
-            return False
+            return _ABSENT
         node = node[part]
-    return True
+    return node
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -128,7 +125,7 @@ def _same(a: Any, b: Any) -> bool:
 
 def differences(overrides: Mapping[str, Any], base: CfgNode) -> "OrderedDict[str, Any]":
     """The entries of ``overrides`` whose value differs from ``base`` (keys ``base`` lacks are kept)."""
-    return OrderedDict((k, v) for k, v in overrides.items() if not (_has(base, k) and _same(_get(base, k), v)))
+    return OrderedDict((k, v) for k, v in overrides.items() if not _same(_value(base, k), v))
 
 
 def nested(flat: Mapping[str, Any]) -> Dict[str, Any]:
@@ -232,9 +229,9 @@ def tiny_overrides(cfg: CfgNode, iterations: int = 4) -> "OrderedDict[str, Any]"
     context_side = MIN_SIDE if context_scale >= 1 else int(math.ceil(MIN_SIDE / context_scale))
     out: "OrderedDict[str, Any]" = OrderedDict()
     for key in _SCALED:
-        out[key] = _scaled(_get(cfg, key))
+        out[key] = _scaled(_value(cfg, key))
     for key in _CROPS:
-        values = list(_get(cfg, key))
+        values = list(_value(cfg, key))
         out[key] = _crop(values, context_side if key in _CONTEXT_CROPS else MIN_SIDE) if values else []
     window = list(cfg.TEST.SLIDE.CROP_SIZE)
     tiny_window = _crop(window, context_side)
