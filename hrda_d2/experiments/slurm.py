@@ -73,7 +73,8 @@ class TrainingJob(submitit.helpers.Checkpointable):
         self._process = None
 
     def __call__(self) -> str:
-        setup_logger(name="hrda_d2")  # the job process: this package's log goes to the job's stdout file
+        if not logging.getLogger().handlers:  # a fresh job process: this package's log to the job's output file
+            setup_logger(name="hrda_d2")
         logger.info("%s: starting %s", self.output_dir, " ".join(self.command))
         self._process = TrainingProcess(self.command, env={**os.environ, **self.env_updates}, cwd=self.cwd,
                                         ignore_signals=(SUBMITIT_SIGNAL,))
