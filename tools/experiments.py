@@ -8,8 +8,12 @@
 
 Every option: ``--help``; the logic and its documentation: ``hrda_d2/experiments`` and docs/experiments.md.
 """
+import logging
+
 import hrda_d2  # noqa: F401  (first: registers the components, quiets fvcore's import warnings)
 from hrda_d2.experiments.cli import run
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s %(levelname)s: %(message)s",
+                        datefmt="%m/%d %H:%M:%S")
     run()

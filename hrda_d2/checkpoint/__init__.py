@@ -5,7 +5,8 @@ original SegFormer / mmseg / HRDA / DINOv2 layouts to them.
 * :mod:`.conversion`: the conversion dispatcher (file reading, layout detection, :func:`convert_checkpoint`);
 * :mod:`.conversion_types`: the types every conversion shares;
 * leaves: :mod:`.mmseg_conversion` (MiT / DAFormer / HRDA), :mod:`.dinov2_conversion` (DINOv2 ViTs);
-* :mod:`.mmseg_config`: the stored original config text -> this project's config.
+* :mod:`.mmseg_config`: the stored original config text -> this project's config, through
+  :mod:`.original_keys` (the original's settings -> keys, shared with the experiment generator).
 """
 from .conversion import (
     convert_checkpoint,

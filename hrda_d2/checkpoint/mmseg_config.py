@@ -12,13 +12,14 @@ build a different network than the original's raise :class:`MmsegConfigError`.
 import ast
 import logging
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 from detectron2.config import CfgNode, get_cfg
 
 from ..config import MIC_MODE_NAMES, add_hrda_config
 from ..modeling.backbone.mit import MIT_VARIANTS
+from .original_keys import ORIGINAL_OPTIMIZERS, original_key, uda_method_key
 
 __all__ = ["MmsegConfigError", "cfg_values_to_yaml", "mmseg_config_to_cfg_values", "parse_mmseg_config_text"]
 
@@ -116,13 +117,13 @@ class _Translation:
         self.values: "OrderedDict[str, Any]" = OrderedDict()
         self.notes: List[str] = []
 
-    def put(self, key: str, tree: Any, path: str, default: Any = _MISSING,
-            convert: Callable[[Any], Any] = lambda v: v) -> None:
-        """Set ``key`` from ``path`` of ``tree`` (or ``default`` = the original class default when absent)."""
+    def put(self, tree: Any, prefix: str, path: str, default: Any = _MISSING) -> None:
+        """Set the key of the original setting ``<prefix>.<path>`` (:data:`.original_keys.ORIGINAL_KEYS`) from
+        ``path`` of ``tree`` (the subtree at ``prefix``), or ``default`` (the original class default) when absent."""
         value = _get(tree, path, default)
         if value is _MISSING:
             return
-        self.values[key] = convert(value)
+        self.values[original_key(f"{prefix}.{path}" if prefix else path)] = value
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -135,7 +136,7 @@ def _translate_model(t: _Translation, model: Mapping[str, Any]) -> None:
     t.values["MODEL.META_ARCHITECTURE"] = "HRDA"
     t.values["MODEL.BACKBONE.NAME"] = "build_mit_backbone"
     t.values["MODEL.MIT.VARIANT"] = backbone_type
-    t.put("MODEL.MIT.DROP_PATH_RATE", model, "backbone.drop_path_rate", 0.1)  # MixVisionTransformer default
+    t.put(model, "model", "backbone.drop_path_rate", 0.1)  # MixVisionTransformer default
 
     segmentor = model.get("type")
     head = model.get("decode_head", {})
@@ -147,23 +148,18 @@ def _translate_model(t: _Translation, model: Mapping[str, Any]) -> None:
             raise _unsupported("hr_crop_size=None (no detail crop)")
         if not isinstance(model.get("feature_scale", 1), (int, float)):
             raise _unsupported(f"feature_scale={model.get('feature_scale')!r}")
-        t.put("MODEL.HRDA.SCALES", model, "scales")
-        t.put("MODEL.HRDA.HR_CROP_SIZE", model, "hr_crop_size")
-        t.put("MODEL.HRDA.CROP_COORD_DIVISIBLE", model, "crop_coord_divisible", 1)
-        t.put("MODEL.HRDA.FEATURE_SCALE", model, "feature_scale", 1.0)
-        t.put("MODEL.HRDA.HR_SLIDE_INFERENCE", model, "hr_slide_inference", True)
-        t.put("MODEL.HRDA.HR_SLIDE_OVERLAPPING", model, "hr_slide_overlapping", True)
-        t.put("MODEL.HRDA.BLUR_HR_CROP", model, "blur_hr_crop", False)
+        for path, default in (("scales", _MISSING), ("hr_crop_size", _MISSING), ("crop_coord_divisible", 1),
+                              ("feature_scale", 1.0), ("hr_slide_inference", True), ("hr_slide_overlapping", True),
+                              ("blur_hr_crop", False)):
+            t.put(model, "model", path, default)
         # HRDAHead constructor defaults (docs/method.md §5.1) where the config leaves them out
-        t.put("MODEL.HRDA.ATTENTION_CLASSWISE", head, "attention_classwise", True)
-        t.put("MODEL.HRDA.ATTENTION_EMBED_DIM", head, "attention_embed_dim", 256)
-        t.put("MODEL.HRDA.HR_LOSS_WEIGHT", head, "hr_loss_weight", 0.0)
-        t.put("MODEL.HRDA.LR_LOSS_WEIGHT", head, "lr_loss_weight", 0.0)
-        t.put("MODEL.HRDA.FIXED_ATTENTION", head, "fixed_attention", None)
+        for path, default in (("attention_classwise", True), ("attention_embed_dim", 256), ("hr_loss_weight", 0.0),
+                              ("lr_loss_weight", 0.0), ("fixed_attention", None)):
+            t.put(head, "model.decode_head", path, default)
     elif segmentor == "EncoderDecoder":
         if head.get("type") != "DAFormerHead":
             raise _unsupported(f"decode_head.type={head.get('type')!r} (expected DAFormerHead)")
-        t.values["MODEL.HRDA.SCALES"] = [1.0]
+        t.values[original_key("model.scales")] = [1.0]
     else:
         raise _unsupported(f"model.type={segmentor!r} (expected HRDAEncoderDecoder or EncoderDecoder)")
     if model.get("auxiliary_head"):
@@ -172,11 +168,10 @@ def _translate_model(t: _Translation, model: Mapping[str, Any]) -> None:
 
     test_cfg = model.get("test_cfg") or {}
     mode = test_cfg.get("mode", "whole")
-    t.values["TEST.MODE"] = mode
+    t.values[original_key("model.test_cfg.mode")] = mode
     if mode == "slide":
-        t.put("TEST.SLIDE.CROP_SIZE", test_cfg, "crop_size")
-        t.put("TEST.SLIDE.STRIDE", test_cfg, "stride")
-        t.put("TEST.SLIDE.BATCHED", test_cfg, "batched_slide", False)
+        for path, default in (("crop_size", _MISSING), ("stride", _MISSING), ("batched_slide", False)):
+            t.put(test_cfg, "model.test_cfg", path, default)
 
 
 def _translate_daformer_head(t: _Translation, head: Mapping[str, Any], backbone_dims: Sequence[int]) -> None:
@@ -194,56 +189,56 @@ def _translate_daformer_head(t: _Translation, head: Mapping[str, Any], backbone_
     fusion = _get(head, "decoder_params.fusion_cfg", {})
     if fusion.get("type") == "aspp" and fusion.get("sep") and fusion.get("pool") is False:
         t.values["MODEL.SEM_SEG_HEAD.FUSION"] = "aspp"
-        t.put("MODEL.SEM_SEG_HEAD.ASPP_DILATIONS", fusion, "dilations")
+        t.put(fusion, "model.decode_head.decoder_params.fusion_cfg", "dilations")
     elif fusion.get("type") == "conv" and fusion.get("kernel_size", 1) == 1:
         t.values["MODEL.SEM_SEG_HEAD.FUSION"] = "conv"
     else:
         raise _unsupported(f"decoder_params.fusion_cfg={fusion} (supported: sep. ASPP without pooling, 1x1 conv)")
     t.values["MODEL.SEM_SEG_HEAD.NAME"] = "DAFormerHead"
     t.values["MODEL.SEM_SEG_HEAD.EMBED_DIM"] = embed_dims
-    t.put("MODEL.SEM_SEG_HEAD.NUM_CLASSES", head, "num_classes")
-    t.put("MODEL.SEM_SEG_HEAD.IGNORE_VALUE", head, "ignore_index", 255)  # BaseDecodeHead default
-    t.put("MODEL.SEM_SEG_HEAD.DROPOUT", head, "dropout_ratio", 0.1)
-    t.put("MODEL.SEM_SEG_HEAD.NORM", head, "norm_cfg.type")
+    # BaseDecodeHead defaults where the config leaves them out
+    for path, default in (("num_classes", _MISSING), ("ignore_index", 255), ("dropout_ratio", 0.1),
+                          ("norm_cfg.type", _MISSING)):
+        t.put(head, "model.decode_head", path, default)
     if _get(head, "loss_decode.type", "CrossEntropyLoss") != "CrossEntropyLoss" or _get(
             head, "loss_decode.use_sigmoid", False):
         raise _unsupported(f"decode_head.loss_decode={head.get('loss_decode')}")
-    t.put("MODEL.SEM_SEG_HEAD.LOSS_WEIGHT", head, "loss_decode.loss_weight", 1.0)
+    t.put(head, "model.decode_head", "loss_decode.loss_weight", 1.0)
 
 
 def _translate_data(t: _Translation, mm: Mapping[str, Any]) -> None:
-    t.put("MODEL.PIXEL_MEAN", mm, "img_norm_cfg.mean")
-    t.put("MODEL.PIXEL_STD", mm, "img_norm_cfg.std")
+    t.put(mm, "", "img_norm_cfg.mean")
+    t.put(mm, "", "img_norm_cfg.std")
     if _get(mm, "img_norm_cfg.to_rgb", True) is not True:
         t.note("img_norm_cfg.to_rgb=False (BGR input) is not supported; INPUT.FORMAT stays RGB")
-    t.put("SOLVER.IMS_PER_BATCH", mm, "data.samples_per_gpu")
-    t.put("DATALOADER.NUM_WORKERS", mm, "data.workers_per_gpu")
+    t.put(mm, "", "data.samples_per_gpu")
+    t.put(mm, "", "data.workers_per_gpu")
     train = _get(mm, "data.train", {})
     if train.get("type") == "UDADataset":
         parts = (("SOURCE", train.get("source", {})), ("TARGET", train.get("target", {})))
         rcs = train.get("rare_class_sampling")
         t.values["DATASETS.RCS.ENABLED"] = rcs is not None
         if rcs is not None:
-            t.put("DATASETS.RCS.CLASS_TEMP", rcs, "class_temp")
-            t.put("DATASETS.RCS.MIN_PIXELS", rcs, "min_pixels")
-            t.put("DATASETS.RCS.MIN_CROP_RATIO", rcs, "min_crop_ratio")
-        t.put("INPUT.TARGET.PSEUDO_MARGINS", train, "target.crop_pseudo_margins", [])
+            for path in ("class_temp", "min_pixels", "min_crop_ratio"):
+                t.put(rcs, "data.train.rare_class_sampling", path)
+        t.put(train, "data.train", "target.crop_pseudo_margins", [])
     else:
         parts = (("SOURCE", train),)
         t.values["DATASETS.RCS.ENABLED"] = False
     for name, dataset in parts:
         pipeline = dataset.get("pipeline") if isinstance(dataset, Mapping) else None
         resize, crop, flip = (_pipeline_step(pipeline, s) for s in ("Resize", "RandomCrop", "RandomFlip"))
+        prefix = f"data.train.{name.lower()}.pipeline"
         if resize is not None:
-            t.put(f"INPUT.{name}.SCALE", resize, "img_scale")
+            t.put(resize, f"{prefix}.Resize", "img_scale")
         if crop is not None:
-            t.put(f"INPUT.{name}.CROP_SIZE", crop, "crop_size")
-            t.put(f"INPUT.{name}.CAT_MAX_RATIO", crop, "cat_max_ratio", 1.0)
+            t.put(crop, f"{prefix}.RandomCrop", "crop_size")
+            t.put(crop, f"{prefix}.RandomCrop", "cat_max_ratio", 1.0)
         if flip is not None:
-            t.put(f"INPUT.{name}.FLIP_PROB", flip, "prob", 0.0)
+            t.put(flip, f"{prefix}.RandomFlip", "prob", 0.0)
     test_aug = _pipeline_step(_get(mm, "data.test.pipeline", None), "MultiScaleFlipAug")
     if test_aug is not None:
-        t.put("INPUT.TEST.SCALE", test_aug, "img_scale")
+        t.put(test_aug, "data.test.pipeline.MultiScaleFlipAug", "img_scale")
         if test_aug.get("flip"):
             t.note("test-time flip augmentation has no key here; it is not used")
 
@@ -251,25 +246,19 @@ def _translate_data(t: _Translation, mm: Mapping[str, Any]) -> None:
 def _translate_uda(t: _Translation, mm: Mapping[str, Any]) -> None:
     uda = mm.get("uda")
     if uda is None:
-        t.values["UDA.ENABLED"] = False
+        t.values[original_key("uda.type")] = uda_method_key(None)
         return
     if uda.get("type") != "DACS":
         raise _unsupported(f"uda.type={uda.get('type')!r} (only DACS is implemented)")
-    t.values["UDA.ENABLED"] = True
-    t.put("UDA.ALPHA", uda, "alpha")
-    t.put("UDA.PSEUDO_THRESHOLD", uda, "pseudo_threshold")
-    t.put("UDA.PSEUDO_WEIGHT_IGNORE_TOP", uda, "pseudo_weight_ignore_top", 0)
-    t.put("UDA.PSEUDO_WEIGHT_IGNORE_BOTTOM", uda, "pseudo_weight_ignore_bottom", 0)
-    t.put("UDA.MIX", uda, "mix")
-    t.put("UDA.FD.LAMBDA", uda, "imnet_feature_dist_lambda", 0.0)
+    t.values[original_key("uda.type")] = uda_method_key("DACS")
+    for path, default in (("alpha", _MISSING), ("pseudo_threshold", _MISSING), ("pseudo_weight_ignore_top", 0),
+                          ("pseudo_weight_ignore_bottom", 0), ("mix", _MISSING), ("imnet_feature_dist_lambda", 0.0)):
+        t.put(uda, "uda", path, default)
     if uda.get("imnet_feature_dist_classes") is None and uda.get("imnet_feature_dist_lambda", 0) > 0:
         raise _unsupported("imnet_feature_dist_classes=None (feature distance over all classes)")
-    t.put("UDA.FD.CLASSES", uda, "imnet_feature_dist_classes")
-    t.put("UDA.FD.SCALE_MIN_RATIO", uda, "imnet_feature_dist_scale_min_ratio")
-    t.put("UDA.AUG.BLUR", uda, "blur")
-    t.put("UDA.AUG.COLOR_JITTER_STRENGTH", uda, "color_jitter_strength")
-    t.put("UDA.AUG.COLOR_JITTER_SKIP_THRESHOLD", uda, "color_jitter_probability")
-    t.put("UDA.DEBUG_IMG_INTERVAL", uda, "debug_img_interval")
+    for path in ("imnet_feature_dist_classes", "imnet_feature_dist_scale_min_ratio", "blur", "color_jitter_strength",
+                 "color_jitter_probability", "debug_img_interval"):
+        t.put(uda, "uda", path)
     _translate_mic(t, uda)
 
 
@@ -296,23 +285,22 @@ def _translate_mic(t: _Translation, uda: Mapping[str, Any]) -> None:
     generator = uda.get("mask_generator") or {}
     if generator.get("type") != "block":
         raise _unsupported(f"uda.mask_generator={generator} (only type='block' masking is implemented)")
-    t.values["UDA.MIC.MODE"] = mode
-    t.put("UDA.MIC.MASK_RATIO", generator, "mask_ratio")
-    t.put("UDA.MIC.BLOCK_SIZE", generator, "mask_block_size")
-    t.put("UDA.MIC.LAMBDA", uda, "mask_lambda", 1.0)
+    t.values[original_key("uda.mask_mode")] = mode
+    t.put(generator, "uda.mask_generator", "mask_ratio")
+    t.put(generator, "uda.mask_generator", "mask_block_size")
+    t.put(uda, "uda", "mask_lambda", 1.0)
 
 
 def _translate_schedule(t: _Translation, mm: Mapping[str, Any]) -> None:
     optimizer = mm.get("optimizer") or {}
     if optimizer.get("type") != "AdamW":
         raise _unsupported(f"optimizer.type={optimizer.get('type')!r} (only AdamW is implemented)")
-    t.values["SOLVER.OPTIMIZER"] = "ADAMW"
-    t.put("SOLVER.BASE_LR", optimizer, "lr")
-    t.put("SOLVER.BETAS", optimizer, "betas", [0.9, 0.999])
-    t.put("SOLVER.WEIGHT_DECAY", optimizer, "weight_decay", 0.01)  # torch AdamW default
-    keys = _get(optimizer, "paramwise_cfg.custom_keys", {})
-    t.put("SOLVER.HEAD_LR_MULTIPLIER", keys, "head.lr_mult", 1.0)
-    t.put("SOLVER.BACKBONE_NORM_DECAY_MULTIPLIER", keys, "norm.decay_mult", 1.0)
+    t.values[original_key("optimizer.type")] = ORIGINAL_OPTIMIZERS["AdamW"]
+    t.put(optimizer, "optimizer", "lr")
+    t.put(optimizer, "optimizer", "betas", [0.9, 0.999])
+    t.put(optimizer, "optimizer", "weight_decay", 0.01)  # torch AdamW default
+    t.put(optimizer, "optimizer", "paramwise_cfg.custom_keys.head.lr_mult", 1.0)
+    t.put(optimizer, "optimizer", "paramwise_cfg.custom_keys.norm.decay_mult", 1.0)
     lr = mm.get("lr_config") or {}
     if lr.get("policy") != "poly":
         raise _unsupported(f"lr_config.policy={lr.get('policy')!r} (only poly is implemented)")
@@ -323,14 +311,12 @@ def _translate_schedule(t: _Translation, mm: Mapping[str, Any]) -> None:
         raise _unsupported(f"lr_config.warmup={lr.get('warmup')!r}")
     else:
         t.values["SOLVER.WARMUP_METHOD"] = "linear"
-        t.put("SOLVER.WARMUP_ITERS", lr, "warmup_iters")
-        t.put("SOLVER.WARMUP_FACTOR", lr, "warmup_ratio")
-    t.put("SOLVER.POLY_LR_POWER", lr, "power", 1.0)
-    t.put("SOLVER.POLY_LR_MIN_LR", lr, "min_lr", 0.0)
-    t.put("SOLVER.MAX_ITER", mm, "runner.max_iters")
-    t.put("SOLVER.CHECKPOINT_PERIOD", mm, "checkpoint_config.interval")
-    t.put("TEST.EVAL_PERIOD", mm, "evaluation.interval")
-    t.put("SEED", mm, "seed")
+        t.put(lr, "lr_config", "warmup_iters")
+        t.put(lr, "lr_config", "warmup_ratio")
+    t.put(lr, "lr_config", "power", 1.0)
+    t.put(lr, "lr_config", "min_lr", 0.0)
+    for path in ("runner.max_iters", "checkpoint_config.interval", "evaluation.interval", "seed"):
+        t.put(mm, "", path)
 
 
 # type names of early HRDA/DAFormer checkpoints, renamed as the original tools/test.py does (update_legacy_cfg)

@@ -6,14 +6,11 @@ that the runs, their names and their count are those of the original (lhoyer/HRD
 ``seg/experiments.py``, ``generate_experiment_cfgs``). Paper numbers are given where a stored source states them;
 every other cell says "not reported".
 """
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional
 
-from .naming import original_stem
-from .rows import HRDAToken, MaskSpec, OriginalRow
-from .spec import NOT_REPORTED, Expected, PaperItem, Reference, RunConfig
-from .translate import base_config, row_overrides
+from .runs import NOT_REPORTED, Expected, HRDAToken, MaskSpec, OriginalRow, PaperItem, Reference, RunConfig
 
-__all__ = ["EXPERIMENT_IDS", "experiment", "experiment_ids", "find_config"]
+__all__ = ["EXPERIMENT_IDS", "experiment", "find_config"]
 
 TITAN_RTX, RTX_2080_TI = "NVIDIATITANRTX", "NVIDIAGeForceRTX2080Ti"  # the original's gpu_model values
 FINAL_HRDA = HRDAToken(512, 0.1)
@@ -34,9 +31,8 @@ def _dacs_lr(**fields) -> OriginalRow:
 
 def _config(exp: str, row: OriginalRow, item: PaperItem, label: str, gpu: str, expected: Expected = NOT_REPORTED,
             metric: str = "mIoU", x: Optional[float] = None, series: str = "") -> RunConfig:
-    return RunConfig(exp=exp, stem=original_stem(row), item=item, label=label, base=base_config(row),
-                     overrides=row_overrides(row), expected=expected, metric=metric, original_gpu=gpu, x=x,
-                     series=series)
+    return RunConfig(exp=exp, item=item, label=label, row=row, expected=expected, metric=metric, original_gpu=gpu,
+                     x=x, series=series)
 
 
 # ------------------------------------------------------------------------------------------------ HRDA 40
@@ -109,9 +105,9 @@ def _exp43() -> List[RunConfig]:
 
 
 # ------------------------------------------------------------------------------------------------ HRDA 44
-_STEM_40_GTA = original_stem(_dacs_hr(hrda=FINAL_HRDA))
-_STEM_TABLE7_ROW5 = original_stem(_dacs_hr(hrda=HRDAToken(512, 0.0)))
-_STEM_TABLE3_ROW1 = original_stem(_dacs_hr(hrda=FINAL_HRDA, sync_crop=512))
+_STEM_40_GTA = _dacs_hr(hrda=FINAL_HRDA).stem
+_STEM_TABLE7_ROW5 = _dacs_hr(hrda=HRDAToken(512, 0.0)).stem
+_STEM_TABLE3_ROW1 = _dacs_hr(hrda=FINAL_HRDA, sync_crop=512).stem
 _TABLE3 = PaperItem("hrda_table3", "HRDA Table 3: context crop size (LR = context, HR = detail, relative to the "
                                    "1024 crop)")
 _TABLE4 = PaperItem("hrda_table4", "HRDA Table 4: detail crop size")
@@ -191,8 +187,9 @@ def _exp_mic80() -> List[RunConfig]:
 
 # ------------------------------------------------------------------------------------------------- MIC 81
 _MIC_TABLE1 = PaperItem("mic_table1", "MIC Table 1: MIC with other UDA methods (GTA->Cityscapes)",
-                        references=(Reference("MIC(HRDA), MiT-B5 (mic80)", "mic80", original_stem(
-                            _dacs_hr(hrda=FINAL_HRDA, mask=MaskSpec("separatetrgaug", 64), repo="mic"))),))
+                        references=(Reference("MIC(HRDA), MiT-B5 (mic80)", "mic80",
+                                                      _dacs_hr(hrda=FINAL_HRDA, mask=MaskSpec("separatetrgaug", 64),
+                                                               repo="mic").stem),))
 
 
 def _exp_mic81() -> List[RunConfig]:
@@ -224,8 +221,8 @@ def _exp_dinov2() -> List[RunConfig]:
     for stem in _DINOV2_CONFIGS:
         method = "mic_hrda" if "_mic_" in stem else "hrda"
         encoder = "DINOv2 ViT-" + stem[-1].upper() + "/14"
-        configs.append(RunConfig(exp="dinov2", stem=stem, item=_DINOV2, label=f"{labels[method]}, {encoder}",
-                                 base=f"{stem}.yaml", gpus=4,
+        configs.append(RunConfig(exp="dinov2", item=_DINOV2, label=f"{labels[method]}, {encoder}",
+                                 project_config=stem, gpus=4,
                                  expected=Expected(None, "no published number for this combination")))
     return configs
 
@@ -235,10 +232,6 @@ _BUILDERS: Dict[str, Callable[[], List[RunConfig]]] = {
     "mic80": _exp_mic80, "mic81": _exp_mic81, "dinov2": _exp_dinov2,
 }
 EXPERIMENT_IDS = tuple(_BUILDERS)
-
-
-def experiment_ids() -> Sequence[str]:
-    return EXPERIMENT_IDS
 
 
 def experiment(exp: str) -> List[RunConfig]:

@@ -1,18 +1,22 @@
-"""The command line of ``tools/experiments.py`` (docs/experiments.md): generate, list, launch, collect."""
+"""The command line of ``tools/experiments.py`` (docs/experiments.md): generate, list, launch, collect.
+
+Every refusal is one line naming what is wrong and what to do (``SystemExit``); ``tools/experiments.py`` sets up
+the logging.
+"""
 import argparse
 import logging
 import os
 import signal
 import sys
+from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, TextIO
 
 from .catalog import EXPERIMENT_IDS
-from .collect import collect_experiment
-from .generate import GeneratedRun, GenerationError, generate_experiment
-from .launch_plan import TRAIN_NET, launch_environment, plan_launch
-from .listing import list_experiment
+from .configs import GeneratedRun, GenerationError, generate_experiment, load_run_config
+from .launch import TRAIN_NET, LaunchError, launch_environment, memory_summary, plan_launch, run_status
+from .results import collect_experiment
 
-__all__ = ["main", "parser"]
+__all__ = ["main", "parser", "run"]
 
 logger = logging.getLogger("hrda_d2.experiments")
 
@@ -38,7 +42,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--exp", nargs="+", required=True, metavar="ID",
                    help=f"experiment ids ({', '.join(EXPERIMENT_IDS)}) or 'all'")
     p.add_argument("--list", action="store_true", help="print every run (name, paper item, paper value, memory "
-                   "switches, state / what blocks it)")
+                   "switches, state)")
     p.add_argument("--launcher", choices=("local", "slurm"), help="train the generated runs")
     p.add_argument("--collect", action="store_true", help="collect the finished runs into tables and figures")
     p.add_argument("--tiny", action="store_true", help="the CPU versions (MiT-b0, sizes / 8) on generated replicas")
@@ -74,6 +78,27 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def list_experiment(exp: str, generated: Sequence[GeneratedRun], gpu_memory_gb: Optional[float]) -> str:
+    """The text of ``--list`` for ``exp``: every run with its paper item, the paper's value, the memory switches it
+    needs and its state."""
+    lines = [f"experiment {exp}: {len(generated)} runs"]
+    by_item: Dict[str, List[GeneratedRun]] = OrderedDict()
+    for gen in generated:
+        by_item.setdefault(gen.run.config.item.title, []).append(gen)
+    for title, runs in by_item.items():
+        lines.append(f"  {title}")
+        for gen in runs:
+            config = gen.run.config
+            cfg = load_run_config(gen.config_file)
+            state = run_status(gen.output_dir, int(cfg.SOLVER.MAX_ITER),
+                               int(cfg.TEST.EVAL_PERIOD) if cfg.DATASETS.TEST else 0)
+            lines += [f"    {gen.run.name}",
+                      f"        row: {config.label} | paper: {config.expected} ({config.metric}) | memory: "
+                      f"{memory_summary(config, gpu_memory_gb)} | state: {state}",
+                      f"        config: {gen.config_file}"]
+    return "\n".join(lines)
+
+
 def _experiments(ids: Sequence[str]) -> List[str]:
     if list(ids) == ["all"]:
         return list(EXPERIMENT_IDS)
@@ -94,15 +119,25 @@ def _slurm_params(pairs: Sequence[str]) -> Dict[str, str]:
     return out
 
 
-def _launch(args, exps: Sequence[str], generated: Dict[str, List[GeneratedRun]]) -> int:
-    from .local_launcher import run_local  # noqa: deferred: the SLURM path needs submitit, the local one not
-
-    runs = [g for exp in exps for g in generated[exp]
-            if (args.seeds is None or g.run.seed in args.seeds)
+def _selected(args, exps: Sequence[str], generated: Dict[str, List[GeneratedRun]]) -> List[GeneratedRun]:
+    """The runs ``--seeds`` / ``--only`` select; refuses a selection that matches nothing."""
+    every = [g for exp in exps for g in generated[exp]]
+    runs = [g for g in every if (args.seeds is None or g.run.seed in args.seeds)
             and (args.only is None or any(text in g.run.name for text in args.only))]
-    blocked = [g for g in runs if g.blocked]
-    for g in blocked:
-        logger.warning("%s is not launched: %s", g.run.name, "; ".join(g.problems))
+    if not runs:
+        seeds = sorted({g.run.seed for g in every})
+        wrong = [f"--seeds {' '.join(map(str, args.seeds))}" if args.seeds and not set(args.seeds) & set(seeds)
+                 else "", f"--only {' '.join(args.only)}" if args.only else ""]
+        raise SystemExit(f"tools/experiments.py: {' and '.join(w for w in wrong if w)} match none of the {len(every)} "
+                         f"runs of --exp {' '.join(exps)} (seeds {' '.join(map(str, seeds))}; names such as "
+                         f"{every[0].run.name}): see --list for the names")
+    return runs
+
+
+def _launch(args, exps: Sequence[str], generated: Dict[str, List[GeneratedRun]]) -> int:
+    from .launch import run_local
+
+    runs = _selected(args, exps, generated)
     opts = list(args.opts[1:] if args.opts[:1] == ["--"] else args.opts)
     items = plan_launch(runs, args.work_dir, tiny=args.tiny, startup_test=args.startup_test,
                         gpu_memory_gb=args.gpu_memory, num_gpus=args.gpus, extra_opts=opts)
@@ -116,7 +151,10 @@ def _launch(args, exps: Sequence[str], generated: Dict[str, List[GeneratedRun]])
         if stopped:
             return stopped[-1]
         return 1 if failed or len(outcomes) < len(items) else 0
-    from .slurm_launcher import SlurmResources, submit_array
+    try:
+        from .slurm import SlurmResources, submit_array  # submitit: needed by this path only
+    except ImportError as e:
+        raise SystemExit(f"tools/experiments.py: --launcher slurm needs submitit ({e}): pip install submitit") from None
 
     resources = SlurmResources(gpus_per_node=args.gpus, cpus_per_task=args.cpus, mem_gb=args.mem_gb,
                                timeout_min=args.time_min, partition=args.partition,
@@ -132,8 +170,6 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None) 
     exit status."""
     args = parser().parse_args(argv)
     stdout = sys.stdout if stdout is None else stdout
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s %(levelname)s: %(message)s",
-                        datefmt="%m/%d %H:%M:%S")
     if args.collect and args.startup_test:
         raise SystemExit("tools/experiments.py: --startup-test runs do not evaluate; --collect reads full runs")
     exps = _experiments(args.exp)
@@ -148,18 +184,12 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None) 
     try:
         for exp in exps:
             generated(exp)
-    except GenerationError as e:
-        raise SystemExit(f"tools/experiments.py: {e}") from None
-    for exp in exps:
         if args.list:
-            stdout.write(list_experiment(exp, cache[exp], args.gpu_memory) + "\n")
-        else:
-            for g in cache[exp]:
-                if g.blocked:
-                    logger.warning("%s: not written: %s", g.run.name, "; ".join(g.problems))
-    status = 0
-    if args.launcher:
-        status = _launch(args, exps, {e: cache[e] for e in exps})
+            for exp in exps:
+                stdout.write(list_experiment(exp, cache[exp], args.gpu_memory) + "\n")
+        status = _launch(args, exps, cache) if args.launcher else 0
+    except (GenerationError, LaunchError) as e:
+        raise SystemExit(f"tools/experiments.py: {e}") from None
     if args.collect:
         results_dir = args.results_dir or os.path.join(args.work_dir, *(["tiny"] if args.tiny else []), "results")
         for exp in exps:  # collect_experiment logs what it found and where it wrote

@@ -239,7 +239,7 @@ def test_config_out_yaml_has_the_fixture_settings(tool, originals, tmp_path):
     assert head.ASPP_DILATIONS == [1, 6, 12, 18] and head.NORM == "BN"
     assert cfg.TEST.MODE == "slide" and cfg.TEST.SLIDE.BATCHED is True
     assert cfg.TEST.SLIDE.CROP_SIZE == [256, 256] and cfg.TEST.SLIDE.STRIDE == [128, 128]
-    assert cfg.UDA.ENABLED is True and cfg.UDA.ALPHA == 0.999 and cfg.UDA.PSEUDO_THRESHOLD == 0.968
+    assert cfg.UDA.METHOD == "dacs" and cfg.UDA.ALPHA == 0.999 and cfg.UDA.PSEUDO_THRESHOLD == 0.968
     assert cfg.UDA.FD.CLASSES == [6, 7, 11, 12, 13, 14, 15, 16, 17, 18] and cfg.UDA.AUG.COLOR_JITTER_SKIP_THRESHOLD == 0.2
     assert cfg.SOLVER.BASE_LR == 6e-5 and cfg.SOLVER.WARMUP_ITERS == 1500 and cfg.SOLVER.WARMUP_FACTOR == 1e-6
     assert cfg.SOLVER.HEAD_LR_MULTIPLIER == 10.0 and cfg.SOLVER.BACKBONE_NORM_DECAY_MULTIPLIER == 0.0
@@ -280,7 +280,7 @@ def test_config_settings_without_a_key_here_are_rejected(original_checkpoint):
     mm = parse_mmseg_config_text(original_checkpoint["meta"]["config"])
     del mm["uda"]
     values, _ = mmseg_config_to_cfg_values(mm)
-    assert values["UDA.ENABLED"] is False
+    assert values["UDA.METHOD"] == "source_only" and "UDA.ENABLED" not in values
 
 
 def test_legacy_type_names_are_renamed_like_the_original_test_script(original_checkpoint):

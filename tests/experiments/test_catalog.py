@@ -1,17 +1,20 @@
 """Every experiment id generates the original's runs: the count and names of lhoyer/HRDA / lhoyer/MIC
 ``experiments.py`` (tests/fixtures/experiments/original_runs.json, derived from the original generator's output),
-and for every run the values of the fields that define it; the generated YAMLs load with ``load_config``; runs this
-checkout cannot run yet are blocked with the keys they need, nothing written for them."""
+and for every run the values of the fields that define it, the model's structure included (head inputs and their
+channels, ASPP dilations, ResNet stages, read from the built backbone); the generated YAMLs load with
+``load_config``; a run whose model does not build is refused before anything is written."""
+import functools
 import json
 import os
 
 import pytest
-from detectron2.config import get_cfg
+import torch
+from detectron2.config import CfgNode, get_cfg
+from detectron2.modeling import build_backbone
 
 from hrda_d2 import add_hrda_config, load_config
-from hrda_d2.experiments import EXPERIMENT_IDS, generate_experiment
-from hrda_d2.experiments.generate import CONFIG_DIR
-from hrda_d2.experiments.requirements import missing_support
+from hrda_d2.experiments import EXPERIMENT_IDS, GenerationError, generate_experiment
+from hrda_d2.experiments.configs import CONFIG_DIR
 from tests.helpers.paths import REPO_ROOT
 
 FIXTURE = REPO_ROOT / "tests" / "fixtures" / "experiments" / "original_runs.json"
@@ -32,22 +35,25 @@ def generated(tmp_path_factory):
     return {exp: generate_experiment(exp, str(root / "configs"), str(root / "work")) for exp in EXPERIMENT_IDS}
 
 
+@functools.lru_cache(maxsize=None)
+def _backbone_outputs(model_yaml: str):
+    """``{feature: (channels, stride)}`` of the backbone of the ``MODEL`` config ``model_yaml`` (meta device)."""
+    cfg = add_hrda_config(get_cfg())
+    cfg.MODEL.merge_from_other_cfg(CfgNode.load_cfg(model_yaml))
+    cfg.MODEL.DEVICE = "meta"
+    with torch.device("meta"):
+        shapes = build_backbone(cfg).output_shape()
+    return {name: (shape.channels, shape.stride) for name, shape in shapes.items()}
+
+
 class View:
-    """Config values of a run: the loaded generated file, or (blocked run: no file) its base config with its
-    overrides and seed on top."""
+    """Config values of a run (its loaded generated file) and its backbone's outputs."""
 
     def __init__(self, gen):
-        self.overrides = {}
-        if gen.config_file:
-            self.cfg = load_config(gen.config_file)
-        else:
-            self.cfg = add_hrda_config(get_cfg())
-            self.cfg.merge_from_file(os.path.join(CONFIG_DIR, gen.run.config.base))
-            self.overrides = {**gen.run.config.overrides, "SEED": gen.run.seed}
+        self.cfg = load_config(gen.config_file)
+        self.outputs = _backbone_outputs(self.cfg.MODEL.dump())
 
     def __getitem__(self, key):
-        if key in self.overrides:
-            return self.overrides[key]
         node = self.cfg
         for part in key.split("."):
             node = node[part]
@@ -82,7 +88,7 @@ def our_fields(view: View) -> dict:
             "min_crop_ratio": view["DATASETS.RCS.MIN_CROP_RATIO"]},
         "method": None if target_only else METHODS.get(method, "DACS"),
         "backbone": BACKBONES[view["MODEL.BACKBONE.NAME"]],
-        "head": view["MODEL.SEM_SEG_HEAD.NAME"],
+        "head": our_head(view),
         "hrda": None,
         "test": {"mode": view["TEST.MODE"]},
         "optimizer": {"type": view["SOLVER.OPTIMIZER"].upper(), "lr": view["SOLVER.BASE_LR"],
@@ -100,7 +106,11 @@ def our_fields(view: View) -> dict:
                        "pseudo_weight_ignore_top": view["UDA.PSEUDO_WEIGHT_IGNORE_TOP"],
                        "pseudo_weight_ignore_bottom": view["UDA.PSEUDO_WEIGHT_IGNORE_BOTTOM"]}
     if view["MODEL.BACKBONE.NAME"] != "build_mit_backbone":
-        out["depth"] = view["MODEL.RESNETS.DEPTH"]
+        strides = [stride for _, stride in sorted(view.outputs.values(), key=lambda cs: cs[1])]
+        out["resnet"] = {"depth": view["MODEL.RESNETS.DEPTH"], "contract_dilation": view[
+            "MODEL.RESNETS.CONTRACT_DILATION"], "dilations": [1, 1, view["MODEL.RESNETS.RES4_DILATION"],
+                                                             view["MODEL.RESNETS.RES5_DILATION"]],
+                         "strides": [1] + [b // a for a, b in zip(strides, strides[1:])]}
     if len(view["MODEL.HRDA.SCALES"]) == 2:
         out["hrda"] = {"scales": sorted(view["MODEL.HRDA.SCALES"]),
                        "hr_crop_size": list(view["MODEL.HRDA.HR_CROP_SIZE"]),
@@ -116,6 +126,20 @@ def our_fields(view: View) -> dict:
         out["test"].update(crop_size=list(view["TEST.SLIDE.CROP_SIZE"]), stride=list(view["TEST.SLIDE.STRIDE"]),
                            batched=view["TEST.SLIDE.BATCHED"])
     return out
+
+
+def our_head(view: View) -> dict:
+    """The single-scale head in the fixture's vocabulary: the backbone maps it reads (index among the backbone's
+    outputs, as the original's ``in_index``: an int for one map) and their channels, its width, ASPP dilations."""
+    names = sorted(view.outputs)  # res2 ... res5
+    features = list(view["MODEL.SEM_SEG_HEAD.IN_FEATURES"])
+    index = [names.index(f) for f in features]
+    channels = [view.outputs[f][0] for f in features]
+    daformer = view["MODEL.SEM_SEG_HEAD.NAME"] == "DAFormerHead"
+    return {"type": view["MODEL.SEM_SEG_HEAD.NAME"], "in_index": index if len(index) > 1 else index[0],
+            "in_channels": channels if len(channels) > 1 else channels[0],
+            "channels": view["MODEL.SEM_SEG_HEAD.EMBED_DIM"] if daformer else None,
+            "dilations": list(view["MODEL.SEM_SEG_HEAD.ASPP_DILATIONS"])}
 
 
 def original_fields(f: dict, seed: int) -> dict:
@@ -138,7 +162,7 @@ def original_fields(f: dict, seed: int) -> dict:
         out["dacs"] = {k: method[k] for k in ("alpha", "fd_lambda", "pseudo_weight_ignore_top",
                                               "pseudo_weight_ignore_bottom")}
     if f["backbone"]["type"] != "mit_b5":
-        out["depth"] = f["backbone"]["depth"]
+        out["resnet"] = {k: v for k, v in f["backbone"].items() if k != "type"}
     if out["hrda"] is not None:
         out["hrda"] = dict(out["hrda"], scales=[float(s) for s in out["hrda"]["scales"]])
     return out
@@ -160,10 +184,6 @@ def test_runs_names_and_defining_fields_are_the_originals(generated, exp):
 @pytest.mark.parametrize("exp", EXPERIMENT_IDS)
 def test_generated_files_load_and_start_from_a_paper_config(generated, exp):
     for gen in generated[exp]:
-        if gen.blocked:
-            assert gen.problems and all(p.startswith("needs ") for p in gen.problems)
-            assert not os.path.exists(os.path.join(os.path.dirname(gen.output_dir), gen.run.name + ".yaml"))
-            continue
         cfg = load_config(gen.config_file)
         assert cfg.SEED == gen.run.seed and cfg.OUTPUT_DIR == gen.output_dir
         text = open(gen.config_file).read()
@@ -172,12 +192,10 @@ def test_generated_files_load_and_start_from_a_paper_config(generated, exp):
             CONFIG_DIR, gen.run.config.base)
 
 
-def test_no_run_is_blocked_and_gaps_are_named(generated):
+def test_every_paper_row_is_generated_and_mic_extends_advseg_and_minent(generated):
     """Every row of the paper experiments is supported (Table 2 on DeepLabV2, the target-only oracle, the FD on all
-    scales, MIC's Table 1 with MIC on AdvSeg / MinEnt); a run needing what this checkout lacks would say so."""
-    for exp in EXPERIMENT_IDS:
-        blocked = {g.run.config.label: g.problems for g in generated[exp] if g.blocked}
-        assert not blocked, (exp, blocked)
+    scales, MIC's Table 1 with MIC on AdvSeg / MinEnt)."""
+    assert {exp: len(generated[exp]) for exp in ORIGINAL_COUNTS} == ORIGINAL_COUNTS
     mic_methods = {g.run.config.overrides.get("UDA.METHOD", "dacs") for g in generated["mic81"]}
     assert {"advseg", "minent"} <= mic_methods
     for gen in generated["mic81"]:
@@ -187,12 +205,24 @@ def test_no_run_is_blocked_and_gaps_are_named(generated):
             assert (cfg.UDA.ALPHA, cfg.UDA.PSEUDO_THRESHOLD, cfg.UDA.MIC.BLOCK_SIZE) == (0.999, 0.968, 32)
             assert cfg.UDA.PSEUDO_WEIGHT_IGNORE_TOP == cfg.UDA.PSEUDO_WEIGHT_IGNORE_BOTTOM == 0
             assert list(cfg.INPUT.TARGET.PSEUDO_MARGINS) == []
-    assert missing_support({"UDA.METHOD": "target_only", "UDA.MIC.ENABLED": True}) == [
-        "needs MIC on UDA.METHOD 'target_only' (MIC extends dacs, advseg, minent only)"]
-    assert missing_support({"MODEL.HRDA.NO_SUCH_KEY": 1}) == [
-        "needs key MODEL.HRDA.NO_SUCH_KEY (not in hrda_d2.config.add_hrda_config; value 1)"]
     all_scales = [g.run.config.label for g in generated["44"] if g.run.config.overrides.get("UDA.FD.ALL_SCALES")]
     assert sorted(set(all_scales)) == ["LR0.5+HR0.5", "s_c 1.33 (context scale 0.75)", "s_c 4 (context scale 0.25)"]
+    dlv2 = [g for exp in ("41", "mic81") for g in generated[exp] if "dlv2red" in g.run.name]
+    assert len(dlv2) == 24 + 15 and all(g.run.config.base == "Base-DeepLabV2.yaml" for g in dlv2)
+
+
+def test_a_run_whose_model_does_not_build_is_refused_with_its_name_and_nothing_is_written(tmp_path, monkeypatch):
+    """The generator builds every distinct model configuration (meta device) before it writes a run: the DeepLabV2
+    rows of the old generator (DAFormer's four backbone maps into the one-map DLV2 head) are refused."""
+    from hrda_d2.experiments import runs
+
+    monkeypatch.setattr(runs, "DLV2_BASE", "gta2cs_daformer.yaml")  # the old generator's base of these rows
+    with pytest.raises(GenerationError) as error:
+        generate_experiment("41", str(tmp_path / "configs"), str(tmp_path / "work"))
+    message = str(error.value)
+    assert "\n" not in message and "run gtaCAug2cs_advseg_dlv2red_r101v1c_poly10warm_sgd_00025_pmF_s0" in message
+    assert "MODEL.SEM_SEG_HEAD.IN_FEATURES" in message and "DLV2Head" in message
+    assert not list((tmp_path / "configs").rglob("*.yaml"))
 
 
 def test_dinov2_rows_are_the_projects_configs_with_three_seeds(generated):

@@ -9,9 +9,7 @@ import sys
 import time
 
 from hrda_d2.experiments import generate_experiment
-from hrda_d2.experiments.launch_plan import plan_launch
-from hrda_d2.experiments.local_launcher import run_local
-from hrda_d2.experiments.status import RunState, run_status
+from hrda_d2.experiments.launch import RunState, plan_launch, run_local, run_status
 from tests.experiments.test_status_and_collect import write_run
 from tests.helpers.paths import REPO_ROOT, TOOLS_DIR
 

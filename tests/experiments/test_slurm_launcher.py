@@ -10,8 +10,8 @@ import time
 import pytest
 
 from hrda_d2.experiments import generate_experiment
-from hrda_d2.experiments.launch_plan import launch_environment, plan_launch
-from hrda_d2.experiments.slurm_launcher import SlurmResources, TrainingJob, submit_array
+from hrda_d2.experiments.launch import launch_environment, plan_launch
+from hrda_d2.experiments.slurm import SlurmResources, TrainingJob, submit_array
 from tests.experiments.test_local_launcher import FAKE_TRAINER, calls
 from tests.experiments.test_status_and_collect import write_run
 

@@ -10,9 +10,8 @@ import statistics
 import pytest
 
 from hrda_d2.experiments import generate_experiment
-from hrda_d2.experiments.collect import collect_experiment
-from hrda_d2.experiments.results import mean_and_std
-from hrda_d2.experiments.status import RunState, final_evaluation, run_status
+from hrda_d2.experiments.launch import RunState, final_evaluation, run_status
+from hrda_d2.experiments.results import collect_experiment, mean_and_std
 
 
 def write_run(folder, *, final_miou=None, periodic_miou=None, max_iter=40000, checkpoint=None, final_model=True,
@@ -81,12 +80,12 @@ def test_collect_averages_finished_seeds_and_lists_the_rest(tmp_path):
     assert rows[1]["mean"] == "" and rows[1]["seeds_found"] == "0"
     assert os.path.getsize(tmp_path / "results" / "40" / "seed_spread.png") > 0
 
-    # exp 44: Table 7 row 6 and the Fig. S1 point lambda_d 0.1 come from exp 40's runs; blocked runs are listed
+    # exp 44: Table 7 row 6 and the Fig. S1 point lambda_d 0.1 come from exp 40's runs; unstarted runs are listed
     report = collect_experiment("44", generated["44"], str(tmp_path / "results"), generated.__getitem__)
     text = open(report.files[0]).read()
     assert "| row 6: full HRDA (exp 40) |" in text and "| lambda_d 0.1 (exp 40) |" in text
     assert text.count(f"{mean:.1f} ± {std:.1f}") == 2
-    assert "blocked:" not in text  # every run of exp 44 is supported; unstarted ones are listed as such
+    assert "blocked" not in text  # every run of exp 44 is supported; unstarted ones are listed as such
     assert ": not started" in text
     assert os.path.getsize(tmp_path / "results" / "44" / "hrda_figS1.png") > 0
     figs1 = list(csv.DictReader(open(tmp_path / "results" / "44" / "hrda_figS1.csv")))

@@ -1,11 +1,12 @@
-"""``--tiny`` (every runnable paper run shrunk for the CPU, loadable as it is), memory switches, launch commands."""
+"""``--tiny`` (every paper run shrunk for the CPU, loadable as it is), memory switches, launch commands."""
+import dataclasses
+
 import pytest
 
 from hrda_d2 import load_config
 from hrda_d2.experiments import EXPERIMENT_IDS, experiment, generate_experiment
-from hrda_d2.experiments.launch_plan import STARTUP_TEST_OPTS, plan_launch
-from hrda_d2.experiments.memory import memory_summary, memory_switches
-from hrda_d2.experiments.tiny import MIN_SIDE, TINY_FACTOR, tiny_overrides, tiny_problems
+from hrda_d2.experiments.configs import MIN_SIDE, TINY_FACTOR, tiny_overrides
+from hrda_d2.experiments.launch import STARTUP_TEST_OPTS, memory_summary, memory_switches, plan_launch
 
 
 @pytest.fixture(scope="module")
@@ -16,13 +17,10 @@ def tiny_runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("exp", EXPERIMENT_IDS)
-def test_every_runnable_run_has_a_tiny_version_that_loads(tiny_runs, exp):
+def test_every_run_has_a_tiny_version_that_loads(tiny_runs, exp):
     full = {c.stem for c in experiment(exp)}
+    assert len(tiny_runs[exp]) == sum(len(c.seeds) for c in experiment(exp))
     for gen in tiny_runs[exp]:
-        if gen.blocked:  # blocked at full size, or (a 0.25 context scale) too small for the smallest MiT input
-            assert all(p.startswith("needs ") or p.startswith("--tiny: the context input") for p in gen.problems), \
-                gen.problems
-            continue
         cfg = load_config(gen.config_file)
         assert gen.config_file.endswith(f"/{exp}/tiny/{gen.run.name}.yaml") and gen.run.config.stem in full
         assert cfg.MODEL.DEVICE == "cpu" and cfg.MODEL.WEIGHTS == "" and cfg.SOLVER.MAX_ITER == 3
@@ -31,8 +29,9 @@ def test_every_runnable_run_has_a_tiny_version_that_loads(tiny_runs, exp):
         assert (cfg.MODEL.MIT.VARIANT == "mit_b0" if cfg.MODEL.BACKBONE.NAME == "build_mit_backbone" else
                 cfg.MODEL.RESNETS.DEPTH == 50 if cfg.MODEL.BACKBONE.NAME == "build_resnet_v1c_backbone" else
                 "dinov2" in cfg.MODEL.TIMM.NAME)
-        if len(cfg.MODEL.HRDA.SCALES) == 2:
-            assert min(cfg.MODEL.HRDA.HR_CROP_SIZE) >= MIN_SIDE
+        if len(cfg.MODEL.HRDA.SCALES) == 2:  # every model input (detail crop, context crop) >= the smallest MiT input
+            crop = min(cfg.INPUT.SYNC_CROP_SIZE or cfg.INPUT.SOURCE.CROP_SIZE)
+            assert min(cfg.MODEL.HRDA.HR_CROP_SIZE) >= MIN_SIDE and crop * min(cfg.MODEL.HRDA.SCALES) >= MIN_SIDE
 
 
 def test_tiny_divides_sizes_by_eight_and_keeps_what_defines_the_run(tiny_runs):
@@ -50,14 +49,15 @@ def test_tiny_divides_sizes_by_eight_and_keeps_what_defines_the_run(tiny_runs):
     assert list(sync["LR crop 128 (0.25)"]) == [32, 32] and list(sync["HR crop 768 (0.75)"]) == [96, 96]
 
 
-def test_tiny_refuses_a_context_below_the_smallest_mit_input(tiny_runs):
-    gen = next(g for g in tiny_runs["42"] if not g.blocked)
-    cfg = load_config(gen.config_file.replace("/tiny/", "/"))
-    cfg.defrost()
-    cfg.MODEL.HRDA.SCALES = [1.0, 0.25]
-    cfg.INPUT.SYNC_CROP_SIZE = [512, 512]
-    problems = tiny_problems(tiny_overrides(cfg), cfg)
-    assert problems and "16 px" in problems[0] and "full size" in problems[0]
+def test_tiny_grows_a_context_below_the_smallest_mit_input(tiny_runs):
+    """HRDA Table S1's s_c 4 (context scale 0.25 of 512 crops): 64 px tiny crops would give a 16 px context; the crop
+    and the test window grow to 128 px (context 32 px), the detail crop stays 512 / 8."""
+    gen = next(g for g in tiny_runs["44"] if "sc025" in g.run.name)
+    cfg = load_config(gen.config_file)
+    assert list(cfg.INPUT.SYNC_CROP_SIZE) == [128, 128] and list(cfg.MODEL.HRDA.HR_CROP_SIZE) == [64, 64]
+    assert list(cfg.TEST.SLIDE.CROP_SIZE) == [128, 128] and list(cfg.TEST.SLIDE.STRIDE) == [64, 64]
+    full = load_config(gen.config_file.replace("/tiny/", "/"))
+    assert tiny_overrides(full)["INPUT.SYNC_CROP_SIZE"] == [128, 128]
 
 
 def test_memory_switches_follow_the_readme_tiers():
@@ -68,6 +68,11 @@ def test_memory_switches_follow_the_readme_tiers():
                                           "TEST.SLIDE.BATCHED", "False"]
     with pytest.raises(ValueError, match="2 GPUs"):
         memory_switches(hr, 8)
+    resnet = next(c for c in experiment("41") if c.row.hrda)  # DeepLabV2 + HRDA: a 24 GB run on a ResNet encoder
+    assert memory_switches(resnet, 16) == ["SOLVER.AMP.ENABLED", "True"]  # no encoder checkpointing key for ResNet
+    assert "MIT" not in memory_summary(resnet) and "TIMM" not in memory_summary(resnet)
+    vit = dataclasses.replace(experiment("dinov2")[0], original_gpu="NVIDIATITANRTX")
+    assert "MODEL.TIMM.CHECKPOINT_ACTIVATIONS" in memory_switches(vit, 16)
     lr = experiment("42")[0]  # an 11 GB run of the original
     assert memory_switches(lr, 12) == [] and "original 11 GB" in memory_summary(lr)
     assert "not measured" in memory_summary(experiment("dinov2")[0])

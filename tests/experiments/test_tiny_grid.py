@@ -47,3 +47,20 @@ def test_tiny_grid_runs_end_to_end_and_collects(tmp_path, tiny_replica):
         assert f"| 2/3 | mIoU | {statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f} | not reported |" in \
             markdown
         assert f"{runs[0].name[:-3]}_s2`: not started" in markdown  # the third seed is listed, not averaged away
+
+
+@pytest.mark.slow  # ~30 s: one tiny startup-test run through tools/train_net.py
+def test_startup_test_trains_two_iterations_without_evaluation(tmp_path, tiny_replica):
+    """``--startup-test`` (documented as "2 iterations of every seed-0 run, no evaluation"): the run trains 2
+    iterations, writes its final model and evaluates nothing (no test split), and counts as finished."""
+    text = _tool(tmp_path, "--launcher", "local", "--startup-test", "--only", GRID[0], "--datasets",
+                 str(tiny_replica), "--log-dir", str(tmp_path / "logs"))
+    assert "1 runs, 0 skipped, 1 trained, 0 failed" in text
+    (run,) = (tmp_path / "work" / "tiny" / "startup-test" / "44").iterdir()
+    records = [json.loads(line) for line in (run / "metrics.json").read_text().splitlines() if line.strip()]
+    assert max(r["iteration"] for r in records) == 1 and (run / "model_final.pth").is_file()
+    assert not [k for r in records for k in r if k.startswith("sem_seg/")]
+    log = (tmp_path / "logs" / f"{run.name}.log").read_text()
+    assert "Start inference" not in log and "Evaluation results" not in log
+    assert "1 runs, 1 skipped" in _tool(tmp_path, "--launcher", "local", "--startup-test", "--only", GRID[0],
+                                        "--datasets", str(tiny_replica))

@@ -11,7 +11,7 @@ Facts of submitit 1.5.4 this relies on (its ``core/job_environment.py``, ``core/
 * several submissions in one ``executor.batch()`` become one array (``#SBATCH --array=0-{n-1}%{parallelism}``);
   all its tasks share the executor's resources.
 
-:class:`TrainingJob` runs the launch command in a :class:`~.training_process.TrainingProcess` that ignores
+:class:`TrainingJob` runs the launch command in a :class:`~.launch.TrainingProcess` that ignores
 ``SIGUSR2`` (with cgroup process tracking SLURM signals every process of the job; the trainer would die of it). Its
 ``checkpoint()`` forwards ``SIGUSR1`` (one of ``SOLVER.PREEMPTION_SIGNALS``, exactly once) to the trainer, waits
 for its pre-emption checkpoint and exit, and returns a new job with the same command, which has ``--resume``.
@@ -20,22 +20,22 @@ job then fails, and SLURM's own requeue (``--requeue``) restarts the same comman
 """
 import logging
 import os
+import shutil
 import signal
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 import submitit
+from detectron2.utils.logger import setup_logger
 
-from .launch_plan import TRAIN_NET, LaunchItem
-from .status import RunState, run_status
-from .training_process import TrainingProcess
+from .launch import TRAIN_NET, LaunchError, LaunchItem, RunState, TrainingProcess, run_status
 
 __all__ = ["SlurmResources", "TrainingFailed", "TrainingJob", "build_executor", "submit_array"]
 
 logger = logging.getLogger(__name__)
 
-JOB_STOP_SIGNAL = signal.SIGUSR1  # forwarded to the trainer: in launch_plan.STOP_SIGNALS
+JOB_STOP_SIGNAL = signal.SIGUSR1  # forwarded to the trainer: in launch.STOP_SIGNALS
 SUBMITIT_SIGNAL = signal.SIGUSR2  # submitit's pre-emption / time-limit signal (JobEnvironment.USR_SIG)
 
 
@@ -73,8 +73,8 @@ class TrainingJob(submitit.helpers.Checkpointable):
         self._process = None
 
     def __call__(self) -> str:
-        if not logging.getLogger().handlers:  # the job process: its log is the job's stderr file
-            logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s (%(asctime)s) - %(message)s")
+        if not logging.getLogger().handlers:  # a fresh job process: this package's log to the job's output file
+            setup_logger(name="hrda_d2")
         logger.info("%s: starting %s", self.output_dir, " ".join(self.command))
         self._process = TrainingProcess(self.command, env={**os.environ, **self.env_updates}, cwd=self.cwd,
                                         ignore_signals=(SUBMITIT_SIGNAL,))
@@ -135,6 +135,10 @@ def build_executor(folder: str, resources: SlurmResources, cluster: str = "slurm
         return submitit.DebugExecutor(folder=folder)
     if cluster != "slurm":
         raise ValueError(f"unknown submitit cluster {cluster!r} (slurm, local or debug)")
+    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+    if missing:
+        raise LaunchError(f"--launcher slurm: this machine has no SLURM ({' and '.join(missing)} not on PATH); run it "
+                          f"on a SLURM login node, or add --submitit-cluster local to run the same job array here")
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=resources.max_requeues)
     executor.update_parameters(
         name=resources.job_name, timeout_min=int(resources.timeout_min), gpus_per_node=resources.gpus_per_node,
