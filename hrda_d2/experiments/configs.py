@@ -75,11 +75,11 @@ def quiet_config_loading() -> Iterator[None]:
 
 def load_run_config(path: str, opts: Sequence[str] = ()) -> CfgNode:
     """``load_config(path, opts)`` without its running-environment warnings; a config problem raises
-    :class:`GenerationError` naming the file (``load_config`` raises ``ConfigError``, before it ``SystemExit``)."""
+    :class:`GenerationError` naming the file (``load_config`` raises ``ConfigError``)."""
     try:
         with quiet_config_loading():
             return load_config(path, list(opts))
-    except (ConfigError, SystemExit) as e:
+    except ConfigError as e:
         raise GenerationError(f"{path}: {e}") from None
 
 
