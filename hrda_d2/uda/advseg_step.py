@@ -6,7 +6,7 @@ The iteration, in the original's order (``AdvSeg.train_step`` / ``forward_train`
    optimizer's); the discriminator's Adam gets ``lr = (LR - LR_MIN) * (1 - t / MAX_ITER)^LR_POWER + LR_MIN``;
 2. source: the student's training forward on the labelled source batch -> ``loss_src_*``, backward;
 3. target: the student's label-free training forward on the target batch; the adapted predictions of both batches
-   (:func:`~.output_space.adaptation_logits`); generator loss ``loss_adv_trg = LAMBDA_ADV * GAN(D(softmax(target
+   (``HRDATrainOutputs.logits``, the model's prediction at its output scale); generator loss ``loss_adv_trg = LAMBDA_ADV * GAN(D(softmax(target
    prediction)), source label 0)`` with the discriminator's parameters frozen, backward (into the student only);
 4. discriminator: ``loss_disc_src = GAN(D(softmax(source prediction).detach()), 0) / 2``, backward;
    ``loss_disc_trg = GAN(D(softmax(target prediction).detach()), 1) / 2``, backward;
@@ -42,7 +42,7 @@ from .masked_consistency_teacher import (
     MaskedConsistencyWithTeacher,
     masked_consistency_with_teacher,
 )
-from .output_space import SOURCE_DOMAIN_LABEL, TARGET_DOMAIN_LABEL, adaptation_logits, gan_loss
+from .output_space import SOURCE_DOMAIN_LABEL, TARGET_DOMAIN_LABEL, gan_loss
 from .step_base import step_config, synchronised_unless, unwrap_model
 
 __all__ = ["AdvSegStepTrainer", "build_discriminator_optimizer", "discriminator_lr"]
@@ -138,11 +138,11 @@ class AdvSegStepTrainer(MaskedConsistencyStepTrainer):
             self.backward(sum(source.losses.values()))
         losses = dict(source.losses)
         scalars.update(source.metrics)
-        source_prediction = adaptation_logits(self.student, source.outputs.logits, source.images.shape[-2:])
+        source_prediction = source.outputs.logits
 
         with self.stage("target"), self.gradient_sync(last=self.mic is None):
             target = self.unlabelled_forward(target_batch)  # step 3
-            target_prediction = adaptation_logits(self.student, target.outputs.logits, source.images.shape[-2:])
+            target_prediction = target.outputs.logits
             adversarial = {"loss_adv_trg": self.generator_loss(target_prediction)}
             self.check_finite(adversarial)
             self.backward(adversarial["loss_adv_trg"])

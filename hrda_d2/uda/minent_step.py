@@ -2,7 +2,7 @@
 
 1. source: the student's training forward on the labelled source batch -> ``loss_src_*``, backward;
 2. target: the student's label-free training forward on the target batch, its adapted prediction
-   (:func:`~.output_space.adaptation_logits`), ``loss_ent_trg = LAMBDA * normalized_entropy(softmax(prediction))``,
+   (``HRDATrainOutputs.logits``, the model's prediction at its output scale), ``loss_ent_trg = LAMBDA * normalized_entropy(softmax(prediction))``,
    backward;
 3. one optimizer step.
 
@@ -25,7 +25,7 @@ from .masked_consistency_teacher import (
     MaskedConsistencyWithTeacher,
     masked_consistency_with_teacher,
 )
-from .output_space import adaptation_logits, normalized_entropy
+from .output_space import normalized_entropy
 from .step_base import step_config
 
 __all__ = ["MinEntStepTrainer"]
@@ -63,7 +63,7 @@ class MinEntStepTrainer(MaskedConsistencyStepTrainer):
         scalars.update(source.metrics)
         with self.stage("target"), self.gradient_sync(last=self.mic is None):
             target = self.unlabelled_forward(target_batch)  # step 2
-            prediction = adaptation_logits(self.student, target.outputs.logits, source.images.shape[-2:])
+            prediction = target.outputs.logits
             entropy = {"loss_ent_trg": self.lambda_ent * normalized_entropy(torch.softmax(prediction.float(), dim=1))}
             self.check_finite(entropy)
             self.backward(entropy["loss_ent_trg"])
