@@ -6,8 +6,9 @@ The iteration, in the original's order (``AdvSeg.train_step`` / ``forward_train`
    optimizer's); the discriminator's Adam gets ``lr = (LR - LR_MIN) * (1 - t / MAX_ITER)^LR_POWER + LR_MIN``;
 2. source: the student's training forward on the labelled source batch -> ``loss_src_*``, backward;
 3. target: the student's label-free training forward on the target batch; the adapted predictions of both batches
-   (``HRDATrainOutputs.logits``, the model's prediction at its output scale); generator loss ``loss_adv_trg = LAMBDA_ADV * GAN(D(softmax(target
-   prediction)), source label 0)`` with the discriminator's parameters frozen, backward (into the student only);
+   (``HRDATrainOutputs.logits``: the prediction at the model's output scale); generator loss
+   ``loss_adv_trg = LAMBDA_ADV * GAN(D(softmax(target prediction)), source label 0)`` with the discriminator's
+   parameters frozen, backward (into the student only);
 4. discriminator: ``loss_disc_src = GAN(D(softmax(source prediction).detach()), 0) / 2``, backward;
    ``loss_disc_trg = GAN(D(softmax(target prediction).detach()), 1) / 2``, backward;
 5. the main optimizer's step (student AND discriminator: the original builds its optimizer over the whole AdvSeg

@@ -351,7 +351,8 @@ class DACSStepTrainer(UDAStepTrainer):
         """Step 9: the student's training forward on the mixed batch (a new detail crop) -> ``loss_mix_*``."""
         with self.autocast():
             outputs = self.model(images=mixed.images, sem_seg=mixed.labels, weight=mixed.weight)
-        return StudentLosses(prefixed_losses(outputs.losses, "mix_"), {f"mix_{k}": v for k, v in outputs.metrics.items()})
+        return StudentLosses(prefixed_losses(outputs.losses, "mix_"),
+                             {f"mix_{k}": v for k, v in outputs.metrics.items()})
 
     def masked_forward(self, batch: MaskedBatch) -> StudentLosses:
         """MIC (docs/method.md §17.4): the student's training forward on the masked batch -> ``loss_masked_*``."""

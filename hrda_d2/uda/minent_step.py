@@ -2,7 +2,7 @@
 
 1. source: the student's training forward on the labelled source batch -> ``loss_src_*``, backward;
 2. target: the student's label-free training forward on the target batch, its adapted prediction
-   (``HRDATrainOutputs.logits``, the model's prediction at its output scale), ``loss_ent_trg = LAMBDA * normalized_entropy(softmax(prediction))``,
+   (``HRDATrainOutputs.logits``), ``loss_ent_trg = LAMBDA * normalized_entropy(softmax(prediction))``,
    backward;
 3. one optimizer step.
 

@@ -217,7 +217,8 @@ class UDAStepTrainer(SimpleTrainer):
         labels = stack_field(batch, "sem_seg", student.device).long()
         with self.autocast():
             outputs = self.model(images=images, sem_seg=labels)
-        return LabelledForward(prefixed_losses(outputs.losses, prefix), {f"{prefix}{k}": v for k, v in outputs.metrics.items()},
+        return LabelledForward(prefixed_losses(outputs.losses, prefix),
+                               {f"{prefix}{k}": v for k, v in outputs.metrics.items()},
                                images, labels, outputs)
 
     def target_images(self, batch: Sequence[Mapping[str, Any]]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:

@@ -20,7 +20,7 @@ Tensor conventions: ``images`` are normalised ``N x 3 x H x W`` float32; labels 
 ``ignore_value`` (255). Crop boxes are ``(y1, y2, x1, x2)`` half-open, in pixels of the tensor they refer to, and are
 always passed explicitly (never kept on the module).
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -405,7 +405,7 @@ class HRDA(nn.Module):
     @property
     def tiles_can_be_shared(self) -> bool:
         """Whether slide inference may share HR tiles between windows exactly: REUSE_HR_TILES is on, two scales
-        with HR slide inference (so two scales) and no HR blur (a blurred window is not a crop of the blurred image), and no
+        with HR slide inference and no HR blur (a blurred window is not a crop of the blurred image), and no
         BatchNorm of the backbone / single-scale head in train mode (with batch statistics a tile's logits
         would depend on the other tiles of its batch, as for the teacher's pseudo-labels, docs/method.md §7.2)."""
         if not (self.reuse_hr_tiles and self.hr_slide_inference and not self.blur_hr_crop):
