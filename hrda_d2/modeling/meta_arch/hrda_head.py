@@ -48,17 +48,16 @@ class ScaleOutputs(NamedTuple):
         (the same tensor when the sizes agree): the model's prediction.
     logits: ``N x K x h x w`` at stride ``output_stride`` of the scale-1 image: the fused logits (two scales), the
         head's logits (one scale).
-    hr_logits: the scale-1 branch's head output: the detail-crop logits (training) or the tile-merged HR logits
-        (inference); one scale: ``logits``.
-    lr_logits: ``N x K x h_lr x w_lr`` head output on the context image, before attention scaling; None with one
-        scale.
-    fusion: the fused prediction and its parts (:class:`~.scale_fusion.FusedScales`); None with one scale.
+    The parts of the fusion (two scales; None with one):
+    lr_logits: ``N x K x h_lr x w_lr`` head output on the context image, before attention scaling.
+    hr_logits: the detail-crop logits (training) or the tile-merged HR logits (inference).
+    fusion: the fused prediction and its parts (:class:`~.scale_fusion.FusedScales`).
     """
 
     prediction: Tensor
     logits: Tensor
-    hr_logits: Tensor
     lr_logits: Optional[Tensor] = None
+    hr_logits: Optional[Tensor] = None
     fusion: Optional[FusedScales] = None
 
 
@@ -189,7 +188,7 @@ class HRDAHead(nn.Module):
         attention = attention.float() if isinstance(attention, Tensor) else attention
         fusion = fuse_scales(lr_logits, hr_logits, attention, lr_scale=self.lr_scale, hr_scale=1.0,
                              output_stride=self.output_stride, crop_box=crop_box)
-        return ScaleOutputs(resize_logits(fusion.fused, output_size), fusion.fused, hr_logits, lr_logits, fusion)
+        return ScaleOutputs(resize_logits(fusion.fused, output_size), fusion.fused, lr_logits, hr_logits, fusion)
 
     def losses(self, outputs: ScaleOutputs, sem_seg: Tensor, weight: Optional[Tensor],
                crop_box: Optional[CropBox]) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
@@ -268,7 +267,7 @@ class SingleScaleHead(nn.Module):
         if crop_box is not None:
             raise ValueError(f"{type(self).__name__}: one scale has no detail crop, got crop_box {crop_box}")
         logits = self.head(features)
-        return ScaleOutputs(resize_logits(logits, output_size), logits, logits)
+        return ScaleOutputs(resize_logits(logits, output_size), logits)
 
     def losses(self, outputs: ScaleOutputs, sem_seg: Tensor, weight: Optional[Tensor],
                crop_box: Optional[CropBox]) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
