@@ -139,10 +139,10 @@ def amp_losses() -> Dict[str, Any]:
     labels = torch.randint(0, 19, (2, 256, 256), device="cuda")
     out: Dict[str, Any] = {}
     with torch.no_grad():
-        ref = {k: v.item() for k, v in model.forward_train(images, labels, crop_box=(0, 128, 64, 192)).items()}
+        ref = {k: v.item() for k, v in model.forward_train(images, labels, crop_box=(0, 128, 64, 192)).losses.items()}
         for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
             with torch.autocast("cuda", dtype=dtype):
-                losses = model.forward_train(images, labels, crop_box=(0, 128, 64, 192))
+                losses = model.forward_train(images, labels, crop_box=(0, 128, 64, 192)).losses
             out[name] = {k: {"value": v.item(), "dtype": str(v.dtype),
                              "rel_diff": abs(v.item() - ref[k]) / abs(ref[k])} for k, v in losses.items()}
     out["fp32"] = ref
@@ -214,7 +214,7 @@ def ddp_nccl() -> Dict[str, Any]:
         model = DistributedDataParallel(_model(tiny_cfg()).train(), device_ids=[0], broadcast_buffers=False)
         images = torch.randn(2, 3, 256, 256, device="cuda")
         labels = torch.randint(0, 19, (2, 256, 256), device="cuda")
-        losses = model(images=images, sem_seg=labels, crop_box=(0, 128, 0, 128))
+        losses = model(images=images, sem_seg=labels, crop_box=(0, 128, 0, 128)).losses
         sum(losses.values()).backward()
         t = torch.ones(1, device="cuda")
         dist.all_reduce(t)

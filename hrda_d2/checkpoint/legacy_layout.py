@@ -1,10 +1,16 @@
-"""This project's checkpoints written before the registered ``HRDAHead`` (hrda_d2 0.1, issue "House II").
+"""This project's checkpoints written before the registered decode heads held the single-scale head as ``head``.
 
-Those files hold the two-scale model's single-scale head as ``sem_seg_head.X`` and the scale attention as
-``scale_attention.X``; the HRDA meta-architecture now holds both inside its ``HRDAHead``
-(``sem_seg_head.head.X``, ``sem_seg_head.scale_attention.X``, the original's ``decode_head.head.X`` /
-``decode_head.scale_attention.X``). :func:`upgrade_head_keys` renames them when, and only when, the model
-expects the new names and the file has the old ones, so such files still load, resume and evaluate.
+Two layouts are upgraded, both with the single-scale head at ``sem_seg_head.X``:
+
+* hrda_d2 0.1 (before the registered ``HRDAHead``, issue "House II"): the two-scale model's single-scale head as
+  ``sem_seg_head.X`` and the scale attention as ``scale_attention.X``; the HRDA meta-architecture now holds both
+  inside its ``HRDAHead`` (``sem_seg_head.head.X``, ``sem_seg_head.scale_attention.X``, the original's
+  ``decode_head.head.X`` / ``decode_head.scale_attention.X``);
+* the one-scale model before the ``SingleScaleHead`` (issue "House III"): its head as ``sem_seg_head.X``, now
+  ``sem_seg_head.head.X``.
+
+:func:`upgrade_head_keys` renames them when, and only when, the model expects the new names and the file has the
+old ones, so such files still load, resume and evaluate.
 """
 import logging
 from typing import Iterable, MutableMapping
@@ -38,6 +44,6 @@ def upgrade_head_keys(state_dict: MutableMapping[str, object], model_keys: Itera
         elif key.startswith(_OLD_ATTENTION):
             key, renamed = _NESTED_ATTENTION + key[len(_OLD_ATTENTION):], renamed + 1
         state_dict[key] = value
-    logger.info("%s: %d head keys of the hrda_d2 0.1 layout renamed (sem_seg_head.* -> sem_seg_head.head.*, "
+    logger.info("%s: %d head keys of the older layout renamed (sem_seg_head.* -> sem_seg_head.head.*, "
                 "scale_attention.* -> sem_seg_head.scale_attention.*)", where or "checkpoint", renamed)
     return renamed

@@ -8,14 +8,15 @@ SegFormer ImageNet file ``X`` (``head.*`` dropped)  ``backbone.X``
 ``<p>backbone.X``                                   ``backbone.X``
 ``<p>decode_head.head.X`` (HRDAHead)                ``sem_seg_head.head.X``
 ``<p>decode_head.scale_attention.X`` (HRDAHead)     ``sem_seg_head.scale_attention.X``
-``<p>decode_head.X`` (plain DAFormer head)          ``sem_seg_head.X``
+``<p>decode_head.X`` (plain DAFormer head)          ``sem_seg_head.head.X``
 ==================================================  ===========================================
 
 ResNet-V1c backbones and DeepLabV2 heads (the paper's Table 2) are renamed by :mod:`.resnet_conversion`.
 
 i.e. ``decode_head.`` becomes ``sem_seg_head.``: the HRDA meta-architecture holds the registered ``HRDAHead``
 (single-scale head ``head`` + ``scale_attention``) as its ``sem_seg_head``, as the original's
-``HRDAEncoderDecoder`` holds its ``HRDAHead`` as ``decode_head``.
+``HRDAEncoderDecoder`` holds its ``HRDAHead`` as ``decode_head``; with one scale it holds the ``SingleScaleHead``
+(single-scale head ``head``), so the plain segmentor's ``decode_head.`` becomes ``sem_seg_head.head.``.
 
 ``<p>`` is ``model.`` (student, default) or ``ema_model.`` (EMA teacher) in a UDA training checkpoint
 (``{"state_dict": ..., "meta": ...}``; ``imnet_model.*`` and AdvSeg's discriminator ``model_D.*`` are dropped) and empty in a bare segmentor state dict
@@ -253,7 +254,7 @@ def _convert_segmentor(
             )
     else:
         head, head_info = _convert_head(decode, widths, deepest, f"{source} decode_head")
-        out.update(("sem_seg_head." + k, v) for k, v in head.items())
+        out.update(("sem_seg_head.head." + k, v) for k, v in head.items())
         att_info = None
     return out, variant, head_info, att_info, is_hrda
 

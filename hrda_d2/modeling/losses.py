@@ -1,11 +1,20 @@
 """Segmentation loss and accuracy of the original decode heads (docs/method.md §6)."""
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-__all__ = ["resize_to_labels", "pixel_weighted_cross_entropy", "pixel_accuracy"]
+__all__ = ["resize_logits", "resize_to_labels", "pixel_weighted_cross_entropy", "pixel_accuracy"]
+
+
+def resize_logits(logits: Tensor, size: Sequence[int]) -> Tensor:
+    """``N x C x h x w`` logits in float32, bilinearly resized to ``size`` ``(H, W)`` (align_corners False); the
+    float32 tensor itself when it already has that size."""
+    logits = logits.float()
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def resize_to_labels(logits: Tensor, labels: Tensor) -> Tensor:
@@ -14,10 +23,7 @@ def resize_to_labels(logits: Tensor, labels: Tensor) -> Tensor:
 
     The logits are resized to the labels, never the labels to the logits.
     """
-    logits = logits.float()
-    if logits.shape[-2:] == labels.shape[-2:]:
-        return logits
-    return F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    return resize_logits(logits, labels.shape[-2:])
 
 
 def pixel_weighted_cross_entropy(

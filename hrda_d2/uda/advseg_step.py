@@ -6,8 +6,9 @@ The iteration, in the original's order (``AdvSeg.train_step`` / ``forward_train`
    optimizer's); the discriminator's Adam gets ``lr = (LR - LR_MIN) * (1 - t / MAX_ITER)^LR_POWER + LR_MIN``;
 2. source: the student's training forward on the labelled source batch -> ``loss_src_*``, backward;
 3. target: the student's label-free training forward on the target batch; the adapted predictions of both batches
-   (:func:`~.output_space.adaptation_logits`); generator loss ``loss_adv_trg = LAMBDA_ADV * GAN(D(softmax(target
-   prediction)), source label 0)`` with the discriminator's parameters frozen, backward (into the student only);
+   (``HRDATrainOutputs.logits``: the prediction at the model's output scale); generator loss
+   ``loss_adv_trg = LAMBDA_ADV * GAN(D(softmax(target prediction)), source label 0)`` with the discriminator's
+   parameters frozen, backward (into the student only);
 4. discriminator: ``loss_disc_src = GAN(D(softmax(source prediction).detach()), 0) / 2``, backward;
    ``loss_disc_trg = GAN(D(softmax(target prediction).detach()), 1) / 2``, backward;
    both terms form one pass with one backward (the gradients add up as with two backwards);
@@ -39,7 +40,7 @@ from detectron2.config import configurable
 from torch import nn
 
 from .masked_consistency import MaskedImageConsistency, with_own_teacher
-from .output_space import SOURCE_DOMAIN_LABEL, TARGET_DOMAIN_LABEL, adaptation_logits, gan_loss
+from .output_space import SOURCE_DOMAIN_LABEL, TARGET_DOMAIN_LABEL, gan_loss
 from .step_base import StudentLosses, TargetLosses, UDAStepTrainer, step_config, unwrap_model
 
 __all__ = ["AdvSegStepTrainer", "build_discriminator_optimizer", "discriminator_lr"]
@@ -129,8 +130,8 @@ class AdvSegStepTrainer(UDAStepTrainer):
         if self.mic is not None:
             self.update_teacher(it, self.mic.teacher)  # MIC's teacher first (docs/method.md §17.6)
         source = self.run_pass(it, "source", lambda: self.labelled_forward(source_batch, "src_"))  # step 2
-        source_prediction = adaptation_logits(self.student, source.outputs.logits, source.images.shape[-2:])
-        target = self.run_pass(it, "target", lambda: self.generator_pass(target_batch, source.images.shape[-2:]))
+        source_prediction = source.outputs.logits
+        target = self.run_pass(it, "target", lambda: self.generator_pass(target_batch))  # step 3
         if self.mic is not None:  # MIC after the generator's target pass (docs/method.md §17.6)
             self.run_pass(it, "masked", lambda: self.mic.forward(self.model, source, target.forward, self.autocast))
         self.run_pass(it, "discriminator", lambda: self.discriminator_pass(source_prediction, target.prediction))
@@ -145,12 +146,12 @@ class AdvSegStepTrainer(UDAStepTrainer):
         yield from (("discriminator." + n, p) for n, p in self.discriminator_module.named_parameters())
 
     # ------------------------------------------------------------------------------------------------------
-    def generator_pass(self, target_batch, size) -> TargetLosses:
-        """Step 3: the student's label-free forward on the target batch, its prediction adapted to ``size``
-        (:func:`~.output_space.adaptation_logits`), ``loss_adv_trg = LAMBDA_ADV * GAN(D(softmax(prediction)),
+    def generator_pass(self, target_batch) -> TargetLosses:
+        """Step 3: the student's label-free forward on the target batch (its prediction ``outputs.logits`` at the
+        model's output scale), ``loss_adv_trg = LAMBDA_ADV * GAN(D(softmax(prediction)),
         source label)`` through the discriminator module with its parameters frozen."""
         target = self.unlabelled_forward(target_batch)
-        prediction = adaptation_logits(self.student, target.outputs.logits, size)
+        prediction = target.outputs.logits
         module = self.discriminator_module
         module.requires_grad_(False)
         try:

@@ -29,7 +29,7 @@ Named stages (:meth:`UDAStepTrainer.stage`, profiler ranges ``dacs/<name>``): ``
 and backward), ``masked`` (MIC, forward and backward), ``optimizer``.
 
 Gradients: the student is called through its (possibly DDP-wrapped) ``__call__`` with keyword arguments
-(``model(images=..., sem_seg=..., weight=..., return_outputs=True)``). The passes before the last one of the
+(``model(images=..., sem_seg=..., weight=...)``). The passes before the last one of the
 iteration (source; mixed when MIC follows) run under DDP's ``no_sync``, so one all-reduce per iteration
 synchronises the summed gradients (:meth:`UDAStepTrainer.run_pass`, from :meth:`DACSStepTrainer.pass_plan`). The teacher and the ImageNet model
 are separate module instances outside the optimizer; their parameters have ``requires_grad=False``.
@@ -329,6 +329,6 @@ class DACSStepTrainer(UDAStepTrainer):
     def mixed_forward(self, mixed: MixedBatch) -> StudentLosses:
         """Step 9: the student's training forward on the mixed batch (a new detail crop) -> ``loss_mix_*``."""
         with self.autocast():
-            raw, outputs = self.model(images=mixed.images, sem_seg=mixed.labels, weight=mixed.weight,
-                                      return_outputs=True)
-        return StudentLosses(prefixed_losses(raw, "mix_"), {f"mix_{k}": v for k, v in outputs.metrics.items()})
+            outputs = self.model(images=mixed.images, sem_seg=mixed.labels, weight=mixed.weight)
+        return StudentLosses(prefixed_losses(outputs.losses, "mix_"),
+                             {f"mix_{k}": v for k, v in outputs.metrics.items()})

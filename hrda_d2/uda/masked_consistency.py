@@ -236,12 +236,12 @@ class MaskedImageConsistency:
     def losses(self, model: nn.Module, batch: MaskedBatch) -> Tuple[Dict[str, torch.Tensor], Dict[str, float]]:
         """The student's HRDA ``forward_train`` on ``batch``: ``({loss_masked_*: tensor}, {masked_acc_*: float})``.
 
-        ``model`` is called as ``model(images=, sem_seg=, weight=, return_outputs=True)`` (so a DDP wrapper sees
+        ``model`` is called as ``model(images=, sem_seg=, weight=)`` (so a DDP wrapper sees
         the forward pass); ``loss_masked_sem_seg`` = ``LAMBDA x loss_sem_seg``, the other terms unscaled.
         """
-        raw, outputs = model(images=batch.images, sem_seg=batch.labels, weight=batch.weight, return_outputs=True)
+        outputs = model(images=batch.images, sem_seg=batch.labels, weight=batch.weight)
         losses = {}
-        for name, value in raw.items():
+        for name, value in outputs.losses.items():
             if name == "loss_sem_seg":
                 value = self.loss_lambda * value
             losses[f"loss_masked_{name[len('loss_'):]}"] = value

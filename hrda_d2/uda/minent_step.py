@@ -2,7 +2,7 @@
 
 1. source: the student's training forward on the labelled source batch -> ``loss_src_*``, backward;
 2. target: the student's label-free training forward on the target batch, its adapted prediction
-   (:func:`~.output_space.adaptation_logits`), ``loss_ent_trg = LAMBDA * normalized_entropy(softmax(prediction))``,
+   (``HRDATrainOutputs.logits``), ``loss_ent_trg = LAMBDA * normalized_entropy(softmax(prediction))``,
    backward;
 3. one optimizer step.
 
@@ -21,7 +21,7 @@ from detectron2.config import configurable
 from torch import nn
 
 from .masked_consistency import MaskedImageConsistency, with_own_teacher
-from .output_space import adaptation_logits, normalized_entropy
+from .output_space import normalized_entropy
 from .step_base import TargetLosses, UDAStepTrainer, step_config
 
 __all__ = ["MinEntStepTrainer"]
@@ -58,15 +58,15 @@ class MinEntStepTrainer(UDAStepTrainer):
         if self.mic is not None:
             self.update_teacher(it, self.mic.teacher)  # MIC's teacher first (docs/method.md §17.6)
         source = self.run_pass(it, "source", lambda: self.labelled_forward(source_batch, "src_"))  # step 1
-        target = self.run_pass(it, "target", lambda: self.entropy_pass(target_batch, source.images.shape[-2:]))
+        target = self.run_pass(it, "target", lambda: self.entropy_pass(target_batch))  # step 2
         if self.mic is not None:  # MIC after the entropy pass (docs/method.md §17.6)
             self.run_pass(it, "masked", lambda: self.mic.forward(self.model, source, target.forward, self.autocast))
         self.finish_step(it)  # step 3
 
-    def entropy_pass(self, target_batch, size) -> TargetLosses:
-        """Step 2: the student's label-free forward on the target batch, its prediction adapted to ``size``
-        (:func:`~.output_space.adaptation_logits`), ``loss_ent_trg = LAMBDA * normalized_entropy(softmax)``."""
+    def entropy_pass(self, target_batch) -> TargetLosses:
+        """Step 2: the student's label-free forward on the target batch (its prediction ``outputs.logits`` at the
+        model's output scale), ``loss_ent_trg = LAMBDA * normalized_entropy(softmax)``."""
         target = self.unlabelled_forward(target_batch)
-        prediction = adaptation_logits(self.student, target.outputs.logits, size)
+        prediction = target.outputs.logits
         loss = self.lambda_ent * normalized_entropy(torch.softmax(prediction.float(), dim=1))
         return TargetLosses({"loss_ent_trg": loss}, {}, target, prediction)

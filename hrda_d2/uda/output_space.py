@@ -1,30 +1,21 @@
-"""What the output-space methods (AdvSeg, MinEnt; docs/method.md §18.4, §18.5) share: the prediction they adapt,
-the entropy, the GAN losses.
+"""What the output-space methods (AdvSeg, MinEnt; docs/method.md §18.4, §18.5) share: the entropy, the GAN losses.
 
-The adapted prediction (``adaptation_logits``) is the training forward's ``logits`` as the original passes them on:
-for a single-scale model the head logits resized to the input size (``forward_with_aux``'s 'main'), for HRDA the
-fused logits (detail crop inserted, attention masked to it) bilinearly resized to ``(int(H * s), int(W * s))`` with
-``s = MODEL.HRDA.FEATURE_SCALE`` (0.5; the original asserts it). Tensors are ``N x C x h x w`` logits.
+The prediction they adapt is the training forward's ``HRDATrainOutputs.logits`` as the original passes them on: the
+model's logits bilinearly resized to its output scale ``(int(H * s), int(W * s))``, ``s = MODEL.HRDA.FEATURE_SCALE``
+(one scale: s = 1, the head logits at the input size, ``forward_with_aux``'s 'main'; HRDA: the fused logits, detail
+crop inserted, attention masked to it, s = 0.5 as the original asserts). Tensors are ``N x C x h x w`` logits.
 """
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
 
 from ..config import check_choice
 
-__all__ = ["SOURCE_DOMAIN_LABEL", "TARGET_DOMAIN_LABEL", "adaptation_logits", "gan_loss", "normalized_entropy"]
+__all__ = ["SOURCE_DOMAIN_LABEL", "TARGET_DOMAIN_LABEL", "gan_loss", "normalized_entropy"]
 
 SOURCE_DOMAIN_LABEL, TARGET_DOMAIN_LABEL = 0.0, 1.0  # the discriminator's targets (the original's labels)
-
-
-def adaptation_logits(student: nn.Module, logits: Tensor, image_hw) -> Tensor:
-    """The prediction AdvSeg / MinEnt adapt (module docstring); ``logits`` from ``HRDATrainOutputs.logits``."""
-    if not student.is_multi_scale:
-        return logits
-    size = [int(e * student.feature_scale) for e in image_hw]
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
 def normalized_entropy(probabilities: Tensor) -> Tensor:

@@ -291,8 +291,9 @@ class UDAStepTrainer(SimpleTrainer):
         images = student.normalize(stack_images(batch, student.device))
         labels = stack_field(batch, "sem_seg", student.device).long()
         with self.autocast():
-            raw, outputs = self.model(images=images, sem_seg=labels, return_outputs=True)
-        return LabelledForward(prefixed_losses(raw, prefix), {f"{prefix}{k}": v for k, v in outputs.metrics.items()},
+            outputs = self.model(images=images, sem_seg=labels)
+        return LabelledForward(prefixed_losses(outputs.losses, prefix),
+                               {f"{prefix}{k}": v for k, v in outputs.metrics.items()},
                                images, labels, outputs)
 
     def target_images(self, batch: Sequence[Mapping[str, Any]]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -309,7 +310,7 @@ class UDAStepTrainer(SimpleTrainer):
         dicts, with the batch's normalised images and margin masks (:meth:`target_images`)."""
         images, valid_mask = self.target_images(batch)
         with self.autocast():
-            _, outputs = self.model(images=images, return_outputs=True)
+            outputs = self.model(images=images)
         return UnlabelledForward(images, valid_mask, outputs)
 
     # ------------------------------------------------------------------------------------------------------

@@ -146,7 +146,7 @@ def test_bare_segmentor_and_daformer_layouts(original_checkpoint):
     with pytest.raises(CheckpointConversionError, match="teacher"):
         convert_checkpoint(student, teacher=True)
 
-    # a DAFormer EncoderDecoder: decode_head.X is the DAFormer head itself
+    # a DAFormer EncoderDecoder: decode_head.X is the DAFormer head itself (sem_seg_head.head.X, SingleScaleHead)
     daformer = OrderedDict()
     for key, value in source.items():
         if key.startswith(("model.backbone.", "ema_model.backbone.")):
@@ -157,7 +157,8 @@ def test_bare_segmentor_and_daformer_layouts(original_checkpoint):
     assert result.layout == "DAFormer DACS training checkpoint" and result.scale_attention is None
     assert result.sem_seg_head.num_classes == 19 and result.sem_seg_head.fusion == "aspp"
     assert {k.split(".")[0] for k in result.state_dict} == {"backbone", "sem_seg_head"}
-    assert torch.equal(result.state_dict["sem_seg_head.conv_seg.weight"], source["model.decode_head.head.conv_seg.weight"])
+    assert torch.equal(result.state_dict["sem_seg_head.head.conv_seg.weight"],
+                       source["model.decode_head.head.conv_seg.weight"])
 
 
 def test_hrda_checkpoint_summary(original_checkpoint):

@@ -67,3 +67,21 @@ def test_upgrade_touches_nothing_else():
     assert list(single_scale) == ["backbone.a", "sem_seg_head.w"]
     old = OrderedDict([("backbone.a", 1), ("sem_seg_head.w", 2), ("scale_attention.w", 3)])
     assert upgrade_head_keys(old, new_model_keys) == 2 and list(old) == new_model_keys
+
+
+def test_single_scale_file_of_the_plain_head_layout_loads_strictly_and_predicts_the_same(tmp_path):
+    """A one-scale model's checkpoint written before the SingleScaleHead: its head at ``sem_seg_head.X``."""
+    cfg = small_input_hrda_cfg(**{"MODEL.HRDA.SCALES": [1.0]})
+    torch.manual_seed(0)
+    source, target = build_model(cfg).eval(), build_model(cfg).eval()
+    old = OrderedDict((k.replace("sem_seg_head.head.", "sem_seg_head."), v.clone())  # written independently
+                      for k, v in source.state_dict().items())
+    assert any(k.startswith("sem_seg_head.") for k in old) and not any(".head." in k for k in old)
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": old, "iteration": 99}, path)
+    load_model_weights(target, str(path))  # strict
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key
+    image = torch.rand(3, 96, 128) * 255
+    with torch.no_grad():
+        assert torch.equal(source([{"image": image}])[0]["sem_seg"], target([{"image": image}])[0]["sem_seg"])

@@ -46,7 +46,7 @@ def test_training_checkpoints_convert_to_the_model(spec, name, layout, hrda):
     model = build_model(dlv2_cfg(hrda=hrda))
     assert set(result.state_dict) == set(model.state_dict())  # student only; model_D.* is dropped
     assert any(k.startswith("model_D.") for k in result.dropped_keys) == ("advseg" in name)
-    head = "sem_seg_head.head." if hrda else "sem_seg_head."
+    head = "sem_seg_head.head."  # HRDAHead or SingleScaleHead: the single-scale head is its .head
     prefix = "model.decode_head.head." if hrda else "model.decode_head."
     assert torch.equal(result.state_dict[head + "aspp_modules.1.weight"],
                        obj["state_dict"][prefix + "aspp_modules.1.conv.weight"])

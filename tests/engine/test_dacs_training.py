@@ -141,12 +141,12 @@ def test_non_finite_loss_stops_before_the_optimizer_step(data_root, tmp_path, st
     original_forward = student.forward
 
     def forward_with_nan(*args, **kwargs):
-        losses, outputs = original_forward(*args, **kwargs)
+        outputs = original_forward(*args, **kwargs)
         is_mix = "weight" in kwargs
         if trainer.iter == bad_iteration and is_mix == (stream == "mix"):
             name = term.replace("loss_src_", "loss_").replace("loss_mix_", "loss_")
-            losses[name] = losses[name] * float("nan")
-        return losses, outputs
+            outputs.losses[name] = outputs.losses[name] * float("nan")
+        return outputs
 
     student.forward = forward_with_nan
     recorder = RecordStep()

@@ -43,7 +43,9 @@ def our_name(original: str) -> str:
     if original.startswith("backbone."):
         return "student.backbone." + resnet_v1c_key(original[len("backbone."):])
     if original.startswith("decode_head."):
-        return "student.sem_seg_head." + original[len("decode_head."):].replace(".conv.", ".")
+        name = original[len("decode_head."):].replace(".conv.", ".")
+        # the plain segmentor's decode_head.X is its SingleScaleHead's head.X (HRDAHead: decode_head.head.X already)
+        return "student.sem_seg_head." + (name if name.startswith(("head.", "scale_attention.")) else "head." + name)
     return "discriminator." + original[len("D."):]
 
 

@@ -74,7 +74,7 @@ def test_plain_deeplabv2_whole_inference_matches_original(dlv2_converted, dlv2_i
     model = load(dlv2_cfg(hrda=False), dlv2_converted["plain"]).eval()
     images = model.normalize(torch.from_numpy(dlv2_io["bb_image_rgb_uint8"]).permute(2, 0, 1)[None].float())
     with torch.no_grad():
-        head_logits = model.sem_seg_head(model.backbone(images))
+        head_logits = model.sem_seg_head.head(model.backbone(images))
         logits = model.inference(images)
     assert rel_diff(head_logits, dlv2_io["plain_head_logits"]) <= REL_TOL
     assert logits.shape == (1, 19, 97, 129)
@@ -114,7 +114,7 @@ def test_hrda_deeplabv2_training_losses_match_original(dlv2_converted, dlv2_io, 
     model = load(dlv2_cfg(hrda=True), dlv2_converted["hrda"]).train()
     losses = model.forward_train(mof.normalize_uint8(dlv2_io["train_image_rgb_uint8"]),
                                  torch.from_numpy(dlv2_io["train_label"]).long(), weight=weight,
-                                 crop_box=tuple(dlv2_ref["train_crop_box"]))
+                                 crop_box=tuple(dlv2_ref["train_crop_box"])).losses
     assert set(losses) == {"loss_sem_seg", "loss_sem_seg_hr"}
     for ours, theirs in (("loss_sem_seg", "decode.loss_seg"), ("loss_sem_seg_hr", "decode.hr.loss_seg")):
         assert losses[ours].item() == pytest.approx(c["terms"][theirs], rel=REL_TOL), ours

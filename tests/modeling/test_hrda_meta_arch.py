@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from hrda_d2.config import config_problems
 from hrda_d2.modeling.losses import pixel_weighted_cross_entropy
-from hrda_d2.modeling.meta_arch import HRDA, HRDAHead
+from hrda_d2.modeling.meta_arch import HRDA, HRDAHead, SingleScaleHead
 from hrda_d2.modeling.meta_arch.crop_utils import merge_windows, random_crop_box, scale_box, sliding_window_boxes
 from hrda_d2.modeling.meta_arch.scale_fusion import fuse_scales
 from tests.helpers.tiny_configs import tiny_hrda_cfg
@@ -267,10 +267,12 @@ W_ATT, B_ATT = RNG.normal(size=(C, 3)), RNG.normal(size=C)
 
 
 def stub_hrda(scales=(1.0, 0.5), fixed_attention=None, hr_loss_weight=0.1, lr_loss_weight=0.0, **kwargs) -> HRDA:
-    """HRDA of the stub backbone and heads: with two scales an ``HRDAHead`` around them (explicit arguments)."""
-    head = LinearHead(W_SEG, B_SEG)
+    """HRDA of the stub backbone and heads: an ``HRDAHead`` (two scales) or ``SingleScaleHead`` around them (explicit
+    arguments)."""
+    seg = LinearHead(W_SEG, B_SEG)
+    head = SingleScaleHead(head=seg, output_stride=4)
     if len(scales) == 2:
-        head = HRDAHead(head=head, scale_attention=None if fixed_attention is not None else LinearHead(W_ATT, B_ATT),
+        head = HRDAHead(head=seg, scale_attention=None if fixed_attention is not None else LinearHead(W_ATT, B_ATT),
                         output_stride=4, lr_scale=min(scales), hr_loss_weight=hr_loss_weight,
                         lr_loss_weight=lr_loss_weight, fixed_attention=fixed_attention)
     args = dict(
@@ -296,9 +298,9 @@ def test_training_losses_equal_reference_computation(hr_w, lr_w, blur):
     weight[:, :8] = 0
     box = (16, 48, 8, 40)
     model = stub_hrda(hr_loss_weight=hr_w, lr_loss_weight=lr_w, blur_hr_crop=blur)
-    losses, outputs = model.forward_train(
-        torch.from_numpy(img).float(), torch.from_numpy(labels), torch.from_numpy(weight).float(), crop_box=box,
-        return_outputs=True)
+    outputs = model.forward_train(
+        torch.from_numpy(img).float(), torch.from_numpy(labels), torch.from_numpy(weight).float(), crop_box=box)
+    losses = outputs.losses
 
     lr_img = np_avgpool(img, 2)  # bilinear x0.5 == 2x2 average pool
     hr_img = np_bilinear(lr_img, (64, 64)) if blur else img
@@ -329,7 +331,7 @@ def test_random_detail_box_is_drawn_from_numpy_and_returned():
     model = stub_hrda()
     img, labels = torch.randn(1, 3, 64, 96), torch.zeros(1, 64, 96, dtype=torch.long)
     np.random.seed(11)
-    _, out = model.forward_train(img, labels, return_outputs=True)
+    out = model.forward_train(img, labels)
     np.random.seed(11)
     oh, ow = np.random.randint(0, 33 // 8) * 8, np.random.randint(0, 65 // 8) * 8
     assert out.crop_box == (oh, oh + 32, ow, ow + 32)
@@ -421,7 +423,8 @@ def test_tiny_hrda_training_forward_returns_finite_losses_and_gradients():
     # tensor-level call through __call__ (used by the trainer so that DDP sees the forward)
     images = model.normalize(torch.stack([x["image"] for x in inputs]))
     labels = torch.stack([x["sem_seg"] for x in inputs])
-    losses, out = model(images=images, sem_seg=labels, crop_box=(0, 64, 64, 128), return_outputs=True)
+    out = model(images=images, sem_seg=labels, crop_box=(0, 64, 64, 128))
+    losses = out.losses
     assert set(losses) == {"loss_sem_seg", "loss_sem_seg_hr"} and out.crop_box == (0, 64, 64, 128)
     assert out.features["res5"].shape == (2, 256, 2, 2)  # LR features (FEATURE_SCALE 0.5) of the 128 image
     assert {k: v.shape for k, v in model.extract_features(images).items()} == {
@@ -433,22 +436,22 @@ def test_single_scale_is_plain_daformer():
     cfg = tiny_cfg(**{"MODEL.HRDA.SCALES": [1.0], "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT": 0.5,
                       "MODEL.SEM_SEG_HEAD.DROPOUT": 0.0, "MODEL.MIT.DROP_PATH_RATE": 0.0})
     model = build_model(cfg).train()
-    assert type(model.sem_seg_head).__name__ == "DAFormerHead"
+    assert type(model.sem_seg_head.head).__name__ == "DAFormerHead"
     assert not any("scale_attention" in k for k in model.state_dict())
     images = torch.randn(2, 3, 64, 64)
     labels = torch.randint(0, 19, (2, 64, 64))
     labels[:, :5] = 255
-    losses = model.forward_train(images, labels)
+    losses = model.forward_train(images, labels).losses
     assert set(losses) == {"loss_sem_seg"}
     with torch.no_grad():
-        logits = model.sem_seg_head(model.backbone(images))  # same batch -> same BN batch statistics
+        logits = model.sem_seg_head.head(model.backbone(images))  # same batch -> same BN batch statistics
     logits = F.interpolate(logits, size=(64, 64), mode="bilinear", align_corners=False)
     expected = 0.5 * np_ce_all_pixels(logits.double().numpy(), labels.numpy())
     assert losses["loss_sem_seg"].item() == pytest.approx(expected, rel=1e-5)
     model.eval()
     with torch.no_grad():
         whole = model.whole_inference(images)
-        torch.testing.assert_close(whole, F.interpolate(model.sem_seg_head(model.backbone(images)), size=(64, 64),
+        torch.testing.assert_close(whole, F.interpolate(model.sem_seg_head.head(model.backbone(images)), size=(64, 64),
                                                         mode="bilinear", align_corners=False))
 
 
@@ -470,8 +473,8 @@ def test_same_scales_take_the_detail_crop_from_the_same_image_and_fuse_without_u
     box = (16, 48, 8, 40)
     model = stub_hrda(scales=(1.0, 1.0), feature_scale=1.0)
     assert model.scales == [1.0, 1.0] and model.sem_seg_head.lr_scale == 1.0
-    losses, outputs = model.forward_train(torch.from_numpy(img).float(), torch.from_numpy(labels), crop_box=box,
-                                          return_outputs=True)
+    outputs = model.forward_train(torch.from_numpy(img).float(), torch.from_numpy(labels), crop_box=box)
+    losses = outputs.losses
     lr_feat = np_avgpool(img, 4)  # the whole image, not downscaled: 16 x 16 logits
     lr_logits = np_head(lr_feat, W_SEG, B_SEG)
     hr_logits = np_head(np_avgpool(img[..., 16:48, 8:40], 4), W_SEG, B_SEG)

@@ -137,7 +137,7 @@ def test_training_losses_match_original(converted, io, ref, case):
         torch.from_numpy(io["train_label"]).long(),
         weight=weight,
         crop_box=tuple(ref["train_crop_box"]),
-    )
+    ).losses
     assert set(losses) == {"loss_sem_seg", "loss_sem_seg_hr"}
     total = sum(losses.values()).item()
     assert abs(total - c["total"]) / abs(c["total"]) <= LOSS_REL_TOL

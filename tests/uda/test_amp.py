@@ -81,7 +81,7 @@ def test_bfloat16_agreement_of_a_trained_tiny_model():
     for _ in range(80):
         images, labels = synthetic_segmentation(g, colours)
         optimizer.zero_grad()
-        sum(model.forward_train(images, labels).values()).backward()
+        sum(model.forward_train(images, labels).losses.values()).backward()
         optimizer.step()
     images, labels = synthetic_segmentation(torch.Generator().manual_seed(5), colours)
     model.eval()

@@ -20,7 +20,8 @@ def test_the_distance_is_the_sum_over_both_scales_with_the_detail_labels_cropped
     images = torch.randn(2, 3, 128, 128)
     labels = torch.randint(0, 19, (2, 128, 128))
     box = (32, 96, 64, 128)
-    losses, outputs = student(images=images, sem_seg=labels, crop_box=box, return_outputs=True)
+    outputs = student(images=images, sem_seg=labels, crop_box=box)
+    losses = outputs.losses
     assert len(outputs.scale_features) == 2 and outputs.scale_features[0] is outputs.features
     source = SourceOutputs(losses, {}, images, labels, outputs.features, outputs.scale_features, outputs.crop_box)
     distance = step.feature_distance(source)

@@ -188,7 +188,7 @@ def test_mic_loss_is_lambda_times_the_forward_train_loss_on_the_masked_batch(los
     torch.manual_seed(11)
     np.random.seed(11)
     mask = nearest_expected(torch.rand(2, 1, 4, 4), 0.5, 64, 64)  # the same torch draws, then the forward's
-    expected = model.forward_train(trg * mask, pseudo_label, pseudo_weight)
+    expected = model.forward_train(trg * mask, pseudo_label, pseudo_weight).losses
     assert set(losses) == {"loss_masked_sem_seg", "loss_masked_sem_seg_hr"}
     assert torch.equal(losses["loss_masked_sem_seg"], loss_lambda * expected["loss_sem_seg"])
     assert torch.equal(losses["loss_masked_sem_seg_hr"], expected["loss_sem_seg_hr"])  # not scaled (§17.4)
@@ -197,5 +197,5 @@ def test_mic_loss_is_lambda_times_the_forward_train_loss_on_the_masked_batch(los
     torch.manual_seed(11)
     np.random.seed(11)
     torch.rand(2, 1, 4, 4)
-    unweighted = model.forward_train(trg * mask, pseudo_label, torch.ones_like(pseudo_weight))
+    unweighted = model.forward_train(trg * mask, pseudo_label, torch.ones_like(pseudo_weight)).losses
     assert not torch.equal(unweighted["loss_sem_seg"], expected["loss_sem_seg"])

@@ -91,7 +91,7 @@ def masked_loss_by_hand(student_before, teacher, iteration, alpha_t=None):
     labels = torch.stack([d["sem_seg"] for d in source_batch])
     student(images=images, sem_seg=labels)  # the source pass: its random detail crop
     target_images = student.normalize(torch.stack([d["image"] for d in target_batch]))
-    student(images=target_images, return_outputs=True)  # the target pass: its random detail crop
+    student(images=target_images)  # the target pass: its random detail crop
     pseudo = predict_pseudo_labels(teacher, target_images, 0.0)
     mic = MaskedImageConsistency(mode="separatetrg", mask_ratio=0.7, block_size=16)
     batch = mic.masked_batch(images, labels, target_images, pseudo.label, pseudo.weight)

@@ -85,7 +85,8 @@ def phase_train(cfg, settings: BenchmarkSettings, variant: str) -> Dict[str, Any
     if settings.flops:
         student, teacher, imnet = step.student, step.teacher, step.imnet_model
         images, labels, box = _source_inputs(cfg, student, seed=1)
-        fwd = count_flops(student, lambda x, y: student.forward_train(x, y, crop_box=box), images, labels)
+        fwd = count_flops(student, lambda x, y: student.forward_train(x, y, crop_box=box).losses, images,
+                           labels)
         pl = count_flops(teacher, teacher.generate_pseudo_label, images)
         fd = count_flops(imnet, imnet.extract_features, images) if imnet is not None else 0
         result["flops"] = {"student_fwd": fwd, "teacher_fwd": pl, "imnet_fwd": fd, "iteration": 6 * fwd + pl + fd}
@@ -137,7 +138,7 @@ def phase_fwdbwd(cfg, settings: BenchmarkSettings, variant: str) -> Dict[str, An
         synchronize(device)
         start = time.perf_counter()
         with _autocast(cfg, device):
-            losses = model.forward_train(images, labels, crop_box=box)
+            losses = model.forward_train(images, labels, crop_box=box).losses
         sum(losses.values()).backward()
         synchronize(device)
         return time.perf_counter() - start

@@ -1,5 +1,5 @@
-"""Meta-architectures (HRDA; plain DAFormer with one scale) and the HRDA decode head beside them."""
+"""Meta-architectures (HRDA; plain DAFormer with one scale) and the decode heads beside them."""
 from .hrda import HRDA, HRDATrainOutputs
-from .hrda_head import HRDAHead, ScaleOutputs, TiledFeatures
+from .hrda_head import HRDAHead, ScaleOutputs, SingleScaleHead, TiledFeatures
 
-__all__ = ["HRDA", "HRDAHead", "HRDATrainOutputs", "ScaleOutputs", "TiledFeatures"]
+__all__ = ["HRDA", "HRDAHead", "HRDATrainOutputs", "ScaleOutputs", "SingleScaleHead", "TiledFeatures"]

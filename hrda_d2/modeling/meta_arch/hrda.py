@@ -6,27 +6,33 @@ keeps the scales, crops and windows; its ``sem_seg_head`` is the registered ``HR
 (``MODEL.HRDA.HEAD_NAME``, :mod:`.hrda_head`): the single-scale head for both branches, the scale attention, the
 fusion (§5.3) and the losses (§5.4). Windowed inference with HR-tile reuse is :mod:`.slide_inference`.
 
-One scale (``MODEL.HRDA.SCALES: [1.0]``): the original ``EncoderDecoder`` (plain DAFormer): ``sem_seg_head`` is
-the single-scale head, its logits resized to the input/label size, loss ``MODEL.SEM_SEG_HEAD.LOSS_WEIGHT * CE``.
+One scale (``MODEL.HRDA.SCALES: [1.0]``): the original ``EncoderDecoder`` (plain DAFormer): ``sem_seg_head`` is the
+registered ``SingleScaleHead`` with the same interface (the single-scale head on the whole image, loss
+``MODEL.SEM_SEG_HEAD.LOSS_WEIGHT * CE`` of the logits resized to the input size); the one scale is the whole image:
+no detail crop, no HR tiles, no blur, features at scale 1.
+
+Resolutions: the heads return logits at stride ``output_stride`` of the scale-1 image (``N x C x H/os x W/os``,
+fused with two scales). The training forward's prediction (``HRDATrainOutputs.logits``) is these logits bilinearly
+resized to the output scale ``s = FEATURE_SCALE`` (one scale: 1): ``N x C x int(H*s) x int(W*s)``, what AdvSeg /
+MinEnt adapt (docs/method.md §18.4, §18.5). Inference returns them resized to the input size ``N x C x H x W``.
 
 Tensor conventions: ``images`` are normalised ``N x 3 x H x W`` float32; labels ``N x H x W`` int64 with
-``ignore_value`` (255); logits ``N x C x H x W``. Crop boxes are ``(y1, y2, x1, x2)`` half-open, in pixels of
-the tensor they refer to, and are always passed explicitly (never kept on the module).
+``ignore_value`` (255). Crop boxes are ``(y1, y2, x1, x2)`` half-open, in pixels of the tensor they refer to, and are
+always passed explicitly (never kept on the module).
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from detectron2.config import configurable
-from detectron2.modeling import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY, Backbone, build_backbone, build_sem_seg_head
+from detectron2.modeling import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY, Backbone, build_backbone
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ...config import check_choice
-from ..losses import pixel_accuracy, pixel_weighted_cross_entropy, resize_to_labels
 from ..pixel_normalizer import PixelNormalizer
 from .crop_utils import CropBox, crop, merge_windows, random_crop_box, sliding_window_boxes, stack_windows
-from .hrda_head import HRDAHead, ScaleOutputs, TiledFeatures
+from .hrda_head import ScaleOutputs, SingleScaleHead, TiledFeatures
 from .slide_inference import shared_tile_window_logits, window_logits
 
 __all__ = ["HRDA", "HRDATrainOutputs", "TiledFeatures"]
@@ -34,27 +40,31 @@ __all__ = ["HRDA", "HRDATrainOutputs", "TiledFeatures"]
 
 @dataclass
 class HRDATrainOutputs:
-    """Extra outputs of ``HRDA.forward_train(..., return_outputs=True)`` (never part of the loss dict).
+    """What the training forward (``HRDA.forward_train``, ``model(images=...)``) returns.
 
-    features: backbone maps (``res2``..``res5``) at ``MODEL.HRDA.FEATURE_SCALE`` of this forward pass, with
-        their graph (for the ImageNet feature distance). Two scales: the LR context features of the whole
-        resized image for FEATURE_SCALE = LR scale (the paper's setting). One scale: the full-image features.
-    crop_box: the detail crop used, ``(y1, y2, x1, x2)`` in input pixels (None with one scale / no HR crop).
-    metrics: pixel accuracies in percent (``acc_sem_seg``, ``acc_sem_seg_hr``), detached, for logging (empty
+    losses: the loss terms, each already weighted, summing to the total loss (empty without labels):
+        ``loss_sem_seg`` (fused, or the single-scale CE), ``loss_sem_seg_hr`` (detail crop, if HR_LOSS_WEIGHT > 0),
+        ``loss_sem_seg_lr`` (attention-scaled context logits, if LR_LOSS_WEIGHT > 0); every CE averaged over all
+        ``N*H*W`` label pixels.
+    metrics: pixel accuracies in percent (``acc_sem_seg``, ``acc_sem_seg_hr``, ...), detached, for logging (empty
         without labels).
-    logits: this forward's prediction, with its graph: two scales: the fused logits ``N x C x H/os x W/os``
-        (the detail crop inserted, the attention masked to it); one scale: the head logits resized to the input
-        size ``N x C x H x W`` (the original's ``forward_with_aux`` 'main' output, what AdvSeg / MinEnt adapt).
-    scale_features: two scales: the backbone maps of every scale, context first, then the detail crop's (the
-        feature distance on all scales, ``UDA.FD.ALL_SCALES``; the original's ``feature_scale='all'``); one scale:
-        empty.
+    logits: this forward's prediction, float32 with its graph, at the output scale ``s`` = FEATURE_SCALE (one
+        scale: 1): ``N x C x int(H*s) x int(W*s)``, the head logits (fused with two scales: detail crop inserted,
+        attention masked to it) bilinearly resized - what AdvSeg / MinEnt adapt (docs/method.md §18.4, §18.5).
+    features: backbone maps (``res2``..``res5``) at FEATURE_SCALE of this forward pass, with their graph (for the
+        ImageNet feature distance). Two scales: the LR context features of the whole resized image for
+        FEATURE_SCALE = LR scale (the paper's setting). One scale: the full-image features.
+    crop_box: the detail crop used, ``(y1, y2, x1, x2)`` in input pixels (None with one scale / no HR crop).
+    scale_features: the backbone maps of every scale, context first, then the scale-1 image's (the detail crop's;
+        the feature distance on all scales, ``UDA.FD.ALL_SCALES``; the original's ``feature_scale='all'``).
     """
 
+    losses: Dict[str, Tensor]
+    metrics: Dict[str, Tensor]
+    logits: Tensor
     features: Dict[str, Tensor]
     crop_box: Optional[CropBox]
-    metrics: Dict[str, Tensor] = field(default_factory=dict)
-    logits: Optional[Tensor] = None
-    scale_features: List[Dict[str, Tensor]] = field(default_factory=list)
+    scale_features: List[Dict[str, Tensor]]
 
 
 def _as_pair(values: Optional[Sequence[int]], key: str) -> Optional[Tuple[int, int]]:
@@ -69,8 +79,8 @@ def _as_pair(values: Optional[Sequence[int]], key: str) -> Optional[Tuple[int, i
 class HRDA(nn.Module):
     """HRDA encoder-decoder (two scales) or plain DAFormer (one scale). See the module docstring.
 
-    Attributes: ``backbone`` (MiT, or any backbone), ``sem_seg_head`` (two scales: the ``HRDAHead``, holding the
-    single-scale ``head`` and the ``scale_attention``; one scale: the single-scale head itself),
+    Attributes: ``backbone`` (MiT, or any backbone), ``sem_seg_head`` (the ``HRDAHead`` or ``SingleScaleHead``,
+    holding the single-scale ``head`` and the ``scale_attention``, None with one scale),
     ``pixel_normalizer`` (``PixelNormalizer``: non-persistent ``pixel_mean``/``pixel_std`` buffers, ``3 x 1 x 1``).
     """
 
@@ -90,7 +100,6 @@ class HRDA(nn.Module):
         hr_slide_inference: bool = True,
         hr_slide_overlapping: bool = True,
         blur_hr_crop: bool = False,
-        single_scale_loss_weight: float = 1.0,
         test_mode: str = "slide",
         test_crop_size: Sequence[int] = (1024, 1024),
         test_stride: Sequence[int] = (512, 512),
@@ -101,8 +110,8 @@ class HRDA(nn.Module):
         """
         Args:
             backbone: returns the feature dict the heads read.
-            sem_seg_head: two scales: an :class:`~.hrda_head.HRDAHead` (or a head with its interface); one scale:
-                a single-scale head (logits at stride ``output_stride``).
+            sem_seg_head: a head with the interface of :class:`~.hrda_head.HRDAHead` taking ``len(scales)`` inputs
+                (its ``num_scales``): the ``HRDAHead`` for two scales, the ``SingleScaleHead`` for one.
             scales: image scales; sorted ascending; ``[1.0]`` or ``[lr, 1.0]`` with ``0 < lr <= 1``. ``[1.0, 1.0]`` is
                 the original's ``samescale`` ablation (HRDA Table 6 "LR1.0+LR0.5" on 512 crops): the context branch
                 sees the whole image at full resolution, the detail crop comes from that same image, and the fusion
@@ -110,12 +119,14 @@ class HRDA(nn.Module):
             pixel_mean, pixel_std: RGB normalisation of 0..255 images.
             ignore_value: label value without loss.
             hr_crop_size: detail crop ``(h, w)`` in HR pixels (also the HR tile size); None = whole HR image.
+                With one scale, ``hr_crop_size``, ``hr_slide_inference`` and ``blur_hr_crop`` are off and
+                ``feature_scale`` is 1: the one scale is the whole image.
             crop_coord_divisible: detail-crop offsets are multiples of this.
-            feature_scale: scale whose features ``HRDATrainOutputs.features``/``extract_features`` return.
+            feature_scale: scale whose features ``HRDATrainOutputs.features``/``extract_features`` return, and the
+                scale of the training forward's prediction ``HRDATrainOutputs.logits``.
             hr_slide_inference: HR branch on overlapping tiles at inference (else on the whole HR image).
             hr_slide_overlapping: HR tile stride = crop // 2 (else = crop).
             blur_hr_crop: HR branch sees the image downscaled x0.5 and upscaled x2.
-            single_scale_loss_weight: loss weight of the one-scale (plain DAFormer) model.
             test_mode: "slide" or "whole".
             test_crop_size, test_stride: test windows ``(h, w)``.
             test_batched: all test windows in one batch (else one window at a time).
@@ -132,12 +143,16 @@ class HRDA(nn.Module):
                 f"0 < s <= 1 (the detail scale must be 1.0; at most 2 scales are supported)"
             )
         check_choice("TEST.MODE", test_mode)
+        if getattr(sem_seg_head, "num_scales", None) != len(scales):
+            raise ValueError(f"MODEL.HRDA.SCALES={scales} needs a head for {len(scales)} scale(s); "
+                             f"{type(sem_seg_head).__name__} takes {getattr(sem_seg_head, 'num_scales', '?')}")
+        if len(scales) == 1:  # the plain segmentor: its one scale is the whole image
+            hr_crop_size, hr_slide_inference, blur_hr_crop, feature_scale = None, False, False, 1.0
         self.backbone = backbone
         self.sem_seg_head = sem_seg_head
         self.scales = scales
         self.ignore_value = ignore_value
-        self.output_stride = (sem_seg_head.output_stride if self.is_multi_scale
-                              else backbone.output_shape()[sem_seg_head.in_features[0]].stride)
+        self.output_stride = sem_seg_head.output_stride
         self.pixel_normalizer = PixelNormalizer(pixel_mean, pixel_std)
 
         self.hr_crop_size = _as_pair(hr_crop_size, "MODEL.HRDA.HR_CROP_SIZE")
@@ -146,22 +161,18 @@ class HRDA(nn.Module):
         self.hr_slide_inference = bool(hr_slide_inference)
         self.hr_slide_overlapping = bool(hr_slide_overlapping)
         self.blur_hr_crop = bool(blur_hr_crop)
-        self.single_scale_loss_weight = float(single_scale_loss_weight)
         self.test_mode = test_mode
         self.test_crop_size = _as_pair(test_crop_size, "TEST.SLIDE.CROP_SIZE")
         self.test_stride = _as_pair(test_stride, "TEST.SLIDE.STRIDE")
         self.test_batched = bool(test_batched)
         self.reuse_hr_tiles = bool(reuse_hr_tiles)
 
-        if self.is_multi_scale:
-            if self.feature_scale not in self.scales:
-                raise ValueError(
-                    f"MODEL.HRDA.FEATURE_SCALE={self.feature_scale} is not one of MODEL.HRDA.SCALES {self.scales}"
-                )
-            if self.hr_slide_inference and self.hr_crop_size is None:
-                raise ValueError("MODEL.HRDA.HR_SLIDE_INFERENCE needs MODEL.HRDA.HR_CROP_SIZE (the tile size)")
-        elif isinstance(sem_seg_head, HRDAHead):
-            raise ValueError("the HRDAHead (scale attention, fusion) is only used with two scales (MODEL.HRDA.SCALES)")
+        if self.feature_scale not in self.scales:
+            raise ValueError(
+                f"MODEL.HRDA.FEATURE_SCALE={self.feature_scale} is not one of MODEL.HRDA.SCALES {self.scales}"
+            )
+        if self.hr_slide_inference and self.hr_crop_size is None:
+            raise ValueError("MODEL.HRDA.HR_SLIDE_INFERENCE needs MODEL.HRDA.HR_CROP_SIZE (the tile size)")
         if compile_modules:
             for module in (self.backbone, *self.decoding_heads):
                 module.compile()
@@ -171,13 +182,10 @@ class HRDA(nn.Module):
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
         hrda = cfg.MODEL.HRDA
-        if len(hrda.SCALES) > 1:
-            sem_seg_head = SEM_SEG_HEADS_REGISTRY.get(hrda.HEAD_NAME)(cfg, shapes)
-        else:
-            sem_seg_head = build_sem_seg_head(cfg, shapes)
+        head_name = hrda.HEAD_NAME if len(hrda.SCALES) > 1 else SingleScaleHead.__name__
         return {
             "backbone": backbone,
-            "sem_seg_head": sem_seg_head,
+            "sem_seg_head": SEM_SEG_HEADS_REGISTRY.get(head_name)(cfg, shapes),
             "scales": list(hrda.SCALES),
             "pixel_mean": list(cfg.MODEL.PIXEL_MEAN),
             "pixel_std": list(cfg.MODEL.PIXEL_STD),
@@ -188,7 +196,6 @@ class HRDA(nn.Module):
             "hr_slide_inference": hrda.HR_SLIDE_INFERENCE,
             "hr_slide_overlapping": hrda.HR_SLIDE_OVERLAPPING,
             "blur_hr_crop": hrda.BLUR_HR_CROP,
-            "single_scale_loss_weight": cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT,
             "test_mode": cfg.TEST.MODE,
             "test_crop_size": list(cfg.TEST.SLIDE.CROP_SIZE),
             "test_stride": list(cfg.TEST.SLIDE.STRIDE),
@@ -206,6 +213,7 @@ class HRDA(nn.Module):
 
     @property
     def is_multi_scale(self) -> bool:
+        """Two scales (context and detail): the scale maps of ``forward_scales`` exist."""
         return len(self.scales) == 2
 
     @property
@@ -214,14 +222,12 @@ class HRDA(nn.Module):
 
     @property
     def single_scale_head(self) -> nn.Module:
-        """The head that turns one image's features into logits (``sem_seg_head.head`` with two scales)."""
-        return self.sem_seg_head.head if self.is_multi_scale else self.sem_seg_head
+        """The head that turns one image's features into logits (``sem_seg_head.head``)."""
+        return self.sem_seg_head.head
 
     @property
     def decoding_heads(self) -> Tuple[nn.Module, ...]:
         """The heads that run on backbone features: the single-scale head and, if learned, the scale attention."""
-        if not self.is_multi_scale:
-            return (self.sem_seg_head,)
         attention = self.sem_seg_head.scale_attention
         return (self.sem_seg_head.head,) + (() if attention is None else (attention,))
 
@@ -249,90 +255,61 @@ class HRDA(nn.Module):
     def forward_train(
         self,
         images: Tensor,
-        sem_seg: Optional[Tensor],
+        sem_seg: Optional[Tensor] = None,
         weight: Optional[Tensor] = None,
         crop_box: Optional[Sequence[int]] = None,
-        return_outputs: bool = False,
-    ) -> Union[Dict[str, Tensor], Tuple[Dict[str, Tensor], HRDATrainOutputs]]:
-        """Training losses (docs/method.md §4.3, §5.4, §6).
+    ) -> HRDATrainOutputs:
+        """The training forward (docs/method.md §4.3, §5.4, §6): losses, accuracies and the named outputs.
 
         Args:
             images: normalised ``N x 3 x H x W``.
             sem_seg: ``N x H x W`` int64 labels (``ignore_value`` ignored), or None: the same training forward
-                without losses (unlabelled target images of AdvSeg / MinEnt), only with ``return_outputs``.
-            weight: optional ``N x H x W`` per-pixel loss weights.
+                without losses and metrics (unlabelled target images of AdvSeg / MinEnt).
+            weight: optional ``N x H x W`` per-pixel loss weights (only with labels).
             crop_box: detail crop ``(y1, y2, x1, x2)`` in input pixels; when None a random box with offsets
                 divisible by CROP_COORD_DIVISIBLE is drawn from NumPy's global RNG (one box per batch).
-            return_outputs: also return ``HRDATrainOutputs`` (features at FEATURE_SCALE, crop box, accuracies).
 
         Returns:
-            loss dict (values sum to the total loss, each already weighted): ``loss_sem_seg`` (fused, or the
-            single-scale CE), ``loss_sem_seg_hr`` (detail crop, if HR_LOSS_WEIGHT > 0), ``loss_sem_seg_lr``
-            (attention-scaled context logits, if LR_LOSS_WEIGHT > 0); with ``return_outputs`` the tuple
-            ``(losses, outputs)``. Every CE is averaged over all ``N*H*W`` label pixels.
+            :class:`HRDATrainOutputs` (losses, metrics, the prediction at FEATURE_SCALE, features, crop box).
         """
-        if sem_seg is None:
-            if not return_outputs or weight is not None:
-                raise ValueError("forward_train without labels returns only the outputs: pass return_outputs=True "
-                                 "(and no weight)")
-            return {}, self._unlabelled_train_outputs(images, crop_box)
-        if sem_seg.dim() != 3 or images.dim() != 4 or sem_seg.shape != (images.shape[0], *images.shape[-2:]):
-            raise ValueError(
-                f"forward_train expects images N x 3 x H x W and sem_seg N x H x W of the same size, got "
-                f"{tuple(images.shape)} and {tuple(sem_seg.shape)}"
-            )
-        if weight is not None and weight.shape != sem_seg.shape:
-            raise ValueError(f"weight {tuple(weight.shape)} must have the shape of sem_seg {tuple(sem_seg.shape)}")
-        sem_seg = sem_seg.long()
-        if not self.is_multi_scale:
+        if sem_seg is None and weight is not None:
+            raise ValueError("forward_train got a weight map but no labels (sem_seg=None): pass both or neither")
+        if sem_seg is not None:
+            if sem_seg.dim() != 3 or images.dim() != 4 or sem_seg.shape != (images.shape[0], *images.shape[-2:]):
+                raise ValueError(
+                    f"forward_train expects images N x 3 x H x W and sem_seg N x H x W of the same size, got "
+                    f"{tuple(images.shape)} and {tuple(sem_seg.shape)}"
+                )
+            if weight is not None and weight.shape != sem_seg.shape:
+                raise ValueError(f"weight {tuple(weight.shape)} must have the shape of sem_seg {tuple(sem_seg.shape)}")
+        detail = self._detail_image(images)
+        box = self._detail_box(detail.shape[-2:], crop_box)
+        scale_features = self._scale_features(images, detail, box)
+        output_size = [int(e * self.feature_scale) for e in images.shape[-2:]]
+        out = self.sem_seg_head(scale_features, box, output_size)
+        losses, metrics = ({}, {}) if sem_seg is None else self.sem_seg_head.losses(out, sem_seg.long(), weight, box)
+        features = scale_features[self.scales.index(self.feature_scale)]
+        return HRDATrainOutputs(losses, metrics, out.prediction, features, box, scale_features)
+
+    def _detail_box(self, detail_hw: Sequence[int], crop_box: Optional[Sequence[int]]) -> Optional[CropBox]:
+        """The detail crop in the ``detail_hw`` image: ``crop_box`` checked, or a random box (NumPy); None without
+        HR_CROP_SIZE (and with one scale)."""
+        if self.hr_crop_size is None:
             if crop_box is not None:
-                raise ValueError("crop_box is only used by the two-scale HRDA model (MODEL.HRDA.SCALES)")
-            features = self.backbone(images)
-            logits = resize_to_labels(self.sem_seg_head(features), sem_seg)
-            ce = pixel_weighted_cross_entropy(logits, sem_seg, weight, self.ignore_value)
-            losses = {"loss_sem_seg": self.single_scale_loss_weight * ce}
-            outputs = HRDATrainOutputs(features, None, {"acc_sem_seg": pixel_accuracy(logits, sem_seg)}, logits)
-            return (losses, outputs) if return_outputs else losses
+                raise ValueError(f"crop_box {tuple(crop_box)} given but the model has no detail crop (one scale in "
+                                 f"MODEL.HRDA.SCALES, or MODEL.HRDA.HR_CROP_SIZE empty)")
+            return None
+        if crop_box is None:
+            return random_crop_box(detail_hw, self.hr_crop_size, self.crop_coord_divisible)
+        box: CropBox = tuple(int(c) for c in crop_box)  # type: ignore[assignment]
+        self._check_crop_box(box, detail_hw)
+        return box
 
-        lr_features, hr_features, box = self._train_features(images, crop_box)
-        scale_out = self.sem_seg_head(lr_features, hr_features, box)
-        losses, metrics = self.sem_seg_head.losses(scale_out, sem_seg, weight, box)
-        if not return_outputs:
-            return losses
-        features = lr_features if self.feature_scale == self.lr_scale else hr_features
-        return losses, HRDATrainOutputs(features, box, metrics, scale_out.fusion.fused, [lr_features, hr_features])
-
-    def _unlabelled_train_outputs(self, images: Tensor, crop_box: Optional[Sequence[int]]) -> HRDATrainOutputs:
-        """The training forward of ``forward_train`` (same random detail crop, same BN batches) without labels."""
-        if not self.is_multi_scale:
-            if crop_box is not None:
-                raise ValueError("crop_box is only used by the two-scale HRDA model (MODEL.HRDA.SCALES)")
-            features = self.backbone(images)
-            logits = F.interpolate(self.sem_seg_head(features), size=images.shape[-2:], mode="bilinear",
-                                   align_corners=False)
-            return HRDATrainOutputs(features, None, {}, logits)
-        lr_features, hr_features, box = self._train_features(images, crop_box)
-        fused = self.sem_seg_head(lr_features, hr_features, box).fusion.fused
-        features = lr_features if self.feature_scale == self.lr_scale else hr_features
-        return HRDATrainOutputs(features, box, {}, fused, [lr_features, hr_features])
-
-    def _train_features(
-        self, images: Tensor, crop_box: Optional[Sequence[int]]
-    ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor], Optional[CropBox]]:
-        """Context features of the resized image, then detail features of the (random) HR crop."""
-        lr_features = self.backbone(self._rescale(images, self.lr_scale))
-        hr_images = self._detail_image(images)
-        box: Optional[CropBox] = None
-        if self.hr_crop_size is not None:
-            if crop_box is None:
-                box = random_crop_box(hr_images.shape[-2:], self.hr_crop_size, self.crop_coord_divisible)
-            else:
-                box = tuple(int(c) for c in crop_box)  # type: ignore[assignment]
-                self._check_crop_box(box, hr_images.shape[-2:])
-            hr_images = crop(hr_images, box)
-        elif crop_box is not None:
-            raise ValueError("crop_box given but MODEL.HRDA.HR_CROP_SIZE is empty (no detail crop)")
-        return lr_features, self.backbone(hr_images), box
+    def _scale_features(self, images: Tensor, detail: Tensor, box: Optional[CropBox]) -> List[Dict[str, Tensor]]:
+        """Backbone features of every scale: the whole image resized to each context scale, then ``detail`` (the
+        scale-1 image) cut with ``box`` (None: the whole of it)."""
+        context = [self.backbone(self._rescale(images, s)) for s in self.scales[:-1]]
+        return context + [self.backbone(detail if box is None else crop(detail, box))]
 
     def _check_crop_box(self, box: CropBox, image_hw: Sequence[int]) -> None:
         y1, y2, x1, x2 = box
@@ -345,19 +322,13 @@ class HRDA(nn.Module):
     def extract_features(self, images: Tensor) -> Dict[str, Tensor]:
         """Backbone features of normalised images at FEATURE_SCALE (one scale: at full resolution), e.g. for
         the frozen ImageNet copy of the feature distance."""
-        if not self.is_multi_scale:
-            return self.backbone(images)
         return self.backbone(self._rescale(images, self.feature_scale))
 
     def extract_scale_features(self, images: Tensor, crop_box: Optional[CropBox]) -> List[Dict[str, Tensor]]:
-        """Backbone features of every scale as a training forward sees them (two scales): the context image, then
-        the detail image (blurred with BLUR_HR_CROP) cut with ``crop_box`` (the student's detail crop; None = the
-        whole image) - the original's ``extract_feat`` with ``feature_scale='all'`` (docs/method.md §7.2 step 5)."""
-        if not self.is_multi_scale:
-            raise ValueError("features of every scale need two scales (MODEL.HRDA.SCALES)")
-        detail = self._detail_image(images)
-        return [self.backbone(self._rescale(images, self.lr_scale)),
-                self.backbone(detail if crop_box is None else crop(detail, crop_box))]
+        """Backbone features of every scale as a training forward sees them: the context image, then the detail
+        image (blurred with BLUR_HR_CROP) cut with ``crop_box`` (the student's detail crop; None = the whole image)
+        - the original's ``extract_feat`` with ``feature_scale='all'`` (docs/method.md §7.2 step 5)."""
+        return self._scale_features(images, self._detail_image(images), crop_box)
 
     # ------------------------------------------------------------------------------------------------------
     # inference
@@ -371,8 +342,9 @@ class HRDA(nn.Module):
     def _inference_scales(self, images: Tensor, hr_logits: Optional[Tensor] = None) -> ScaleOutputs:
         """Context branch on the resized image; detail branch on HR tiles (one backbone and one head call for
         all tiles) or on the whole HR image, unless ``hr_logits`` (``N x C x H/os x W/os``, the merged HR tiles)
-        are given; no crop box, so no attention masking (docs/method.md §4.4)."""
-        lr_features = self.backbone(self._rescale(images, self.lr_scale))
+        are given; no crop box, so no attention masking (docs/method.md §4.4). One scale: the whole image. The
+        prediction is at the input size."""
+        context = [self.backbone(self._rescale(images, s)) for s in self.scales[:-1]]
         hr_input: Union[Dict[str, Tensor], TiledFeatures, Tensor]
         if hr_logits is not None:
             hr_input = hr_logits
@@ -382,17 +354,13 @@ class HRDA(nn.Module):
             hr_input = TiledFeatures(self.backbone(stack_windows(hr_images, boxes)), boxes)
         else:
             hr_input = self.backbone(self._detail_image(images))
-        return self.sem_seg_head(lr_features, hr_input, None)
+        return self.sem_seg_head(context + [hr_input], None, images.shape[-2:])
 
     def whole_inference(self, images: Tensor, hr_logits: Optional[Tensor] = None) -> Tensor:
-        """Logits ``N x C x H x W`` of the whole normalised image (mmseg ``encode_decode``): the fused HRDA
-        prediction (or the single-scale head output) bilinearly resized to the input size. ``hr_logits``:
+        """Logits ``N x C x H x W`` (float32) of the whole normalised image (mmseg ``encode_decode``): the fused
+        HRDA prediction (or the single-scale head output) bilinearly resized to the input size. ``hr_logits``:
         see ``_inference_scales`` (two scales only)."""
-        if self.is_multi_scale:
-            logits = self._inference_scales(images, hr_logits).fusion.fused
-        else:
-            logits = self.sem_seg_head(self.backbone(images))
-        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return self._inference_scales(images, hr_logits).prediction
 
     def generate_pseudo_label(self, images: Tensor) -> Tensor:
         """Fused logits ``N x C x H x W`` at input size for pseudo-labels (whole image, HR tiles).
@@ -437,7 +405,7 @@ class HRDA(nn.Module):
         with HR slide inference and no HR blur (a blurred window is not a crop of the blurred image), and no
         BatchNorm of the backbone / single-scale head in train mode (with batch statistics a tile's logits
         would depend on the other tiles of its batch, as for the teacher's pseudo-labels, docs/method.md §7.2)."""
-        if not (self.reuse_hr_tiles and self.is_multi_scale and self.hr_slide_inference and not self.blur_hr_crop):
+        if not (self.reuse_hr_tiles and self.hr_slide_inference and not self.blur_hr_crop):
             return False
         modules = list(self.backbone.modules()) + list(self.single_scale_head.modules())
         return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in modules)
@@ -460,7 +428,7 @@ class HRDA(nn.Module):
         if not self.is_multi_scale:
             raise ValueError("forward_scales needs two scales (MODEL.HRDA.SCALES)")
         out = self._inference_scales(images)
-        fused = out.fusion.fused
+        fused = out.logits
         attention_map = (out.fusion.attention * torch.softmax(fused, dim=1)).sum(dim=1, keepdim=True)
         maps = {"fused": fused, "lr": out.lr_logits, "hr": out.hr_logits, "attention": attention_map}
         size = images.shape[-2:]
@@ -477,28 +445,27 @@ class HRDA(nn.Module):
         sem_seg: Optional[Tensor] = None,
         weight: Optional[Tensor] = None,
         crop_box: Optional[Sequence[int]] = None,
-        return_outputs: bool = False,
     ):
         """Detectron2 call, or a tensor-level training call.
 
         ``model(batched_inputs)`` in training: each input has ``image`` (``3 x H x W`` RGB 0..255),
         ``sem_seg`` (``H x W`` int64) and optionally ``weight`` (``H x W`` float); all images the same size.
-        Returns the loss dict of ``forward_train`` (random detail crop).
+        Returns the loss dict of ``forward_train`` (random detail crop; Detectron2's training contract).
 
         ``model(batched_inputs)`` in inference: each input has ``image`` and optionally ``height``/``width``
         (output size, default the image size). Returns ``[{"sem_seg": C x height x width logits}]``. Images of
         one size are processed as one batch, otherwise one by one.
 
-        ``model(images=..., sem_seg=..., weight=..., crop_box=..., return_outputs=...)``: ``forward_train`` on
-        normalised tensors through ``__call__`` (so that wrappers such as DDP see the forward pass).
+        ``model(images=..., sem_seg=..., weight=..., crop_box=...)``: ``forward_train`` on normalised tensors
+        through ``__call__`` (so that wrappers such as DDP see the forward pass); returns its
+        :class:`HRDATrainOutputs` (``sem_seg`` None: the label-free training forward, no losses).
         """
         if images is not None:
-            if batched_inputs is not None or (sem_seg is None and not return_outputs):
-                raise ValueError("call the model either with batched_inputs, or with images= and sem_seg= (or "
-                                 "images= and return_outputs=True for the label-free training forward)")
-            return self.forward_train(images, sem_seg, weight, crop_box, return_outputs)
+            if batched_inputs is not None:
+                raise ValueError("call the model either with batched_inputs, or with images= (and sem_seg=)")
+            return self.forward_train(images, sem_seg, weight, crop_box)
         if batched_inputs is None:
-            raise ValueError("HRDA.forward needs batched_inputs (list of dicts) or images= and sem_seg=")
+            raise ValueError("HRDA.forward needs batched_inputs (list of dicts) or images= (and sem_seg=)")
         if self.training:
             images = self.normalize(torch.stack([x["image"] for x in batched_inputs]))
             sem_seg = torch.stack([x["sem_seg"] for x in batched_inputs]).to(self.device)
@@ -506,7 +473,7 @@ class HRDA(nn.Module):
             if any(has_weight) and not all(has_weight):
                 raise ValueError("either every training input or none has a 'weight' map")
             weight = torch.stack([x["weight"] for x in batched_inputs]).to(self.device) if all(has_weight) else None
-            return self.forward_train(images, sem_seg, weight)
+            return self.forward_train(images, sem_seg, weight).losses
 
         same_size = len({tuple(x["image"].shape[-2:]) for x in batched_inputs}) == 1
         groups = [batched_inputs] if same_size else [[x] for x in batched_inputs]

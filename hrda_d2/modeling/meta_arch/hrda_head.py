@@ -1,14 +1,17 @@
-"""``HRDAHead``: the multi-resolution decode head of HRDA (docs/method.md §5), registered in
-``SEM_SEG_HEADS_REGISTRY``.
+"""The decode heads of the HRDA meta-architecture, registered in ``SEM_SEG_HEADS_REGISTRY``: ``HRDAHead``, the
+multi-resolution head of HRDA (two scales, docs/method.md §5), and ``SingleScaleHead``, the plain segmentor's head
+(one scale, the original's ``EncoderDecoder``). Both hold the single-scale head (any registered head,
+``MODEL.SEM_SEG_HEAD.NAME``, e.g. the DAFormer head) as ``head`` and share one interface: ``forward(scale_inputs,
+crop_box, output_size) -> ScaleOutputs`` with one input per scale (context first, the scale-1 image last) and
+``losses(outputs, sem_seg, weight, crop_box) -> (losses, metrics)``.
 
-It holds a single-scale head ``head`` (any registered head that offers a scale-attention variant: the DAFormer
-head, ``MODEL.SEM_SEG_HEAD.NAME``) and ``scale_attention``, a second head of the same type built by that type's
-``scale_attention_config`` (DAFormer: 1x1-conv fusion, ``MODEL.HRDA.ATTENTION_EMBED_DIM`` wide), or a fixed
-attention. It decodes the context (LR) features and the detail (HR) input with ``head``, predicts the sigmoid
-attention from the context features, fuses both (``fuse_scales``, §5.3) and computes the HRDA losses (§5.4).
-As the original's ``HRDAHead(single_scale_head=...)``, it is the decode head of the HRDA meta-architecture
-(``sem_seg_head`` there, ``decode_head`` in the original), which keeps the crops, scales and windows (§4).
-Like Mask2Former's ``MaskFormerHead``, a head that composes other heads lives beside the meta-architecture.
+``HRDAHead`` adds ``scale_attention``, a second head of the same type built by that type's ``scale_attention_config``
+(DAFormer: 1x1-conv fusion, ``MODEL.HRDA.ATTENTION_EMBED_DIM`` wide), or a fixed attention. It decodes the context
+(LR) features and the detail (HR) input with ``head``, predicts the sigmoid attention from the context features,
+fuses both (``fuse_scales``, §5.3) and computes the HRDA losses (§5.4). As the original's
+``HRDAHead(single_scale_head=...)``, it is the decode head of the HRDA meta-architecture (``sem_seg_head`` there,
+``decode_head`` in the original), which keeps the crops, scales and windows (§4). Like Mask2Former's
+``MaskFormerHead``, a head that composes other heads lives beside the meta-architecture.
 
 Tensor conventions: features are the backbone's dicts of ``N x C_k x h_k x w_k`` maps; logits
 ``N x K x h x w`` at stride ``output_stride`` of the image their features came from; crop boxes
@@ -23,11 +26,11 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..losses import pixel_accuracy, pixel_weighted_cross_entropy, resize_to_labels
+from ..losses import pixel_accuracy, pixel_weighted_cross_entropy, resize_logits, resize_to_labels
 from .crop_utils import CropBox, crop, merge_windows, scale_box
 from .scale_fusion import FusedScales, fuse_scales
 
-__all__ = ["HRDAHead", "ScaleOutputs", "TiledFeatures"]
+__all__ = ["HRDAHead", "ScaleOutputs", "SingleScaleHead", "TiledFeatures"]
 
 
 class TiledFeatures(NamedTuple):
@@ -39,16 +42,23 @@ class TiledFeatures(NamedTuple):
 
 
 class ScaleOutputs(NamedTuple):
-    """What :meth:`HRDAHead.forward` returns.
+    """What the heads' ``forward`` returns.
 
+    prediction: ``N x K x H_out x W_out`` float32, ``logits`` bilinearly resized to the ``output_size`` asked for
+        (the same tensor when the sizes agree): the model's prediction.
+    logits: ``N x K x h x w`` at stride ``output_stride`` of the scale-1 image: the fused logits (two scales), the
+        head's logits (one scale).
+    The parts of the fusion (two scales; None with one):
     lr_logits: ``N x K x h_lr x w_lr`` head output on the context image, before attention scaling.
-    hr_logits: ``N x K x h x w`` detail-crop logits (training) or the tile-merged HR logits (inference).
+    hr_logits: the detail-crop logits (training) or the tile-merged HR logits (inference).
     fusion: the fused prediction and its parts (:class:`~.scale_fusion.FusedScales`).
     """
 
-    lr_logits: Tensor
-    hr_logits: Tensor
-    fusion: FusedScales
+    prediction: Tensor
+    logits: Tensor
+    lr_logits: Optional[Tensor] = None
+    hr_logits: Optional[Tensor] = None
+    fusion: Optional[FusedScales] = None
 
 
 HRInput = Union[Dict[str, Tensor], TiledFeatures, Tensor]
@@ -59,8 +69,11 @@ class HRDAHead(nn.Module):
     """Single-scale head + scale attention + fusion + losses of HRDA (module docstring).
 
     Attributes: ``head`` (the single-scale head), ``scale_attention`` (a head of the same type, or None with a
-    fixed attention), ``in_features`` (those of ``head``), ``output_stride`` (of ``head``'s logits).
+    fixed attention), ``in_features`` (those of ``head``), ``output_stride`` (of ``head``'s logits),
+    ``num_scales`` (2: context, detail).
     """
+
+    num_scales = 2
 
     @configurable
     def __init__(
@@ -106,12 +119,8 @@ class HRDAHead(nn.Module):
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         """The single-scale head ``MODEL.SEM_SEG_HEAD.NAME`` from the registry, and its scale-attention variant
         (the head class's ``scale_attention_config(cfg, input_shape, num_classes)``: constructor kwargs)."""
-        name = cfg.MODEL.SEM_SEG_HEAD.NAME
-        if name == cls.__name__:
-            raise ValueError(f"MODEL.SEM_SEG_HEAD.NAME is the single-scale head inside {cls.__name__} (e.g. "
-                             f"'DAFormerHead'); {cls.__name__} itself is MODEL.HRDA.HEAD_NAME")
-        head_cls = SEM_SEG_HEADS_REGISTRY.get(name)
-        head = head_cls(cfg, input_shape)
+        head = build_single_scale_head(cfg, input_shape, cls.__name__)
+        head_cls, name = type(head), cfg.MODEL.SEM_SEG_HEAD.NAME
         hrda = cfg.MODEL.HRDA
         scale_attention = None
         if hrda.FIXED_ATTENTION is None:
@@ -160,16 +169,18 @@ class HRDAHead(nn.Module):
             return self.merge_tiles(logits.split(batch_size), hr_input.boxes)
         return self.head(hr_input)
 
-    def forward(self, lr_features: Dict[str, Tensor], hr_input: HRInput,
-                crop_box: Optional[CropBox] = None) -> ScaleOutputs:
+    def forward(self, scale_inputs: Sequence[HRInput], crop_box: Optional[CropBox],
+                output_size: Sequence[int]) -> ScaleOutputs:
         """Head calls in the original order (context, detail, attention), then ``fuse_scales`` (§5.3).
 
         Args:
-            lr_features: backbone features of the context image (the whole image at ``lr_scale``).
-            hr_input: the detail crop's features (training), the HR tiles' features, or decoded HR logits
-                ``N x K x H/os x W/os`` (inference).
+            scale_inputs: ``[lr_features, hr_input]``: the backbone features of the context image (the whole image
+                at ``lr_scale``), then the detail crop's features (training), the HR tiles' features, or decoded
+                HR logits ``N x K x H/os x W/os`` (inference).
             crop_box: the detail crop in HR-image pixels (training: the attention is masked to it), else None.
+            output_size: ``(H_out, W_out)`` of ``ScaleOutputs.prediction``.
         """
+        lr_features, hr_input = scale_inputs
         # the fusion runs in float32 (cheap, element-wise ops at logit resolution), also under bf16/fp16 autocast
         lr_logits = self.head(lr_features).float()
         hr_logits = self.decode_hr(hr_input, lr_logits.shape[0]).float()
@@ -177,7 +188,7 @@ class HRDAHead(nn.Module):
         attention = attention.float() if isinstance(attention, Tensor) else attention
         fusion = fuse_scales(lr_logits, hr_logits, attention, lr_scale=self.lr_scale, hr_scale=1.0,
                              output_stride=self.output_stride, crop_box=crop_box)
-        return ScaleOutputs(lr_logits, hr_logits, fusion)
+        return ScaleOutputs(resize_logits(fusion.fused, output_size), fusion.fused, lr_logits, hr_logits, fusion)
 
     def losses(self, outputs: ScaleOutputs, sem_seg: Tensor, weight: Optional[Tensor],
                crop_box: Optional[CropBox]) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
@@ -191,7 +202,7 @@ class HRDAHead(nn.Module):
             ``(losses, metrics)``: ``loss_sem_seg`` [, ``loss_sem_seg_hr``, ``loss_sem_seg_lr``], each already
             weighted and averaged over all label pixels; pixel accuracies ``acc_sem_seg[_hr|_lr]`` in percent.
         """
-        fused = resize_to_labels(outputs.fusion.fused, sem_seg)
+        fused = resize_to_labels(outputs.logits, sem_seg)
         losses = {"loss_sem_seg": pixel_weighted_cross_entropy(fused, sem_seg, weight, self.ignore_value)}
         metrics = {"acc_sem_seg": pixel_accuracy(fused, sem_seg)}
         if self.lr_loss_weight > 0:
@@ -208,6 +219,73 @@ class HRDAHead(nn.Module):
             metrics["acc_sem_seg_hr"] = pixel_accuracy(hr, hr_labels)
         losses["loss_sem_seg"] = losses["loss_sem_seg"] * (1.0 - self.lr_loss_weight - self.hr_loss_weight)
         return losses, metrics
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class SingleScaleHead(nn.Module):
+    """The plain segmentor's head (one scale, the original's ``EncoderDecoder``) with the interface of
+    :class:`HRDAHead`: ``head`` on the whole image's features, loss ``loss_weight * CE`` of the prediction.
+
+    Attributes: ``head`` (the single-scale head), ``scale_attention`` (None), ``in_features`` (those of ``head``),
+    ``output_stride`` (of ``head``'s logits), ``num_scales`` (1).
+    """
+
+    num_scales = 1
+    scale_attention = None
+
+    @configurable
+    def __init__(self, *, head: nn.Module, output_stride: int, loss_weight: float = 1.0, ignore_value: int = 255):
+        """
+        Args:
+            head: the single-scale head (``forward(features) -> logits``, attribute ``in_features``).
+            output_stride: stride of ``head``'s logits w.r.t. its input image.
+            loss_weight: weight of the cross-entropy (``MODEL.SEM_SEG_HEAD.LOSS_WEIGHT``).
+            ignore_value: label value without loss.
+        """
+        super().__init__()
+        self.head = head
+        self.in_features = list(head.in_features)
+        self.output_stride = int(output_stride)
+        self.loss_weight = float(loss_weight)
+        self.ignore_value = ignore_value
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        head = build_single_scale_head(cfg, input_shape, cls.__name__)
+        return {
+            "head": head,
+            "output_stride": input_shape[head.in_features[0]].stride,
+            "loss_weight": cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT,
+            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+        }
+
+    def forward(self, scale_inputs: Sequence[Dict[str, Tensor]], crop_box: Optional[CropBox],
+                output_size: Sequence[int]) -> ScaleOutputs:
+        """``head`` on ``[features]`` (the whole image's); ``crop_box`` must be None (no detail crop); the
+        prediction is the logits resized to ``output_size``."""
+        (features,) = scale_inputs
+        if crop_box is not None:
+            raise ValueError(f"{type(self).__name__}: one scale has no detail crop, got crop_box {crop_box}")
+        logits = self.head(features)
+        return ScaleOutputs(resize_logits(logits, output_size), logits)
+
+    def losses(self, outputs: ScaleOutputs, sem_seg: Tensor, weight: Optional[Tensor],
+               crop_box: Optional[CropBox]) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
+        """``loss_weight * CE`` of the prediction resized to the labels (the prediction itself at the input size,
+        as the original's ``EncoderDecoder``), averaged over all label pixels; ``acc_sem_seg`` in percent."""
+        logits = resize_to_labels(outputs.prediction, sem_seg)
+        ce = pixel_weighted_cross_entropy(logits, sem_seg, weight, self.ignore_value)
+        return {"loss_sem_seg": self.loss_weight * ce}, {"acc_sem_seg": pixel_accuracy(logits, sem_seg)}
+
+
+def build_single_scale_head(cfg, input_shape: Dict[str, ShapeSpec], wrapper: str) -> nn.Module:
+    """The registered head ``MODEL.SEM_SEG_HEAD.NAME`` that ``wrapper`` (HRDAHead, SingleScaleHead) holds."""
+    name = cfg.MODEL.SEM_SEG_HEAD.NAME
+    if name in (HRDAHead.__name__, SingleScaleHead.__name__):
+        raise ValueError(f"MODEL.SEM_SEG_HEAD.NAME is the single-scale head inside {wrapper} (e.g. "
+                         f"'DAFormerHead'), not {name!r}; MODEL.HRDA.SCALES chooses {wrapper} (two scales: "
+                         f"MODEL.HRDA.HEAD_NAME)")
+    return SEM_SEG_HEADS_REGISTRY.get(name)(cfg, input_shape)
 
 
 def _fit_to_box(tile_logits: Tensor, box: CropBox) -> Tensor:
