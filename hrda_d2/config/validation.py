@@ -347,6 +347,12 @@ def _check_combinations(p: _Problems, cfg: CfgNode) -> None:
     if method in ("advseg", "minent") and len(cfg.MODEL.HRDA.SCALES) == 2 and cfg.MODEL.HRDA.FEATURE_SCALE != 0.5:
         p.add("MODEL.HRDA.FEATURE_SCALE", f"UDA.METHOD {method!r} with HRDA adapts the fused prediction resized to "
               f"half the input (the original asserts feature_scale 0.5)", "use 0.5")
+    source_crop, target_crop = list(cfg.INPUT.SOURCE.CROP_SIZE), list(cfg.INPUT.TARGET.CROP_SIZE)
+    if method in ("advseg", "minent") and len(cfg.MODEL.HRDA.SCALES) == 2 and not cfg.INPUT.SYNC_CROP_SIZE and \
+            source_crop != target_crop:  # the model predicts each batch at its own size (docs/method.md §18.4)
+        p.add("INPUT.TARGET.CROP_SIZE", f"{target_crop} differs from INPUT.SOURCE.CROP_SIZE {source_crop}: with HRDA, "
+              f"UDA.METHOD {method!r} adapts the target prediction at half the SOURCE crop's size (the original's "
+              f"rule), which hrda_d2 implements only for equal crops", "give both streams the same crop size")
 
 
 def _check_ignored_detectron2_keys(p: _Problems, cfg: CfgNode, defaults: Optional[CfgNode] = None) -> None:

@@ -75,6 +75,9 @@ def test_the_defaults_and_every_shipped_config_pass():
     (["DATASETS.SOURCE", "('gta_train', 'synthia_train')"], r"DATASETS\.RCS\.ENABLED=True: rare class sampling "
                                                              r"draws from one source split, DATASETS\.SOURCE has 2"),
     (["SOLVER.OPTIMIZER", "AdamW"], r"SOLVER\.OPTIMIZER='AdamW': is not an optimizer of hrda_d2; use one of ADAMW, SGD"),
+    (["UDA.METHOD", "minent", "INPUT.TARGET.CROP_SIZE", "[1024, 512]"],
+     r"INPUT\.TARGET\.CROP_SIZE=\[1024, 512\]: \[1024, 512\] differs from INPUT\.SOURCE\.CROP_SIZE \[1024, 1024\]: "
+     r"with HRDA, UDA\.METHOD 'minent' adapts the target prediction at half the SOURCE crop's size"),
     # Detectron2 keys hrda_d2 does not read
     (["INPUT.CROP.SIZE", "[256, 256]"], r"INPUT\.CROP\.SIZE=\[256, 256\]: is a Detectron2 key that hrda_d2 does not "
                                         r"read.*use INPUT\.SOURCE\.CROP_SIZE / INPUT\.TARGET\.CROP_SIZE"),
