@@ -7,7 +7,7 @@ generated replicas of the datasets, then the evaluation. One line per config.
     python tools/experiments.py --exp 41 --list && python tools/check_configs.py configs/generated/41
 
 A folder stands for every YAML below it; YAMLs that differ only in SEED and OUTPUT_DIR (the seeds of one
-experiment run) are checked once. The size is ``tools/experiments.py --tiny``'s (hrda_d2/experiments/tiny.py):
+experiment run) are checked once. The size is ``tools/experiments.py --tiny``'s (hrda_d2/experiments/configs.py):
 every pixel size / 8, MiT-b0 / ViT-S/14 / ResNet-50-V1c with 64-wide heads and random weights, no ImageNet
 feature distance; a config that is already CPU-sized (the demo configs) keeps its sizes. The method, scales,
 losses, MIC, optimizer and schedule are the config's own.
@@ -89,20 +89,25 @@ def prepare_replicas(root: str) -> None:
         prepare(folder, nproc=1)
 
 
+def _as_opts(overrides) -> List[str]:
+    """``{KEY: value}`` -> ``[KEY, "value", ...]`` (Detectron2's command-line overrides)."""
+    return [item for key, value in overrides.items() for item in (key, str(value))]
+
+
 def run_overrides(path: Path, iters: int) -> Tuple[List[str], str]:
     """(``KEY VALUE`` overrides of the check run of ``path``, what size it runs at)."""
     from hrda_d2 import load_config
-    from hrda_d2.experiments.tiny import tiny_overrides, tiny_problems
+    from hrda_d2.config import config_problems
+    from hrda_d2.experiments.configs import tiny_overrides
 
     cfg = load_config(str(path))
-    overrides = tiny_overrides(cfg, iterations=iters)
-    size = "tiny"
-    if tiny_problems(overrides, cfg):  # already CPU-sized: shrinking again would leave no context input
-        overrides = {key: overrides[key] for key in RUN_KEYS}
-        size = "own size"
-    opts: List[str] = []
-    for key, value in overrides.items():
-        opts += [key, str(value)]
+    overrides, size = tiny_overrides(cfg, iterations=iters), "tiny"
+    shrunk = cfg.clone()
+    shrunk.defrost()
+    shrunk.merge_from_list(_as_opts(overrides))
+    if config_problems(shrunk):  # already CPU-sized (the demo configs): shrinking again gives no valid config
+        overrides, size = {key: overrides[key] for key in RUN_KEYS}, "own size"
+    opts = _as_opts(overrides)
     return opts, size
 
 
