@@ -225,6 +225,7 @@ def test_video_same_frame_count(weights, image_folder, clip, tmp_path):
     assert np.abs(frames[0].astype(int) - cv2.imread(str(image_folder / "scene0.png")).astype(int)).mean() > 5
 
 
+@pytest.mark.slow  # a demo.py start on a video (~13 s)
 def test_video_output_file_name_of_another_container_is_the_file(weights, clip, tmp_path):
     out = tmp_path / "v.mkv"
     proc = run_demo(["--video-input", str(clip), "--output", str(out),

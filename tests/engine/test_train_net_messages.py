@@ -64,6 +64,7 @@ def test_a_refused_setting_is_one_line(opts, line, tmp_path):
     assert refusal("--config-file", str(DEMO_CONFIG), *opts, "OUTPUT_DIR", str(tmp_path)) == line
 
 
+@pytest.mark.slow  # one train_net start (~10 s), the same one-line path as the tests above
 def test_an_unregistered_dataset_is_one_line_with_the_nearest_name(tmp_path):
     assert refusal("--config-file", str(DEMO_CONFIG), *SMALL_OPTS, "MODEL.DEVICE", "cpu", "DATASETS.SOURCE",
                    "('gta_trian',)", "OUTPUT_DIR", str(tmp_path)) == (
@@ -71,6 +72,7 @@ def test_an_unregistered_dataset_is_one_line_with_the_nearest_name(tmp_path):
         "listed in datasets/README.md; DATASETS.SPLIT_FILES registers your own)")
 
 
+@pytest.mark.slow  # one train_net start (~10 s); checkpoint/test_weights_errors checks the message in-process
 def test_a_missing_weights_file_is_one_line(data_root, tmp_path):
     missing = tmp_path / "nope.pth"
     message = refusal("--config-file", str(DEMO_CONFIG), *SMALL_OPTS, "MODEL.DEVICE", "cpu",

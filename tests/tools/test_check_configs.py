@@ -44,6 +44,7 @@ def test_one_config_per_method_and_backbone_trains_and_evaluates_and_a_broken_on
     assert proc.stdout.splitlines()[-1] == f"check_configs: {len(FAST)} of {len(FAST) + 1} config(s) ok; failed: {broken}"
 
 
+@pytest.mark.slow  # ~20 s; the fast subset above covers the runner
 def test_the_seeds_of_one_run_are_checked_once_and_bad_arguments_are_one_line(tmp_path):
     folder = tmp_path / "generated"
     folder.mkdir()
