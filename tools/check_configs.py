@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Tuple
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
 # runs of an already CPU-sized config keep its sizes and change only these keys of the tiny overrides
+CPU_SIZED_CROP = 256  # training crops up to this side run at their own size (configs/demo_*.yaml: 128)
 RUN_KEYS = ("MODEL.DEVICE", "MODEL.WEIGHTS", "UDA.FD.LAMBDA", "UDA.DEBUG_IMG_INTERVAL", "DATALOADER.NUM_WORKERS",
             "SOLVER.MAX_ITER", "SOLVER.IMS_PER_BATCH", "SOLVER.CHECKPOINT_PERIOD", "TEST.EVAL_PERIOD",
             "TEST.CITYSCAPES_OFFICIAL_EVAL")
@@ -105,7 +106,8 @@ def run_overrides(path: Path, iters: int) -> Tuple[List[str], str]:
     shrunk = cfg.clone()
     shrunk.defrost()
     shrunk.merge_from_list(_as_opts(overrides))
-    if config_problems(shrunk):  # already CPU-sized (the demo configs): shrinking again gives no valid config
+    if max(cfg.INPUT.SOURCE.CROP_SIZE) <= CPU_SIZED_CROP or config_problems(shrunk):
+        # already CPU-sized (the demo configs): shrinking again would leave inputs below the model's strides
         overrides, size = {key: overrides[key] for key in RUN_KEYS}, "own size"
     opts = _as_opts(overrides)
     return opts, size
