@@ -134,6 +134,9 @@ def _add_input_config(cfg: CN) -> None:
     # mmseg PhotoMetricDistortion after the flip (data/photometric_distortion.py): the "gtaCAug" source datasets
     # of AdvSeg / MinEnt (Table 2) and the target-only oracle's pipeline
     cfg.INPUT.SOURCE.PHOTOMETRIC_DISTORTION = False
+    # [low, high]: rescale by a random factor U(low, high) after the keep-ratio rescale, before the crop
+    # (VFM-UDA's scale jitter [0.9, 1.1], docs/method.md §10.1); [] = off (every HRDA / MIC config)
+    cfg.INPUT.SOURCE.RATIO_RANGE = []
     # Target training pipeline (labels are not used by DACS)
     cfg.INPUT.TARGET = CN()
     cfg.INPUT.TARGET.SCALE = [2048, 1024]
@@ -141,6 +144,7 @@ def _add_input_config(cfg: CN) -> None:
     cfg.INPUT.TARGET.CAT_MAX_RATIO = 1.0
     cfg.INPUT.TARGET.FLIP_PROB = 0.5
     cfg.INPUT.TARGET.PHOTOMETRIC_DISTORTION = False
+    cfg.INPUT.TARGET.RATIO_RANGE = []
     # pseudo-label margins [top, bottom, left, right] on a mask of VALID_MASK_SIZE (H, W) built before
     # resizing and cropping; [] disables the margin mask
     cfg.INPUT.TARGET.PSEUDO_MARGINS = [30, 240, 30, 30]

@@ -28,6 +28,7 @@ __all__ = [
     "imrescale_size",
     "RescaleTransform",
     "KeepRatioRescale",
+    "RandomRatioRescale",
     "draw_crop_box",
     "RandomCropWithCategoryRatio",
     "PadBottomRight",
@@ -94,6 +95,31 @@ class KeepRatioRescale(T.Augmentation):
     def get_transform(self, image: np.ndarray) -> T.Transform:
         h, w = image.shape[:2]
         new_h, new_w = imrescale_size(h, w, self.scale)
+        if (new_h, new_w) == (h, w):
+            return T.NoOpTransform()
+        return RescaleTransform(h, w, new_h, new_w)
+
+
+class RandomRatioRescale(T.Augmentation):
+    """Rescale by one random factor ``r ~ U(low, high)`` (NumPy global RNG): ``(h, w) -> (int(h*r + 0.5),
+    int(w*r + 0.5))``, OpenCV bilinear (labels / masks nearest), after the keep-ratio rescale.
+
+    VFM-UDA's training scale jitter (docs/method.md §10.1 step 2a): the original resizes the short side to
+    ``img_size * U(0.9, 1.1)``; here the keep-ratio rescale brings the short side to ``img_size`` and this factor
+    follows (equal up to one pixel of rounding).
+    """
+
+    def __init__(self, ratio_range: Sequence[float]):
+        """``ratio_range``: ``(low, high)`` with ``0 < low <= high``."""
+        super().__init__()
+        if len(ratio_range) != 2 or not 0 < float(ratio_range[0]) <= float(ratio_range[1]):
+            raise ValueError(f"RATIO_RANGE must be [low, high] with 0 < low <= high, got {list(ratio_range)}")
+        self.low, self.high = float(ratio_range[0]), float(ratio_range[1])
+
+    def get_transform(self, image: np.ndarray) -> T.Transform:
+        h, w = image.shape[:2]
+        ratio = self.low + np.random.random_sample() * (self.high - self.low)
+        new_h, new_w = int(h * ratio + 0.5), int(w * ratio + 0.5)
         if (new_h, new_w) == (h, w):
             return T.NoOpTransform()
         return RescaleTransform(h, w, new_h, new_w)

@@ -254,3 +254,30 @@ def test_label_size_mismatch(tmp_path, sample):
     path = _write_label(tmp_path / "small.png", sample["label"][:20])
     with pytest.raises(ValueError, match="small.png"):
         _source_mapper()({"file_name": sample["file_name"], "sem_seg_file_name": path})
+
+
+def test_ratio_range_rescales_before_the_crop(tmp_path):
+    """INPUT.TARGET.RATIO_RANGE: one U(low, high) factor per sample after the keep-ratio rescale (VFM-UDA's scale
+    jitter), applied to the image and the margin mask alike; [] keeps today's pipeline (no extra draw)."""
+    h, w = 40, 64
+    path = _write_rgb(tmp_path / "t.png", _coordinate_image(h, w))
+    common = dict(TARGET__SCALE=[64, 40], TARGET__CROP_SIZE=[80, 100], TARGET__FLIP_PROB=0.0,
+                  TARGET__PSEUDO_MARGINS=[2, 2, 2, 2], TARGET__VALID_MASK_SIZE=[h, w])
+    jittered = TargetTrainMapper(_cfg(TARGET__RATIO_RANGE=[0.5, 1.5], **common))
+    sizes = set()
+    for seed in range(8):
+        np.random.seed(seed)
+        ratio = 0.5 + np.random.random_sample() * 1.0
+        np.random.seed(seed)
+        out = jittered({"file_name": path})
+        expected = (int(h * ratio + 0.5), int(w * ratio + 0.5))
+        valid = out["valid_pseudo_mask"].numpy()
+        # padded to the 80 x 100 crop: the rescaled image is the non-padded part (mask padded with 0, image with 0)
+        rows = int((out["image"].numpy()[2] == 7).any(axis=1).sum())
+        cols = int((out["image"].numpy()[2] == 7).any(axis=0).sum())
+        assert (rows, cols) == expected
+        assert valid[:expected[0], :expected[1]].sum() > 0 and valid[expected[0]:].sum() == 0
+        sizes.add(expected)
+    assert len(sizes) > 4
+    with pytest.raises(ValueError, match="RATIO_RANGE"):
+        TargetTrainMapper(_cfg(TARGET__RATIO_RANGE=[1.2, 0.9], **common))

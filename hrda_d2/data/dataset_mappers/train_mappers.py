@@ -1,7 +1,7 @@
 """Training dataset mappers: the source and target pipelines of docs/method.md §10.1, §10.3.
 
 Pipeline (order as in the original, docs/method.md §10.1): read image (+ label) -> [target: pseudo-label margin mask at
-``VALID_MASK_SIZE``] -> keep-ratio rescale (mmcv ``imrescale``) -> random crop with ``cat_max_ratio``
+``VALID_MASK_SIZE``] -> keep-ratio rescale (mmcv ``imrescale``) -> [random rescale by RATIO_RANGE] -> random crop with ``cat_max_ratio``
 -> horizontal flip -> [photometric distortion, §18.7] -> pad bottom/right to the crop size. The label and the margin mask undergo every
 geometric op with the image (nearest-neighbour resize; like mmseg, each field is rescaled from its own
 size with the same scale tuple). Normalisation is left to the model.
@@ -21,7 +21,8 @@ from detectron2.data import transforms as T
 
 from ...config import check_choice
 from ..photometric_distortion import PhotoMetricDistortion
-from ..transforms import KeepRatioRescale, PadBottomRight, RandomCropWithCategoryRatio, imrescale_size
+from ..transforms import (KeepRatioRescale, PadBottomRight, RandomCropWithCategoryRatio, RandomRatioRescale,
+                          imrescale_size)
 from ..image_io import image_to_chw_tensor, read_label, read_rgb_image
 
 __all__ = [
@@ -118,6 +119,7 @@ class SemSegTrainMapper:
         pseudo_margins: Sequence[int] = (),
         valid_mask_size: Sequence[int] = (),
         photometric_distortion: bool = False,
+        ratio_range: Sequence[float] = (),
     ):
         """
         Args:
@@ -132,6 +134,8 @@ class SemSegTrainMapper:
             valid_mask_size: (H, W) at which the margin mask is built before any transform;
                 () = the image's own size.
             photometric_distortion: mmseg's PhotoMetricDistortion after the flip (docs/method.md §18.7).
+            ratio_range: ``(low, high)``: a random rescale by ``U(low, high)`` after the keep-ratio rescale, before
+                the crop (VFM-UDA's scale jitter, docs/method.md §10.1); () = none.
         """
         self.num_classes = int(num_classes)
         self.ignore_value = int(ignore_value)
@@ -146,6 +150,7 @@ class SemSegTrainMapper:
         self.scale = self.rescale.scale
         self.augmentations = T.AugmentationList(  # the random part, after the rescale in ``load``
             [
+                *([RandomRatioRescale(ratio_range)] if ratio_range else []),
                 RandomCropWithCategoryRatio(crop_size, cat_max_ratio, ignore_value),
                 T.RandomFlip(prob=flip_prob, horizontal=True, vertical=False),
                 *([PhotoMetricDistortion()] if photometric_distortion else []),
@@ -166,6 +171,7 @@ class SemSegTrainMapper:
         * ``INPUT.{SOURCE,TARGET}.CAT_MAX_RATIO``: source 0.75, target 1.0 (no check).
         * ``INPUT.{SOURCE,TARGET}.FLIP_PROB``: 0.5.
         * ``INPUT.{SOURCE,TARGET}.PHOTOMETRIC_DISTORTION``: False (True: the ``gtaCAug`` colour augmentation).
+        * ``INPUT.{SOURCE,TARGET}.RATIO_RANGE``: [] (off) or [low, high] random rescale factors ([0.9, 1.1]: VFM-UDA).
         * ``INPUT.TARGET.PSEUDO_MARGINS``: [top, bottom, left, right], [30, 240, 30, 30]; [] = no mask.
         * ``INPUT.TARGET.VALID_MASK_SIZE``: (H, W) of the margin mask before the rescale, [1024, 2048]
           for Cityscapes, [1080, 1920] for ACDC/Dark Zurich; [] = each image's own size.
@@ -179,6 +185,7 @@ class SemSegTrainMapper:
             "cat_max_ratio": node.CAT_MAX_RATIO,
             "flip_prob": node.FLIP_PROB,
             "photometric_distortion": node.PHOTOMETRIC_DISTORTION,
+            "ratio_range": tuple(node.RATIO_RANGE),
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "require_label": is_source,
