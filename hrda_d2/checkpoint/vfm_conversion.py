@@ -8,9 +8,10 @@ top-level group                  here
 ===============================  ===========================================================================
 ``network.*``                    the student (default)
 ``network_ema.*``                the EMA teacher (``--teacher`` / ``teacher=True``)
-``network_feature_extractor.*``  the frozen DINOv2 of the feature distance: dropped (rebuilt from the
-                                 pretrained weights at training time)
+``network_pretrained_frozen.*``  the frozen pretrained copy of the feature-distance runs: dropped (rebuilt
+``network_feature_extractor.*``  from the pretrained weights at training time)
 ``network_feature_head.*``       the feature-distance projection head: dropped (not part of the segmentor)
+other groups                     dropped, listed in ``dropped_keys``
 ===============================  ===========================================================================
 
 Inside the chosen network, :data:`NETWORK_LAYOUTS` says how its children map to this project's keys. A layout
@@ -64,8 +65,9 @@ logger = logging.getLogger(__name__)
 LAYOUT_VFM_UDA = "VFM-UDA Lightning training checkpoint"
 STUDENT_PREFIX = "network."
 TEACHER_PREFIX = "network_ema."
-# top-level groups of the Lightning state dict that are not the segmentor
-DROPPED_GROUPS = ("network_feature_extractor.", "network_feature_head.")
+# top-level groups of the Lightning state dict that are known not to be the segmentor (frozen feature-distance copy,
+# its projection head); other groups are dropped as well, but logged as unknown
+DROPPED_GROUPS = ("network_pretrained_frozen.", "network_feature_extractor.", "network_feature_head.")
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,10 @@ def convert_vfm_checkpoint(sd: Mapping[str, torch.Tensor], meta: Optional[Mappin
                                         f"[{first_items(outside, 6)}]")
     name, num_classes = layout.check(state, source)
     dropped = [k for k in sd if not k.startswith(prefix)]
+    unknown = sorted({k.split(".")[0] for k in dropped if not k.startswith((STUDENT_PREFIX, TEACHER_PREFIX)
+                                                                           + DROPPED_GROUPS)})
+    if unknown:
+        logger.warning("%s: top-level groups %s are not part of a VFM-UDA segmentor; dropped", source, unknown)
     result = VFMConvertedCheckpoint(state, LAYOUT_VFM_UDA, name, prefix, None, None, meta, dropped,
                                     network=layout, num_classes=num_classes)
     logger.info("%s: %s%s (%s, %d classes), %d tensors; dropped groups %s", source, prefix, layout.name, name,
@@ -219,7 +225,7 @@ LAYOUTS = (
     OriginalLayout(
         name=LAYOUT_VFM_UDA,
         expected="a VFM-UDA Lightning training checkpoint: {'state_dict': network.* (student), network_ema.*\n"
-                 "     (EMA teacher, --teacher), network_feature_extractor.* / network_feature_head.* (dropped)}; "
+                 "     (EMA teacher, --teacher), network_pretrained_frozen.* / network_feature_*.* (dropped)}; "
                  "networks: " + ", ".join(n.name for n in NETWORK_LAYOUTS) +
                  " (hrda_d2/checkpoint/vfm_conversion.py)",
         description="a VFM-UDA Lightning training checkpoint (network.* / network_ema.* keys)",

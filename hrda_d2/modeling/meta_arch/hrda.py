@@ -270,8 +270,9 @@ class HRDA(nn.Module):
             crop_box: detail crop ``(y1, y2, x1, x2)`` in input pixels; when None a random box with offsets
                 divisible by CROP_COORD_DIVISIBLE is drawn from NumPy's global RNG (one box per batch).
             token_mask: ``N x h x w`` bool, True = the patch token is replaced by the backbone's mask token
-                (VFM-UDA's token masking, docs/method.md §19.1), on the grid ``backbone.token_grid(images.shape[-2:])``;
-                one scale and a backbone with ``supports_token_mask`` (``VFMViT``) only.
+                (VFM-UDA's token masking, docs/method.md §19.1), on the grid
+                ``backbone.token_grid(images.shape[-2:])``; one scale and a backbone with ``supports_token_mask``
+                (``VFMViT``) only.
 
         Returns:
             :class:`HRDATrainOutputs` (losses, metrics, the prediction at FEATURE_SCALE, features, crop box).
