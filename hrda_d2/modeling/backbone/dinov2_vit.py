@@ -87,7 +87,8 @@ class DINOv2ViT(nn.Module):
         Args:
             name: timm DINOv2 name, ``vit_{small,base,large,giant2}_patch14[_reg4]_dinov2`` (``MODEL.TIMM.NAME``).
             weights: local file (``MODEL.TIMM.WEIGHTS``): an official DINOv2 state dict (``.pth``, loaded with its
-                own key names) or a timm-layout file (``model.safetensors`` of ``timm/<name>``); "" = random init.
+                own key names; ViT-S/B/L, whose MLP keys timm shares; ViT-g's SwiGLU ``mlp.w12`` / ``mlp.w3`` keys
+                are not mapped) or a timm-layout file (``model.safetensors`` of ``timm/<name>``); "" = random init.
             drop_path_rate: stochastic depth, linear over the blocks from 0 (as the official model).
             checkpoint_activations: recompute each block in the backward pass of training forwards.
         """
