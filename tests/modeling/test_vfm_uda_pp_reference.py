@@ -7,6 +7,7 @@ deformable-attention core and f1..f4 bit-identical (asserted at 1e-6 / 1e-5), lo
 ``model([{"image", "height", "width"}])`` max |diff| ~3e-6 (asserted 1e-4; the normalisation differs in rounding:
 ``(x - 123.675) / 58.395`` here, ``(x / 255 - 0.485) / 0.229`` there).
 """
+import copy
 import functools
 
 import numpy as np
@@ -147,3 +148,12 @@ def test_train_mode_batch_statistics_and_momentum(ref):
 def test_rejects_sizes_the_adapter_cannot_take(model):
     with pytest.raises(ValueError, match="multiples of 14 and 32"):
         model.backbone(torch.zeros(1, 3, 60, 60))  # 60 x 3.5 = 210 -> 210: not a multiple of 32
+
+
+def test_teacher_logits_match_original(model, ref):
+    teacher = copy.deepcopy(model)
+    obj = load_checkpoint_file(FIXTURE / "vfm_uda_pp_lightning.ckpt")
+    teacher.load_state_dict(convert_checkpoint(obj, teacher=True).state_dict, strict=True)
+    with torch.no_grad():
+        (out,) = teacher([{"image": ref["image_uint8"][0], "height": 64, "width": 64}])
+    torch.testing.assert_close(out["sem_seg"], ref["ema_logits"][0], atol=1e-4, rtol=0)
