@@ -9,7 +9,10 @@ teacher), ``network_feature_extractor.*`` (the frozen DINOv2 of the feature dist
 * ``encoder.{level_embed, spm.*, interactions.*, up.*, norm1..norm4.*}`` -> ``backbone.*`` (same names);
 * ``upscale.*`` / ``out.*`` -> ``sem_seg_head.head.upscale.*`` / ``sem_seg_head.head.out.*`` (VFMPyramidHead).
 
-Every other key is dropped and listed in ``dropped_keys`` (the other network, the feature-distance models). Use
+Every other key is dropped and listed in ``dropped_keys`` (the other network, the feature-distance models, the
+classifier ``network.head.*`` of the ImageNet-1k adapter pretraining files
+``dinov2_*_with_vitadapter_pretraining_in1k_step50000.ckpt``, which the original loads into its encoder and which
+convert to backbone weights only). Use
 with ``MODEL.BACKBONE.NAME VFMViTAdapter``, ``MODEL.TIMM.NAME`` = :attr:`ConvertedCheckpoint.backbone`'s timm name,
 ``MODEL.SEM_SEG_HEAD.NAME VFMPyramidHead`` and ``MODEL.HRDA.SCALES [1.0]``.
 """
@@ -33,9 +36,9 @@ _TIMM_NAMES = {384: "vit_small_patch14_dinov2", 768: "vit_base_patch14_dinov2", 
 
 
 def is_vfm_uda_pp_state_dict(sd: Mapping[str, torch.Tensor]) -> bool:
-    """Whether ``sd`` is a VFM-UDA++ Lightning state dict (adapter interactions and pyramid head of ``network``)."""
-    return (any(k.startswith(STUDENT + "encoder.interactions.") for k in sd)
-            and any(k.startswith(STUDENT + "upscale.up_conv1.") for k in sd))
+    """Whether ``sd`` is a VFM-UDA++ Lightning state dict (the adapter's interactions under ``network.encoder``):
+    a UDA training checkpoint, or the ImageNet-1k adapter pretraining the original starts from."""
+    return any(k.startswith(STUDENT + "encoder.interactions.") for k in sd)
 
 
 def _target(key: str) -> Optional[str]:
@@ -65,7 +68,9 @@ def convert_vfm_uda_pp_state_dict(sd: Mapping[str, torch.Tensor], teacher: bool 
             dropped.append(key)
             continue
         target = _target(key[len(prefix):])
-        if target is None:
+        if target is None and key[len(prefix):].startswith("head."):  # classifier of the IN-1k pretraining
+            dropped.append(key)
+        elif target is None:
             unplaced.append(key)
         else:
             state[target] = value
@@ -92,7 +97,7 @@ LAYOUTS = (
     OriginalLayout(
         name=LAYOUT_VFM_UDA_PP,
         expected="a VFM-UDA++ Lightning checkpoint (ViT-Adapter + pyramid head): state_dict with\n"
-                 "     network.encoder.interactions.*, network.upscale.*, network.out.weight, network_ema.* "
+                 "     network.encoder.interactions.* [, network.upscale.*, network.out.weight, network_ema.*] "
                  "(hrda_d2/checkpoint/vfm_adapter_conversion.py)",
         description="a VFM-UDA++ Lightning checkpoint (network.encoder.interactions.* / network.upscale.* keys)",
         detect=is_vfm_uda_pp_state_dict,

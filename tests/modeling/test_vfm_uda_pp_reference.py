@@ -157,3 +157,13 @@ def test_teacher_logits_match_original(model, ref):
     with torch.no_grad():
         (out,) = teacher([{"image": ref["image_uint8"][0], "height": 64, "width": 64}])
     torch.testing.assert_close(out["sem_seg"], ref["ema_logits"][0], atol=1e-4, rtol=0)
+
+
+def test_in1k_adapter_pretraining_layout_converts_to_backbone_only():
+    """The original's starting point (network.encoder.* + classifier network.head.*, no pyramid head)."""
+    sd = load_checkpoint_file(FIXTURE / "vfm_uda_pp_lightning.ckpt")["state_dict"]
+    pre = {k: v for k, v in sd.items() if k.startswith("network.encoder.")}
+    pre["network.head.1.weight"] = torch.zeros(3, 64)
+    result = convert_checkpoint({"state_dict": pre})
+    assert all(k.startswith("backbone.") for k in result.state_dict)
+    assert result.dropped_keys == ["network.head.1.weight"]
