@@ -65,6 +65,24 @@ def _add_model_config(cfg: CN) -> None:
     # DROP_PATH_RATE / CHECKPOINT_ACTIVATIONS as there) on the input resized by INPUT_SCALE to a multiple of 14
     cfg.MODEL.VFM = CN()
     cfg.MODEL.VFM.INPUT_SCALE = 1.1  # VFM-UDA: int(side * 1.1) // 14 * 14 (a 1024 crop -> 1120 px, 80 x 80 tokens)
+    # MODEL.BACKBONE.NAME "VFMViTAdapter" (modeling/backbone/vit_adapter.py, docs/method.md §20): VFM-UDA++'s
+    # ViT-Adapter over the DINOv2 ViT MODEL.TIMM.NAME (no registers); resized sides must be multiples of 14 and 32.
+    # Values of the original DinoV2ViTAdapter; the 4 groups of ViT blocks follow its rule (depth/4 blocks each)
+    cfg.MODEL.VFM.ADAPTER = CN()
+    cfg.MODEL.VFM.ADAPTER.CONV_INPLANE = 64  # width of the spatial prior module (64, 128, 256, 256 channels)
+    cfg.MODEL.VFM.ADAPTER.N_POINTS = 4  # sampling points per head and level of the deformable attentions
+    cfg.MODEL.VFM.ADAPTER.INIT_VALUES = 0.0  # initial injector gamma (0: the injectors start as identities)
+    cfg.MODEL.VFM.ADAPTER.DEFORM_RATIO = 0.5  # value channels of the deformable attentions / ViT width
+    cfg.MODEL.VFM.ADAPTER.WITH_CFFN = True  # ConvFFN after each extractor
+    cfg.MODEL.VFM.ADAPTER.CFFN_RATIO = 0.25  # ConvFFN hidden channels / ViT width
+    cfg.MODEL.VFM.ADAPTER.ADD_VIT_FEATURE = True  # add each group's ViT tokens (resized) to f1..f4
+    cfg.MODEL.VFM.ADAPTER.USE_EXTRA_EXTRACTOR = True  # 2 more extractors in the last interaction block
+    # BatchNorms of the spatial prior module and of f1..f4 (momentum 0.01): "SyncBN" (the original's
+    # nn.SyncBatchNorm; plain BN on one process) or "BN"
+    cfg.MODEL.VFM.ADAPTER.NORM = "SyncBN"
+    # block side (px of the RESIZED image) of the block masking of masked forwards (token_mask): VFM-UDA++'s
+    # BlockMasking(64); grid round(H' / 64) x round(W' / 64)
+    cfg.MODEL.VFM.ADAPTER.MASK_BLOCK_SIZE = 64
 
     # MODEL.BACKBONE.NAME "build_resnet_v1c_backbone" (modeling/backbone/resnet_v1c.py): Detectron2's MODEL.RESNETS
     # keys with the values of the original's DeepLabV2 ResNet-101-V1c (output stride 8, trainable BN)

@@ -2,6 +2,6 @@
 wraps one of them is ``modeling/meta_arch/hrda_head.py``."""
 from .daformer_head import DAFormerHead
 from .dlv2_head import DLV2Head
-from .vfm_heads import VFMLightweightHead
+from .vfm_heads import VFMLightweightHead, VFMPyramidHead
 
-__all__ = ["DAFormerHead", "DLV2Head", "VFMLightweightHead"]
+__all__ = ["DAFormerHead", "DLV2Head", "VFMLightweightHead", "VFMPyramidHead"]

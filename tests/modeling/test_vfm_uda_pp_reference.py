@@ -1,0 +1,169 @@
+"""VFMViTAdapter + VFMPyramidHead against outputs of the ORIGINAL VFM-UDA++ code (tests/fixtures/vfm_uda_pp_reference,
+README there): a narrow DINOv2 (width 64, 4 blocks, 2 heads, MLP ratio 1; the timm ``vit_small_patch14_dinov2``
+architecture with those overrides), SPM width 16, 5 classes, a 64 x 64 image resized to 224 (INPUT_SCALE 3.5).
+
+Weights: the original's Lightning file converted by ``convert_checkpoint``. Tolerances reached (CPU, float32):
+deformable-attention core and f1..f4 bit-identical (asserted at 1e-6 / 1e-5), logits through
+``model([{"image", "height", "width"}])`` max |diff| ~3e-6 (asserted 1e-4; the normalisation differs in rounding:
+``(x - 123.675) / 58.395`` here, ``(x / 255 - 0.485) / 0.229`` there).
+"""
+import copy
+import functools
+
+import numpy as np
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+from hrda_d2 import add_hrda_config
+from hrda_d2.checkpoint.conversion import convert_checkpoint, load_checkpoint_file
+from hrda_d2.checkpoint.conversion_types import CheckpointConversionError
+from hrda_d2.checkpoint.vfm_adapter_conversion import LAYOUT_VFM_UDA_PP
+from hrda_d2.modeling.backbone import dinov2_vit
+from hrda_d2.modeling.backbone.vit_adapter import adapter_interaction_indexes, ms_deform_attn_core
+from tests.helpers.paths import REPO_ROOT
+
+FIXTURE = REPO_ROOT / "tests" / "fixtures" / "vfm_uda_pp_reference"
+NARROW = dict(embed_dim=64, depth=4, num_heads=2, mlp_ratio=1)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@pytest.fixture(scope="module")
+def ref():
+    with np.load(FIXTURE / "vfm_uda_pp_outputs.npz") as z:
+        return {k: torch.from_numpy(z[k]) for k in z.files}
+
+
+def _cfg():
+    cfg = add_hrda_config(get_cfg())
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.PIXEL_MEAN = [255 * m for m in IMAGENET_MEAN]
+    cfg.MODEL.PIXEL_STD = [255 * s for s in IMAGENET_STD]
+    cfg.MODEL.BACKBONE.NAME = "VFMViTAdapter"
+    cfg.MODEL.TIMM.NAME = "vit_small_patch14_dinov2"
+    cfg.MODEL.TIMM.DROP_PATH_RATE = 0.0
+    cfg.MODEL.VFM.INPUT_SCALE = 3.5  # 64 -> 224 (the original's resized size in the fixture)
+    cfg.MODEL.VFM.ADAPTER.CONV_INPLANE = 16
+    cfg.MODEL.SEM_SEG_HEAD.NAME = "VFMPyramidHead"
+    cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 5
+    cfg.MODEL.SEM_SEG_HEAD.NORM = "SyncBN"
+    cfg.MODEL.HRDA.SCALES = [1.0]
+    cfg.TEST.MODE = "whole"
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The converted student, eval mode (built with the narrow trunk)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dinov2_vit, "create_timm_model", functools.partial(dinov2_vit.create_timm_model, **NARROW))
+        torch.manual_seed(0)
+        net = build_model(_cfg())
+    converted = convert_checkpoint(load_checkpoint_file(FIXTURE / "vfm_uda_pp_lightning.ckpt"))
+    net.load_state_dict(converted.state_dict, strict=True)
+    return net.eval()
+
+
+def _normalized(ref):
+    image = ref["image_uint8"].float()
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (image / 255 - mean) / std
+
+
+def test_deform_attn_core_matches_original(ref):
+    shapes = [tuple(int(v) for v in s) for s in ref["core_spatial_shapes"]]
+    out = ms_deform_attn_core(ref["core_value"], shapes, ref["core_sampling_locations"],
+                              ref["core_attention_weights"])
+    torch.testing.assert_close(out, ref["core_output"], atol=1e-6, rtol=0)
+
+
+def test_interaction_indexes_rule():
+    assert adapter_interaction_indexes(4) == [(0, 0), (1, 1), (2, 2), (3, 3)]
+    assert adapter_interaction_indexes(12) == [(0, 2), (3, 5), (6, 8), (9, 11)]
+    assert adapter_interaction_indexes(24) == [(0, 5), (6, 11), (12, 17), (18, 23)]
+    with pytest.raises(ValueError, match="multiple of 4"):
+        adapter_interaction_indexes(10)
+
+
+def test_conversion_layout_and_teacher():
+    obj = load_checkpoint_file(FIXTURE / "vfm_uda_pp_lightning.ckpt")
+    student = convert_checkpoint(obj)
+    teacher = convert_checkpoint(obj, teacher=True)
+    assert student.layout == teacher.layout == LAYOUT_VFM_UDA_PP
+    assert student.source_prefix == "network." and teacher.source_prefix == "network_ema."
+    assert "network_feature_extractor.encoder.cls_token" in student.dropped_keys
+    key = "sem_seg_head.head.out.weight"
+    torch.testing.assert_close(teacher.state_dict[key], student.state_dict[key] * -0.5)
+    with pytest.raises(CheckpointConversionError, match="network_ema"):
+        convert_checkpoint({"state_dict": {k: v for k, v in obj["state_dict"].items()
+                                           if not k.startswith("network_ema.")}}, teacher=True)
+
+
+def test_adapter_features_match_original(model, ref):
+    with torch.no_grad():
+        feats = model.backbone(_normalized(ref))
+    for k, name in enumerate(("res2", "res3", "res4", "res5"), start=1):
+        torch.testing.assert_close(feats[name], ref[f"f{k}"], atol=1e-5, rtol=0, msg=f"{name} vs f{k}")
+
+
+def test_logits_through_model_call_match_original(model, ref):
+    image = ref["image_uint8"][0]
+    with torch.no_grad():
+        (out,) = model([{"image": image, "height": 64, "width": 64}])
+    torch.testing.assert_close(out["sem_seg"], ref["logits"][0], atol=1e-4, rtol=0)
+
+
+def test_block_masked_forward_matches_original(model, ref):
+    keep = ref["masked_keep_grid"][:, 0] > 0  # 1 x 4 x 4: round(224 / 64) = 4 blocks per side
+    assert model.backbone.token_grid((64, 64)) == tuple(keep.shape[-2:])
+    with torch.no_grad():
+        feats = model.backbone(_normalized(ref), token_mask=~keep)
+        logits = model.sem_seg_head.head(feats)
+    logits = torch.nn.functional.interpolate(logits, size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(logits, ref["masked_logits"], atol=1e-4, rtol=0)
+
+
+def test_train_mode_batch_statistics_and_momentum(ref):
+    """Train mode: BatchNorms normalise with the batch statistics and update the running ones with momentum
+    0.01 (the original's SyncBatchNorm on one process)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dinov2_vit, "create_timm_model", functools.partial(dinov2_vit.create_timm_model, **NARROW))
+        net = build_model(_cfg())
+    net.load_state_dict(convert_checkpoint(load_checkpoint_file(FIXTURE / "vfm_uda_pp_lightning.ckpt")).state_dict)
+    net.train()
+    with torch.no_grad():
+        feats = net.backbone(_normalized(ref))
+        logits = net.sem_seg_head.head(feats)
+    logits = torch.nn.functional.interpolate(logits, size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(logits, ref["train_logits"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(net.backbone.norm1.running_mean, ref["train_norm1_running_mean"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(net.sem_seg_head.head.upscale.norm1.running_var,
+                               ref["train_upscale_norm1_running_var"], atol=1e-6, rtol=0)
+
+
+def test_rejects_sizes_the_adapter_cannot_take(model):
+    with pytest.raises(ValueError, match="multiples of 14 and 32"):
+        model.backbone(torch.zeros(1, 3, 60, 60))  # 60 x 3.5 = 210 -> 210: not a multiple of 32
+
+
+def test_teacher_logits_match_original(model, ref):
+    teacher = copy.deepcopy(model)
+    obj = load_checkpoint_file(FIXTURE / "vfm_uda_pp_lightning.ckpt")
+    teacher.load_state_dict(convert_checkpoint(obj, teacher=True).state_dict, strict=True)
+    with torch.no_grad():
+        (out,) = teacher([{"image": ref["image_uint8"][0], "height": 64, "width": 64}])
+    torch.testing.assert_close(out["sem_seg"], ref["ema_logits"][0], atol=1e-4, rtol=0)
+
+
+def test_in1k_adapter_pretraining_layout_converts_to_backbone_only():
+    """The original's starting point (network.encoder.* + classifier network.head.*, no pyramid head)."""
+    sd = load_checkpoint_file(FIXTURE / "vfm_uda_pp_lightning.ckpt")["state_dict"]
+    pre = {k: v for k, v in sd.items() if k.startswith("network.encoder.")}
+    pre["network.head.1.weight"] = torch.zeros(3, 64)
+    result = convert_checkpoint({"state_dict": pre})
+    assert all(k.startswith("backbone.") for k in result.state_dict)
+    assert result.dropped_keys == ["network.head.1.weight"]
