@@ -15,7 +15,7 @@ the original module names amounts to:
 Parameters with equal ``(lr, weight_decay)`` share one param group (mmcv used one group per parameter; the
 update is the same). Frozen parameters (``requires_grad`` False) are left out.
 
-Layer-wise lr decay (VFM-UDA / VFM-UDA++, docs/method.md §19.1). A backbone may describe its parameters by role
+Layer-wise lr decay (VFM-UDA / VFM-UDA++, docs/method.md §21.1). A backbone may describe its parameters by role
 with a method ``layer_decay_groups() -> Mapping[str, Sequence[str]]`` returning parameter-name prefixes relative
 to the backbone (a prefix matches a name equal to it or followed by ``.``):
 
@@ -60,7 +60,7 @@ def _matches(name: str, prefix: str) -> bool:
 def layer_decay_lrs(backbone: nn.Module, base_lr: float, layer_decay: float) -> Dict[str, Optional[float]]:
     """The lr of every trainable parameter of ``backbone`` by the roles of its ``layer_decay_groups()``.
 
-    The original's order of operations (docs/method.md §19.1): the last block gets ``base_lr``, each block below
+    The original's order of operations (docs/method.md §21.1): the last block gets ``base_lr``, each block below
     it the lr of the block above times ``layer_decay``, the stems that of block 0 times ``layer_decay``.
 
     Returns:

@@ -13,7 +13,7 @@ Detectron2's ``WarmupParamScheduler`` interpolates linearly between ``warmup_fac
 Stepping convention: the scheduler sets the lr of iteration 0 when it is built; Detectron2's
 ``hooks.LRScheduler`` steps it after every iteration, so iteration ``t`` runs with ``lr(t)``.
 
-``SOLVER.LR_SCHEDULER_NAME "WarmupLinearLR"`` is VFM-UDA's warm-up and linear decay instead (docs/method.md §19.2,
+``SOLVER.LR_SCHEDULER_NAME "WarmupLinearLR"`` is VFM-UDA's warm-up and linear decay instead (docs/method.md §21.2,
 :class:`WarmupLinearParamScheduler`), stepped the same way (the originals step it after every optimizer step).
 """
 from typing import List, Sequence
@@ -72,7 +72,7 @@ class WarmupPolyParamScheduler(ParamScheduler):
 
 
 class WarmupLinearParamScheduler(ParamScheduler):
-    """VFM-UDA's ``lr(t) / lr0`` (docs/method.md §19.2) as an fvcore ``ParamScheduler`` of ``where = t / max_iter``.
+    """VFM-UDA's ``lr(t) / lr0`` (docs/method.md §21.2) as an fvcore ``ParamScheduler`` of ``where = t / max_iter``.
 
     A table of ``max_iter + 1`` factors: ``warmup_iters`` values evenly spaced from ``warmup_factor`` to 1 (both
     included, NumPy ``linspace``), then entries ``warmup_iters .. max_iter`` of ``linspace(1, 0, max_iter + 1)``.

@@ -1,4 +1,4 @@
-"""WildDash 2 as VFM-UDA evaluates it (docs/method.md §19.3): the train / val split, the label mapping, the two input
+"""WildDash 2 as VFM-UDA evaluates it (docs/method.md §21.3): the train / val split, the label mapping, the two input
 layouts of the preparation, registration and the errors for missing data."""
 import os
 import shutil

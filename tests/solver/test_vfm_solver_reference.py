@@ -1,5 +1,5 @@
 """hrda_d2's layer-wise lr decay and WarmupLinearLR against the ORIGINAL VFM-UDA / VFM-UDA++ optimizer set-up
-(docs/method.md §19.1, §19.2).
+(docs/method.md §21.1, §21.2).
 
 The fixture ``tests/fixtures/vfm_solver_reference/vfm_solver_reference.json`` holds the originals' param groups and
 the lr of each group for iterations 0..30 (warm-up 10, max_steps 30, total batch 8, layer decay 0.9), made by

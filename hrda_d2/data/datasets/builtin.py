@@ -13,7 +13,7 @@ wilddash2_{train,val}  wilddash2/<split>/images/*.jpg /                       da
                        wilddash2/<split>/labels/*_labelTrainIds.png
 =====================  =====================================================  =============================
 
-WildDash 2 (an evaluation split of VFM-UDA, docs/method.md §19.3): VFM-UDA's train / val split of the 4256 public
+WildDash 2 (an evaluation split of VFM-UDA, docs/method.md §21.3): VFM-UDA's train / val split of the 4256 public
 frames of ``wd_public_02.zip``, labels mapped as VFM-UDA maps them (its five extra classes ignored).
 
 Cityscapes uses Detectron2's own builtin ``cityscapes_fine_sem_seg_{train,val}`` (evaluated with the official

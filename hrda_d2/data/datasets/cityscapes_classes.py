@@ -13,7 +13,7 @@ Every dataset of this project (GTA, Synthia, Cityscapes, ACDC, Dark Zurich) is t
 * ``GTA_LABEL_MAPPING`` / ``SYNTHIA_LABEL_MAPPING``: the tables above plus the set of ids a raw label may hold
   at all; the preparation scripts refuse any other value (see ``preparation.map_label_ids``).
 * ``WILDDASH2_LABEL_MAPPING``: WildDash 2 label ids (Cityscapes ids 0..33 plus ``WILDDASH2_EXTRA_CLASSES``
-  34..38) as VFM-UDA evaluates them: the Cityscapes table, the five extra classes ignored (docs/method.md §19.3).
+  34..38) as VFM-UDA evaluates them: the Cityscapes table, the five extra classes ignored (docs/method.md §21.3).
 
 All tables are immutable (tuples / ``MappingProxyType``).
 """
@@ -122,7 +122,7 @@ SYNTHIA_LABEL_MAPPING = LabelIdMapping(
 WILDDASH2_EXTRA_CLASSES = MappingProxyType({34: "pickup", 35: "van", 36: "billboard", 37: "street-light",
                                             38: "road-marking"})
 # VFM-UDA maps WildDash 2 labels with the Cityscapes label-id table alone (torchvision's Cityscapes classes), so
-# pickup, van, billboard, street-light and road-marking become 255 rather than car / road (docs/method.md §19.3)
+# pickup, van, billboard, street-light and road-marking become 255 rather than car / road (docs/method.md §21.3)
 WILDDASH2_LABEL_MAPPING = LabelIdMapping(
     dataset="WildDash 2",
     id_to_train_id=GTA_LABEL_MAPPING.id_to_train_id,

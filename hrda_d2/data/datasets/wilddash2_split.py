@@ -2,7 +2,7 @@
 
 The names are those of ``wilddash_trainval_split/val_split.txt`` of the VFM-UDA and VFM-UDA++ repositories (the same
 file in both; tue-mps/vfm-uda commit e154d8f5). Its ``train_split.txt`` lists the other 3404 frames, so the training
-split is every public frame not named here (docs/method.md §19.3). Names are file stems: ``images/<stem>.jpg``,
+split is every public frame not named here (docs/method.md §21.3). Names are file stems: ``images/<stem>.jpg``,
 ``labels/<stem>.png``.
 """
 from typing import FrozenSet

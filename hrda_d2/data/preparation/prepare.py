@@ -11,7 +11,7 @@ The logic behind ``datasets/prepare_{gta,synthia,cityscapes,wilddash2}.py``. For
     ``json2labelImg(json, out, "trainIds")``, i.e. exactly the official conversion.
   - WildDash 2 (``ROOT/{train,val}/labels/<stem>.png``, 8-bit WildDash 2 label ids 0..38): the Cityscapes table
     for ids 0..33, 255 for the extra classes 34..38, as VFM-UDA evaluates it (``WILDDASH2_LABEL_MAPPING``,
-    docs/method.md §19.3). The unpacked ``wd_public_02.zip`` (``ROOT/images``, ``ROOT/labels``) is first split
+    docs/method.md §21.3). The unpacked ``wd_public_02.zip`` (``ROOT/images``, ``ROOT/labels``) is first split
     into ``ROOT/{train,val}/{images,labels}`` by VFM-UDA's validation list (hard links, copies across devices).
 
 * the statistics of docs/method.md §8.1 are written into ROOT: ``sample_class_stats.json``,
@@ -366,7 +366,7 @@ def _split_wilddash2(root: str) -> None:
 def prepare_wilddash2(
     root: str, nproc: int = 4, verify_images: bool = False, map_unknown_to_ignore: bool = False
 ) -> PreparationResult:
-    """Convert ``ROOT/{train,val}/labels/<stem>.png`` to ``<stem>_labelTrainIds.png`` (docs/method.md §19.3) and write
+    """Convert ``ROOT/{train,val}/labels/<stem>.png`` to ``<stem>_labelTrainIds.png`` (docs/method.md §21.3) and write
     the statistics of the train split into ROOT. An unpacked ``wd_public_02.zip`` (``ROOT/images``,
     ``ROOT/labels``) is split into that layout first."""
     if not all(os.path.isdir(os.path.join(root, split, "images")) for split in _WILDDASH2_SPLITS):
