@@ -187,3 +187,30 @@ def test_warmup_linear_lr_table_edges_and_exact_resume():
     cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.POLY_LR_MIN_LR = 10, 1e-6
     with pytest.raises(ValueError, match="POLY_LR_MIN_LR"):
         build_lr_scheduler(cfg, build_optimizer(cfg, _Segmenter(adapter=False)))
+
+
+def test_vfm_vit_backbone_roles_give_the_original_lrs():
+    """The real ``VFMViT`` (ViT-S/14, 12 blocks, with and without register tokens): every parameter has a role, the
+    lrs follow §21.1 (block 11 at BASE_LR, block 0 at 0.9^11, the stems at 0.9^12), the head at the head lr."""
+    from detectron2.modeling import build_model
+
+    from tests.modeling.test_vfm_uda_reference import vfm_cfg
+
+    for name in ("vit_small_patch14_dinov2", "vit_small_patch14_reg4_dinov2"):
+        cfg = vfm_cfg()
+        cfg.MODEL.TIMM.NAME = name
+        cfg.SOLVER.LAYER_DECAY, cfg.SOLVER.BASE_LR, cfg.SOLVER.HEAD_LR_MULTIPLIER = 0.9, 1e-5, 10.0
+        model = build_model(cfg)
+        optimizer = build_optimizer(cfg, model)
+        lr_of = {n: g["lr"] for g in optimizer.param_groups for n in g["param_names"]}
+        assert sorted(lr_of) == sorted(n for n, p in model.named_parameters() if p.requires_grad)
+        assert lr_of["backbone.vit.blocks.11.attn.qkv.weight"] == 1e-5
+        assert lr_of["backbone.vit.blocks.0.mlp.fc2.bias"] == pytest.approx(1e-5 * 0.9 ** 11, rel=1e-14)
+        stems = ["backbone.vit.cls_token", "backbone.vit.pos_embed", "backbone.vit.mask_token",
+                 "backbone.vit.patch_embed.proj.weight", "backbone.vit.norm.weight"]
+        if "reg4" in name:
+            stems.append("backbone.vit.register_tokens")
+        for stem in stems:
+            assert lr_of[stem] == pytest.approx(1e-5 * 0.9 ** 12, rel=1e-14), stem
+        heads = [n for n in lr_of if n.startswith("sem_seg_head.")]
+        assert heads and all(lr_of[n] == pytest.approx(1e-4, rel=1e-15) for n in heads)
