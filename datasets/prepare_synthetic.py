@@ -1,23 +1,23 @@
 #!/usr/bin/env python
-"""Write small generated replicas of GTA, Synthia, Cityscapes (and optionally ACDC, Dark Zurich) below ROOT.
+"""Write small generated replicas of GTA, Synthia, Cityscapes (and optionally ACDC, Dark Zurich, WildDash 2) below ROOT.
 
     python datasets/prepare_synthetic.py ROOT [--num-train N] [--num-val N] [--height H --width W] [--seed S]
-                                         [--acdc] [--dark-zurich] [--full-size] [--prepare] [--nproc N]
+                                         [--acdc] [--dark-zurich] [--wilddash2] [--full-size] [--prepare] [--nproc N]
 
 The replicas have the exact folder layouts and file formats of the real data sets (see datasets/README.md),
 street-like scenes with the same class layout in every domain and a deliberate appearance shift between the
 source (GTA/Synthia) and target (Cityscapes/ACDC/Dark Zurich) domains; details in the docstring of
 hrda_d2.data.synthetic. Defaults: 8 train / 4 val images, Cityscapes-like 128x256 (GTA-like 132x239,
 Synthia-like 95x160); --full-size writes real sizes (2048x1024, 1914x1052, 1280x760, 1920x1080) for loader
-benchmarks. --prepare also runs the GTA / Synthia / Cityscapes preparation (train-id labels + statistics), so
-that ROOT can be used as $DETECTRON2_DATASETS right away.
+benchmarks. --prepare also runs the GTA / Synthia / Cityscapes (and WildDash 2) preparation (train-id labels +
+statistics), so that ROOT can be used as $DETECTRON2_DATASETS right away.
 """
 import argparse
 import logging
 import os
 import sys
 
-from hrda_d2.data.preparation import prepare_cityscapes, prepare_gta, prepare_synthia
+from hrda_d2.data.preparation import prepare_cityscapes, prepare_gta, prepare_synthia, prepare_wilddash2
 from hrda_d2.data.synthetic import generate_synthetic_datasets
 
 
@@ -31,6 +31,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--acdc", action="store_true", help="also write an ACDC-like target")
     parser.add_argument("--dark-zurich", action="store_true", help="also write a Dark Zurich-like target")
+    parser.add_argument("--wilddash2", action="store_true", help="also write a WildDash 2-like evaluation set")
     parser.add_argument("--full-size", action="store_true", help="real image sizes (ignores --height/--width)")
     parser.add_argument("--prepare", action="store_true", help="run prepare_{gta,synthia,cityscapes} afterwards")
     parser.add_argument("--nproc", type=int, default=1, help="worker processes of --prepare")
@@ -39,11 +40,13 @@ def main(argv=None) -> int:
     result = generate_synthetic_datasets(
         args.root, num_train=args.num_train, num_val=args.num_val, height=args.height, width=args.width,
         seed=args.seed, acdc=args.acdc, dark_zurich=args.dark_zurich, full_size=args.full_size,
+        wilddash2=args.wilddash2,
     )
     if args.prepare:
         for prepare, folder in ((prepare_gta, result.gta), (prepare_synthia, result.synthia),
-                                (prepare_cityscapes, result.cityscapes)):
-            prepare(folder, nproc=args.nproc)
+                                (prepare_cityscapes, result.cityscapes), (prepare_wilddash2, result.wilddash2)):
+            if folder is not None:
+                prepare(folder, nproc=args.nproc)
     sizes = ", ".join(f"{name} {h}x{w}" for name, (h, w) in result.sizes.items())
     print(f"wrote generated datasets below {os.path.abspath(args.root)} ({sizes})")
     return 0

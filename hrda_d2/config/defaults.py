@@ -268,6 +268,14 @@ def _add_solver_config(cfg: CN) -> None:
     # initialised feature pyramid of a plain ViT: ["backbone.simfp_"]
     cfg.SOLVER.HEAD_LR_PARAM_PREFIXES = []
     cfg.SOLVER.BACKBONE_NORM_DECAY_MULTIPLIER = 0.0  # backbone LayerNorms get no weight decay
+    # layer-wise lr decay of a ViT backbone with layer_decay_groups() (VFM-UDA, docs/method.md §21.1): its last
+    # block gets BASE_LR, each block below LAYER_DECAY times the block above, the stems (patch / position
+    # embedding, tokens, final norm) LAYER_DECAY times block 0; 1.0 = off (refused != 1.0 for other backbones)
+    cfg.SOLVER.LAYER_DECAY = 1.0
+    # multiply every lr by sqrt(SOLVER.IMS_PER_BATCH), the total batch (VFM-UDA: lr * sqrt(batch * devices * nodes))
+    cfg.SOLVER.LR_SQRT_BATCH_SCALING = False
+    # "WarmupPolyLR" (mmcv poly + linear warm-up) | "WarmupLinearLR" (VFM-UDA: factor WARMUP_FACTOR -> 1 over
+    # WARMUP_ITERS, then linearly to 0 at MAX_ITER; docs/method.md §21.2)
     cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupPolyLR"
     cfg.SOLVER.WARMUP_ITERS = 1500
     cfg.SOLVER.WARMUP_FACTOR = 1e-6

@@ -305,6 +305,8 @@ def _check_ranges(p: _Problems, cfg: CfgNode) -> None:
     p.check_range("MODEL.HRDA.FIXED_ATTENTION", 0.0, 1.0, fix="use None (learned attention) or a value in [0, 1]")
     p.check_range("SOLVER.BASE_LR", 0.0, math.inf, low_open=True, high_open=True)
     p.check_range("SOLVER.WARMUP_FACTOR", 0.0, 1.0)
+    p.check_range("SOLVER.LAYER_DECAY", 0.0, math.inf, low_open=True, high_open=True,
+                  fix="use 1.0 (off) or e.g. 0.9")
     p.check_range("SOLVER.MAX_ITER", 0, math.inf, low_open=True, high_open=True)
     p.check_range("SOLVER.IMS_PER_BATCH", 0, math.inf, low_open=True, high_open=True)
     p.check_range("SOLVER.METRICS_PERIOD", 1, math.inf, high_open=True)

@@ -12,16 +12,21 @@ Detectron2's ``WarmupParamScheduler`` interpolates linearly between ``warmup_fac
 
 Stepping convention: the scheduler sets the lr of iteration 0 when it is built; Detectron2's
 ``hooks.LRScheduler`` steps it after every iteration, so iteration ``t`` runs with ``lr(t)``.
+
+``SOLVER.LR_SCHEDULER_NAME "WarmupLinearLR"`` is VFM-UDA's warm-up and linear decay instead (docs/method.md §21.2,
+:class:`WarmupLinearParamScheduler`), stepped the same way (the originals step it after every optimizer step).
 """
 from typing import List, Sequence
 
+import numpy as np
 import torch
 from detectron2.solver.lr_scheduler import LRMultiplier
 from fvcore.common.param_scheduler import ParamScheduler
 
 from ..config import check_choice
 
-__all__ = ["WarmupPolyParamScheduler", "PerGroupLRMultiplier", "build_lr_scheduler"]
+__all__ = ["WarmupPolyParamScheduler", "WarmupLinearParamScheduler", "PerGroupLRMultiplier",
+           "build_lr_scheduler"]
 
 
 
@@ -66,6 +71,31 @@ class WarmupPolyParamScheduler(ParamScheduler):
         return multiplier
 
 
+class WarmupLinearParamScheduler(ParamScheduler):
+    """VFM-UDA's ``lr(t) / lr0`` (docs/method.md §21.2) as an fvcore ``ParamScheduler`` of ``where = t / max_iter``.
+
+    A table of ``max_iter + 1`` factors: ``warmup_iters`` values evenly spaced from ``warmup_factor`` to 1 (both
+    included, NumPy ``linspace``), then entries ``warmup_iters .. max_iter`` of ``linspace(1, 0, max_iter + 1)``.
+    So ``lr(warmup_iters - 1) = lr0``, ``lr(warmup_iters) = lr0 * (1 - warmup_iters / max_iter)`` and
+    ``lr(max_iter) = 0``; beyond ``max_iter`` the factor stays 0. Stateless: the iteration comes from ``where``.
+    """
+
+    def __init__(self, *, max_iter: int, warmup_iters: int, warmup_factor: float):
+        if max_iter <= 0:
+            raise ValueError(f"SOLVER.MAX_ITER must be > 0, got {max_iter}")
+        if not 0 <= warmup_iters <= max_iter:
+            raise ValueError(f"SOLVER.WARMUP_ITERS must be in [0, SOLVER.MAX_ITER={max_iter}] for WarmupLinearLR, "
+                             f"got {warmup_iters}")
+        self.max_iter = int(max_iter)
+        warmup = np.linspace(float(warmup_factor), 1.0, int(warmup_iters))
+        decay = np.linspace(1.0, 0.0, self.max_iter + 1)[int(warmup_iters):]
+        self._factors = tuple(float(f) for f in np.concatenate((warmup, decay)))
+
+    def __call__(self, where: float) -> float:
+        iteration = int(round(where * self.max_iter))
+        return self._factors[min(max(iteration, 0), self.max_iter)]
+
+
 class PerGroupLRMultiplier(LRMultiplier):
     """Detectron2 ``LRMultiplier`` with one ``ParamScheduler`` per optimizer param group.
 
@@ -95,16 +125,24 @@ class PerGroupLRMultiplier(LRMultiplier):
 
 
 def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer) -> PerGroupLRMultiplier:
-    """Build the poly + linear warm-up schedule from ``cfg.SOLVER``.
+    """Build the poly + linear warm-up schedule (or VFM-UDA's ``"WarmupLinearLR"``) from ``cfg.SOLVER``.
 
-    Keys: ``LR_SCHEDULER_NAME`` ("WarmupPolyLR"), ``MAX_ITER`` (40000), ``WARMUP_ITERS`` (1500),
+    Keys: ``LR_SCHEDULER_NAME`` ("WarmupPolyLR" | "WarmupLinearLR"), ``MAX_ITER`` (40000), ``WARMUP_ITERS`` (1500),
     ``WARMUP_FACTOR`` (1e-6, mmcv's ``warmup_ratio``), ``WARMUP_METHOD`` ("linear"), ``POLY_LR_POWER`` (1.0),
     ``POLY_LR_MIN_LR`` (0.0, absolute lr, as mmcv's ``min_lr``). Each group's ``lr0`` is its ``initial_lr``
-    (set from its ``lr`` when the scheduler is first built).
+    (set from its ``lr`` when the scheduler is first built). ``"WarmupLinearLR"`` reads ``MAX_ITER``,
+    ``WARMUP_ITERS`` and ``WARMUP_FACTOR`` (its start factor; the originals' 1e-3) only.
     """
     solver = cfg.SOLVER
-    check_choice("SOLVER.LR_SCHEDULER_NAME", solver.LR_SCHEDULER_NAME)  # one schedule and one warm-up exist
+    name = check_choice("SOLVER.LR_SCHEDULER_NAME", solver.LR_SCHEDULER_NAME)
     check_choice("SOLVER.WARMUP_METHOD", solver.WARMUP_METHOD)
+    if name == "WarmupLinearLR":
+        if float(solver.POLY_LR_MIN_LR) != 0.0:
+            raise ValueError(f"SOLVER.POLY_LR_MIN_LR={solver.POLY_LR_MIN_LR} is read by WarmupPolyLR only; "
+                             "WarmupLinearLR decays to 0 (use 0.0)")
+        schedule = WarmupLinearParamScheduler(max_iter=solver.MAX_ITER, warmup_iters=solver.WARMUP_ITERS,
+                                              warmup_factor=solver.WARMUP_FACTOR)
+        return PerGroupLRMultiplier(optimizer, [schedule] * len(optimizer.param_groups), max_iter=solver.MAX_ITER)
     min_lr = float(solver.POLY_LR_MIN_LR)
     multipliers = []
     for index, group in enumerate(optimizer.param_groups):

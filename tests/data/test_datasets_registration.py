@@ -20,7 +20,7 @@ from hrda_d2.data.datasets import (
     register_cityscapes_root,
     register_sem_seg_split,
 )
-from hrda_d2.data.preparation import prepare_cityscapes, prepare_gta, prepare_synthia
+from hrda_d2.data.preparation import prepare_cityscapes, prepare_gta, prepare_synthia, prepare_wilddash2
 from hrda_d2.data.synthetic import generate_synthetic_datasets
 
 REF_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
@@ -31,13 +31,14 @@ OWN_SPLITS = ["gta_train", "synthia_train", "acdc_train", "acdc_val", "darkzuric
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    """Generated replicas (3 train / 2 val, 64x128) with GTA, Synthia and Cityscapes prepared."""
+    """Generated replicas (3 train / 2 val, 64x128) with GTA, Synthia, Cityscapes and WildDash 2 prepared."""
     root = tmp_path_factory.mktemp("d2root")
     data = generate_synthetic_datasets(str(root), num_train=3, num_val=2, height=64, width=128, seed=1,
-                                       acdc=True, dark_zurich=True)
+                                       acdc=True, dark_zurich=True, wilddash2=True)
     prepare_gta(data.gta, nproc=1)
     prepare_synthia(data.synthia, nproc=1)
     prepare_cityscapes(data.cityscapes, nproc=1)
+    prepare_wilddash2(data.wilddash2, nproc=1)
     return data
 
 
@@ -96,7 +97,7 @@ def test_registration_is_lazy_and_missing_folders_name_path_and_command(tmp_path
 
 def test_own_splits_load_from_generated_root(prepared):
     counts = {"gta_train": 3, "synthia_train": 3, "acdc_train": 3, "acdc_val": 2, "darkzurich_train": 3,
-              "darkzurich_val": 2}
+              "darkzurich_val": 2, "wilddash2_train": 3, "wilddash2_val": 2}
     for split in BUILTIN_SPLITS:
         name = _unique(f"gen_{split.name}")
         register_builtin_split(split, prepared.root, name=name)

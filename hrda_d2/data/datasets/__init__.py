@@ -1,8 +1,9 @@
 """Dataset registration (lazy: nothing touches the disk until a split is loaded).
 
 Importing this package registers the builtin splits of :mod:`.builtin` (``gta_train``, ``synthia_train``,
-``acdc_{train,val}``, ``darkzurich_{train,val}``) under ``$DETECTRON2_DATASETS`` (default "datasets") and adds
-``stuff_colors`` / ``dataset_root`` to Detectron2's builtin ``cityscapes_fine_sem_seg_{train,val}``.
+``acdc_{train,val}``, ``darkzurich_{train,val}``, ``wilddash2_{train,val}``) under ``$DETECTRON2_DATASETS`` (default
+"datasets") and adds ``stuff_colors`` / ``dataset_root`` to Detectron2's builtin
+``cityscapes_fine_sem_seg_{train,val}``.
 
 * :func:`register_sem_seg_split` registers your own split; :func:`register_cityscapes_root` a second
   Cityscapes-layout folder; :func:`load_split` loads any split with clear errors and a sorted list.

@@ -9,7 +9,12 @@ acdc_{train,val}       acdc/rgb_anon/<split>/**/*_rgb_anon.png /              fl
                        acdc/gt/<split>/**/*_gt_labelTrainIds.png              (datasets/README.md)
 darkzurich_train       dark_zurich/rgb_anon/train/night/**/*_rgb_anon.png     none (images only)
 darkzurich_val         dark_zurich/rgb_anon/val/** / dark_zurich/gt/val/**    none
+wilddash2_{train,val}  wilddash2/<split>/images/*.jpg /                       datasets/prepare_wilddash2.py
+                       wilddash2/<split>/labels/*_labelTrainIds.png
 =====================  =====================================================  =============================
+
+WildDash 2 (an evaluation split of VFM-UDA, docs/method.md §21.3): VFM-UDA's train / val split of the 4256 public
+frames of ``wd_public_02.zip``, labels mapped as VFM-UDA maps them (its five extra classes ignored).
 
 Cityscapes uses Detectron2's own builtin ``cityscapes_fine_sem_seg_{train,val}`` (evaluated with the official
 ``CityscapesSemSegEvaluator``); this module only adds ``stuff_colors`` and ``dataset_root`` (<root>/cityscapes,
@@ -42,6 +47,7 @@ _DOWNLOAD_PAGES = {
     "synthia": "https://synthia-dataset.net/downloads/ (SYNTHIA-RAND-CITYSCAPES)",
     "acdc": "https://acdc.vision.ee.ethz.ch/download",
     "dark_zurich": "https://www.trace.ethz.ch/publications/2019/GCMA_UIoU/",
+    "wilddash2": "https://wilddash.cc/download/wd_public_02.zip (the 'WD2 beta' package with semantic labels)",
 }
 
 
@@ -92,6 +98,11 @@ _DZ_LAYOUT = (
     "  rgb_anon/val/night/<sequence>/<name>_rgb_anon.png, gt/val/night/<sequence>/<name>_gt_labelTrainIds.png"
 )
 _DZ_PREPARE = "unpack it there (no conversion needed)"
+_WD2_LAYOUT = (
+    "  {{train,val}}/images/<stem>.jpg\n"
+    "  {{train,val}}/labels/<stem>.png (WildDash 2 label ids) and <stem>_labelTrainIds.png (prepared)"
+)
+_WD2_PREPARE = "unpack it there and run: python datasets/prepare_wilddash2.py {dataset_root}"
 
 BUILTIN_SPLITS: Tuple[BuiltinSplit, ...] = (
     BuiltinSplit("gta_train", "gta", "images", "labels", ".png", "_labelTrainIds.png", False,
@@ -107,6 +118,10 @@ BUILTIN_SPLITS: Tuple[BuiltinSplit, ...] = (
                  "_gt_labelTrainIds.png", True, _DZ_LAYOUT, _DZ_PREPARE),
     BuiltinSplit("darkzurich_val", "dark_zurich", "rgb_anon/val", "gt/val", "_rgb_anon.png",
                  "_gt_labelTrainIds.png", True, _DZ_LAYOUT, _DZ_PREPARE),
+    BuiltinSplit("wilddash2_train", "wilddash2", "train/images", "train/labels", ".jpg", "_labelTrainIds.png",
+                 True, _WD2_LAYOUT, _WD2_PREPARE),
+    BuiltinSplit("wilddash2_val", "wilddash2", "val/images", "val/labels", ".jpg", "_labelTrainIds.png",
+                 True, _WD2_LAYOUT, _WD2_PREPARE),
 )
 
 # Detectron2's builtin Cityscapes semantic splits (registered by detectron2.data at import)

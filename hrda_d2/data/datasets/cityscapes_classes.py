@@ -12,6 +12,8 @@ Every dataset of this project (GTA, Synthia, Cityscapes, ACDC, Dark Zurich) is t
 * ``SYNTHIA_ID_TO_TRAIN_ID``: SYNTHIA-RAND-CITYSCAPES class id -> train id (docs/method.md §9.2).
 * ``GTA_LABEL_MAPPING`` / ``SYNTHIA_LABEL_MAPPING``: the tables above plus the set of ids a raw label may hold
   at all; the preparation scripts refuse any other value (see ``preparation.map_label_ids``).
+* ``WILDDASH2_LABEL_MAPPING``: WildDash 2 label ids (Cityscapes ids 0..33 plus ``WILDDASH2_EXTRA_CLASSES``
+  34..38) as VFM-UDA evaluates them: the Cityscapes table, the five extra classes ignored (docs/method.md §21.3).
 
 All tables are immutable (tuples / ``MappingProxyType``).
 """
@@ -34,6 +36,8 @@ __all__ = [
     "LabelIdMapping",
     "GTA_LABEL_MAPPING",
     "SYNTHIA_LABEL_MAPPING",
+    "WILDDASH2_EXTRA_CLASSES",
+    "WILDDASH2_LABEL_MAPPING",
     "stuff_colors",
 ]
 
@@ -112,6 +116,19 @@ SYNTHIA_LABEL_MAPPING = LabelIdMapping(
     id_to_train_id=tuple(SYNTHIA_ID_TO_TRAIN_ID.items()),
     valid_ids=tuple(sorted(SYNTHIA_CLASS_NAMES)),
     valid_ids_text="SYNTHIA-RAND-CITYSCAPES class ids 0..22",
+)
+
+# WildDash 2 label ids after the Cityscapes ones (the benchmark's label definition)
+WILDDASH2_EXTRA_CLASSES = MappingProxyType({34: "pickup", 35: "van", 36: "billboard", 37: "street-light",
+                                            38: "road-marking"})
+# VFM-UDA maps WildDash 2 labels with the Cityscapes label-id table alone (torchvision's Cityscapes classes), so
+# pickup, van, billboard, street-light and road-marking become 255 rather than car / road (docs/method.md §21.3)
+WILDDASH2_LABEL_MAPPING = LabelIdMapping(
+    dataset="WildDash 2",
+    id_to_train_id=GTA_LABEL_MAPPING.id_to_train_id,
+    valid_ids=tuple(sorted(CITYSCAPES_LABEL_ID_TO_TRAIN_ID)) + tuple(sorted(WILDDASH2_EXTRA_CLASSES)),
+    valid_ids_text="WildDash 2 label ids 0..38 (Cityscapes ids 0..33; 34 pickup, 35 van, 36 billboard, "
+                   "37 street-light, 38 road-marking)",
 )
 
 

@@ -1,6 +1,6 @@
-"""Preparation of GTA, Synthia and Cityscapes: every raw label converted to train ids, statistics written.
+"""Preparation of GTA, Synthia, Cityscapes and WildDash 2: every raw label converted to train ids, statistics written.
 
-The logic behind ``datasets/prepare_{gta,synthia,cityscapes}.py``. For each dataset:
+The logic behind ``datasets/prepare_{gta,synthia,cityscapes,wilddash2}.py``. For each dataset:
 * every raw label is converted to ``*_labelTrainIds.png`` (8-bit, train ids 0..18, 255 = ignore), next to it:
 
   - GTA (``ROOT/labels/*.png``): palettised PNG read with Pillow -> Cityscapes label ids -> train ids
@@ -9,9 +9,14 @@ The logic behind ``datasets/prepare_{gta,synthia,cityscapes}.py``. For each data
     LAST channel of OpenCV's array (the file's R channel) -> train ids (``SYNTHIA_LABEL_MAPPING``).
   - Cityscapes (``ROOT/gtFine/<split>/<city>/*_gtFine_polygons.json``): cityscapesscripts'
     ``json2labelImg(json, out, "trainIds")``, i.e. exactly the official conversion.
+  - WildDash 2 (``ROOT/{train,val}/labels/<stem>.png``, 8-bit WildDash 2 label ids 0..38): the Cityscapes table
+    for ids 0..33, 255 for the extra classes 34..38, as VFM-UDA evaluates it (``WILDDASH2_LABEL_MAPPING``,
+    docs/method.md §21.3). The unpacked ``wd_public_02.zip`` (``ROOT/images``, ``ROOT/labels``) is first split
+    into ``ROOT/{train,val}/{images,labels}`` by VFM-UDA's validation list (hard links, copies across devices).
 
 * the statistics of docs/method.md §8.1 are written into ROOT: ``sample_class_stats.json``,
   ``samples_with_class.json``, ``sample_class_stats_dict.json`` (Cityscapes: ``gtFine/train`` files only;
+  WildDash 2: ``train/labels`` only;
   ``file`` entries are ``ROOT/<label dir>/<name>_labelTrainIds.png`` with ROOT as given).
 
 What counts as "outside the mapping" (refused with an error naming the file, the ids and what is accepted):
@@ -21,10 +26,11 @@ What counts as "outside the mapping" (refused with an error naming the file, the
   Label images must be palettised ('P') or grey ('L').
 * Synthia: any value that is not a SYNTHIA-RAND-CITYSCAPES class id 0..22. Void 0, parking-slot 13,
   road-work 14 and lanemarking 22 become 255. Labels must be 3-channel (class id in the R channel).
+* WildDash 2: any value that is not a WildDash 2 label id 0..38.
 * Cityscapes: a polygon whose label name is not in cityscapesscripts' table (``<name>group`` is accepted for
   a known ``<name>``, as cityscapesscripts does).
 
-``map_unknown_to_ignore=True`` (``--map-unknown-to-ignore``, GTA/Synthia) maps such values to 255 with a
+``map_unknown_to_ignore=True`` (``--map-unknown-to-ignore``, GTA/Synthia/WildDash 2) maps such values to 255 with a
 logged warning instead.
 
 Idempotent: an existing ``*_labelTrainIds.png`` is not rewritten; it is read back (and its values checked)
@@ -39,6 +45,7 @@ import functools
 import logging
 import multiprocessing as mp
 import os
+import shutil
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -46,14 +53,22 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..datasets.cityscapes_classes import GTA_LABEL_MAPPING, NUM_CLASSES, SYNTHIA_LABEL_MAPPING, LabelIdMapping
+from ..datasets.cityscapes_classes import (
+    GTA_LABEL_MAPPING,
+    NUM_CLASSES,
+    SYNTHIA_LABEL_MAPPING,
+    WILDDASH2_LABEL_MAPPING,
+    LabelIdMapping,
+)
 from ..datasets.file_lists import list_files, replace_suffix
 from ..datasets.sem_seg_splits import DatasetNotFoundError, MissingLabelError
+from ..datasets.wilddash2_split import WILDDASH2_NUM_PUBLIC, WILDDASH2_VAL_STEMS
 from .class_statistics import class_pixel_counts, write_class_statistics
 from .label_conversion import (
     convert_cityscapes_polygons,
     convert_id_label,
     read_gta_label_ids,
+    read_index_label,
     read_synthia_label_ids,
     read_train_id_label,
     unreadable_file_error,
@@ -68,6 +83,7 @@ __all__ = [
     "prepare_gta",
     "prepare_synthia",
     "prepare_cityscapes",
+    "prepare_wilddash2",
 ]
 
 logger = logging.getLogger(__name__)
@@ -168,17 +184,20 @@ def _require_dir(path: str, dataset: str, layout: str) -> None:
         raise DatasetNotFoundError(f"{dataset}: folder not found: {os.path.abspath(path)}\nExpected layout:\n{layout}")
 
 
-def _pair_or_raise(image_root: str, images: Sequence[str], label_root: str, labels: Sequence[str]) -> None:
-    """Every image has its label (same relative path) and every label its image, else an error naming them."""
-    image_set, label_set = set(images), set(labels)
-    no_label = [rel for rel in images if rel not in label_set]
+def _pair_or_raise(image_root: str, images: Sequence[str], label_root: str, labels: Sequence[str],
+                   label_of: Callable[[str], str] = lambda rel: rel) -> None:
+    """Every image has its label (relative path ``label_of(image)``; the same by default) and every label its image,
+    else an error naming them."""
+    expected = {rel: label_of(rel) for rel in images}
+    label_set, image_of = set(labels), {label: rel for rel, label in expected.items()}
+    no_label = [rel for rel in images if expected[rel] not in label_set]
     if no_label:
         shown = ", ".join(os.path.join(image_root, r) for r in no_label[:_MAX_LISTED])
         raise MissingLabelError(
             f"{len(no_label)} image(s) without label, e.g. {shown} (expected "
-            f"{os.path.join(label_root, no_label[0])}); restore the missing labels or remove the images"
+            f"{os.path.join(label_root, expected[no_label[0]])}); restore the missing labels or remove the images"
         )
-    no_image = [rel for rel in labels if rel not in image_set]
+    no_image = [rel for rel in labels if rel not in image_of]
     if no_image:
         shown = ", ".join(os.path.join(label_root, r) for r in no_image[:_MAX_LISTED])
         raise MissingImageError(
@@ -294,3 +313,85 @@ def prepare_cityscapes(root: str, nproc: int = 4, verify_images: bool = False) -
             verify_image=verify_images,
         ))
     return convert_labels(root, tasks, convert_cityscapes_polygons, nproc, "Cityscapes")
+
+
+_WILDDASH2_LAYOUT = (
+    "  ROOT/images/<stem>.jpg, ROOT/labels/<stem>.png (wd_public_02.zip unpacked; 8-bit WildDash 2 label ids)\n"
+    "  or ROOT/{train,val}/images/<stem>.jpg, ROOT/{train,val}/labels/<stem>.png (VFM-UDA's create_wilddash_ds.sh)"
+)
+_WILDDASH2_SPLITS = ("train", "val")
+
+
+def read_wilddash2_label_ids(path: str) -> np.ndarray:
+    """WildDash 2 label (8-bit PNG, grey or palettised) -> H x W WildDash 2 label ids."""
+    return read_index_label(path, "a grey ('L') or palettised ('P') label PNG holding WildDash 2 label ids")
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    if os.path.exists(target):
+        return
+    try:
+        os.link(source, target)
+    except OSError:  # another device, or links not supported
+        shutil.copy2(source, target)
+
+
+def _split_wilddash2(root: str) -> None:
+    """``ROOT/{images,labels}`` -> ``ROOT/{train,val}/{images,labels}`` by VFM-UDA's validation list."""
+    image_root, label_root = os.path.join(root, "images"), os.path.join(root, "labels")
+    _require_dir(label_root, "WildDash 2", _WILDDASH2_LAYOUT)
+    images = list_files(image_root, ".jpg")
+    if not images:
+        raise DatasetNotFoundError(f"WildDash 2: no '*.jpg' images in {os.path.abspath(image_root)}\n"
+                                   f"Expected layout:\n{_WILDDASH2_LAYOUT}")
+    stems = [os.path.splitext(rel)[0] for rel in images]
+    num_val = sum(1 for stem in stems if stem in WILDDASH2_VAL_STEMS)
+    if len(images) != WILDDASH2_NUM_PUBLIC or num_val != len(WILDDASH2_VAL_STEMS):
+        logger.warning("WildDash 2: %d images, %d of them in the validation list; the public release has %d and %d "
+                       "(a partial or different download?)", len(images), num_val, WILDDASH2_NUM_PUBLIC,
+                       len(WILDDASH2_VAL_STEMS))
+    for split in _WILDDASH2_SPLITS:
+        for kind in ("images", "labels"):
+            os.makedirs(os.path.join(root, split, kind), exist_ok=True)
+    for rel, stem in zip(images, stems):
+        split = "val" if stem in WILDDASH2_VAL_STEMS else "train"
+        label = os.path.join(label_root, stem + ".png")
+        if not os.path.isfile(label):
+            raise MissingLabelError(f"WildDash 2: image {os.path.join(image_root, rel)} has no label {label}; "
+                                    "extract wd_public_02.zip again")
+        _link_or_copy(os.path.join(image_root, rel), os.path.join(root, split, "images", os.path.basename(rel)))
+        _link_or_copy(label, os.path.join(root, split, "labels", os.path.basename(stem) + ".png"))
+
+
+def prepare_wilddash2(
+    root: str, nproc: int = 4, verify_images: bool = False, map_unknown_to_ignore: bool = False
+) -> PreparationResult:
+    """Convert ``ROOT/{train,val}/labels/<stem>.png`` to ``<stem>_labelTrainIds.png`` (docs/method.md §21.3) and write
+    the statistics of the train split into ROOT. An unpacked ``wd_public_02.zip`` (``ROOT/images``,
+    ``ROOT/labels``) is split into that layout first."""
+    if not all(os.path.isdir(os.path.join(root, split, "images")) for split in _WILDDASH2_SPLITS):
+        _require_dir(os.path.join(root, "images"), "WildDash 2", _WILDDASH2_LAYOUT)
+        _split_wilddash2(root)
+    tasks = []
+    for split in _WILDDASH2_SPLITS:
+        image_root, label_root = os.path.join(root, split, "images"), os.path.join(root, split, "labels")
+        _require_dir(label_root, "WildDash 2", _WILDDASH2_LAYOUT)
+        images = list_files(image_root, ".jpg")
+        labels = list_files(label_root, ".png", exclude_suffixes=(TRAIN_ID_SUFFIX,))
+        if not labels:
+            raise DatasetNotFoundError(f"WildDash 2: no label PNGs in {os.path.abspath(label_root)}\n"
+                                       f"Expected layout:\n{_WILDDASH2_LAYOUT}")
+        _pair_or_raise(image_root, images, label_root, labels,
+                       label_of=functools.partial(replace_suffix, old_suffix=".jpg", new_suffix=".png"))
+        for rel in labels:
+            output_rel = replace_suffix(rel, ".png", TRAIN_ID_SUFFIX)
+            tasks.append(LabelTask(
+                source=os.path.join(label_root, rel),
+                output=os.path.join(label_root, output_rel),
+                image=os.path.join(image_root, replace_suffix(rel, ".png", ".jpg")),
+                stats_file=os.path.join(root, split, "labels", output_rel) if split == "train" else None,
+                verify_image=verify_images,
+            ))
+    converter = functools.partial(convert_id_label, reader=read_wilddash2_label_ids, mapping=WILDDASH2_LABEL_MAPPING,
+                                  map_unknown_to_ignore=map_unknown_to_ignore)
+    return convert_labels(root, tasks, converter, nproc, "WildDash 2")

@@ -1,4 +1,4 @@
-"""Small generated replicas of GTA, Synthia, Cityscapes, ACDC and Dark Zurich in their exact real layouts.
+"""Small generated replicas of GTA, Synthia, Cityscapes, ACDC, Dark Zurich and WildDash 2 in their real layouts.
 
 They let the whole pipeline (preparation, registration, loading, training, evaluation) run without the real
 data. ``generate_synthetic_datasets(root, ...)`` (``datasets/prepare_synthetic.py``) writes::
@@ -16,9 +16,13 @@ data. ``generate_synthetic_datasets(root, ...)`` (``datasets/prepare_synthetic.p
     root/acdc/gt/{train,val}/GOPR0475_frame_<i>_gt_labelTrainIds.png
     root/dark_zurich/rgb_anon/train/night/GOPR0355/GOPR0355_frame_<i>_rgb_anon.png     (dark_zurich=True)
     root/dark_zurich/{rgb_anon,gt}/val/night/GOPR0356/GOPR0356_frame_<i>_{rgb_anon,gt_labelTrainIds}.png
+    root/wilddash2/images/<stem>.jpg, root/wilddash2/labels/<stem>.png     (wilddash2=True; wd_public_02.zip
+                                                    unpacked: 8-bit WildDash 2 label ids 0..38; val stems from
+                                                    VFM-UDA's validation list, train stems zz<i>_100000)
 
 Train-id labels of GTA/Synthia/Cityscapes are NOT written: ``datasets/prepare_*.py`` make them, as for the real
-data (ACDC/Dark Zurich ship train-id labels, so they are written directly).
+data (ACDC/Dark Zurich ship train-id labels, so they are written directly; WildDash 2's raw ids need
+``datasets/prepare_wilddash2.py``, which also makes the train / val split).
 
 Scenes. Every image is a street scene drawn as Cityscapes polygons (the label image of every domain is the
 rasterisation of the polygons by cityscapesscripts' ``createLabelImage``, the image is painted from that label
@@ -42,7 +46,8 @@ Domain shift. The class layout statistics are the same in every domain; the APPE
   of the hue by 30 degrees about the grey axis with 0.85 contrast and a blue/green shift - painted with a
   fine high-frequency texture, a left-to-right lighting falloff and stronger noise.
 * ACDC-like: the target appearance plus fog (blend towards light grey); Dark Zurich-like: the target
-  appearance at night (dark, noisier).
+  appearance at night (dark, noisier); WildDash 2-like: the target appearance, slightly hazy and dim, with lane
+  markings (road-marking) and some cars / signs / poles relabelled as the extra WildDash 2 classes.
 
 So a model trained on the source sees familiar shapes with unfamiliar colours/textures on the target and does
 noticeably worse there, while the consistent colour transform leaves self-training something to adapt to.

@@ -50,19 +50,20 @@ def _hue_rotation(degrees: float) -> np.ndarray:
 
 
 def domain_style(domain: str) -> DomainStyle:
-    """The appearance of ``domain``: "gta", "synthia" (sources), "cityscapes", "acdc", "dark_zurich" (targets)."""
+    """The appearance of ``domain``: "gta", "synthia" (sources), "cityscapes", "acdc", "dark_zurich", "wilddash2"
+    (targets; WildDash 2-like: the target appearance, slightly hazy and dim)."""
     base = _base_colors()
     if domain == "gta":
         return DomainStyle(0.85 * base + 20, (1 / 6, 1 / 3), 10.0, "vertical", 0.2, 4.0)
     if domain == "synthia":
         return DomainStyle(0.8 * base + np.array([30, 22, 12]), (1 / 5, 1 / 4), 12.0, "vertical", 0.25, 5.0)
-    if domain in ("cityscapes", "acdc", "dark_zurich"):
+    if domain in ("cityscapes", "acdc", "dark_zurich", "wilddash2"):
         # the target colour of a class is a fixed transform of its source colour
         target = (0.85 * _hue_rotation(30.0) @ (base - 128.0).T).T + 128.0 + np.array([-10, 8, 14])
-        fog = 0.35 if domain == "acdc" else 0.0
-        night = 0.35 if domain == "dark_zurich" else 1.0
+        fog = {"acdc": 0.35, "wilddash2": 0.1}.get(domain, 0.0)
+        night = {"dark_zurich": 0.35, "wilddash2": 0.85}.get(domain, 1.0)
         return DomainStyle(np.clip(target, 0, 255), (1 / 48, 1 / 24), 18.0, "horizontal", 0.35, 10.0, fog, night)
-    raise ValueError(f"unknown domain '{domain}'; expected gta, synthia, cityscapes, acdc or dark_zurich")
+    raise ValueError(f"unknown domain '{domain}'; expected gta, synthia, cityscapes, acdc, dark_zurich or wilddash2")
 
 
 def render_image(render_ids: np.ndarray, style: DomainStyle, rng: np.random.Generator) -> np.ndarray:

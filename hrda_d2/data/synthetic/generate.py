@@ -3,7 +3,7 @@ import os
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-from .writers import write_adverse, write_cityscapes, write_gta, write_synthia
+from .writers import write_adverse, write_cityscapes, write_gta, write_synthia, write_wilddash2
 
 __all__ = ["SyntheticDatasets", "generate_synthetic_datasets"]
 
@@ -22,6 +22,7 @@ class SyntheticDatasets:
     acdc: Optional[str]
     dark_zurich: Optional[str]
     sizes: Dict[str, Tuple[int, int]]  # domain -> (height, width)
+    wilddash2: Optional[str] = None
 
 
 def _scaled(domain: str, height: int, width: int) -> Tuple[int, int]:
@@ -40,6 +41,7 @@ def generate_synthetic_datasets(
     acdc: bool = False,
     dark_zurich: bool = False,
     full_size: bool = False,
+    wilddash2: bool = False,
 ) -> SyntheticDatasets:
     """Write the generated replicas below ``root`` (see the package docstring for layouts and the domain shift).
 
@@ -52,6 +54,8 @@ def generate_synthetic_datasets(
             GTA 132x239, Synthia 95x160, ACDC 135x240.
         seed: everything is a function of the seed.
         acdc, dark_zurich: also write the ACDC-like / Dark Zurich-like targets.
+        wilddash2: also write a WildDash 2-like evaluation set (1080x1920 ratio), as ``wd_public_02.zip``
+            unpacks: ``num_train`` + ``num_val`` frames that ``prepare_wilddash2`` splits into train / val.
         full_size: real sizes (Cityscapes 1024x2048, GTA 1052x1914, ...), ignoring height/width.
     """
     if full_size:
@@ -71,8 +75,12 @@ def generate_synthetic_datasets(
         write_adverse(folders["acdc"], "acdc", counts, sizes["acdc"], seed)
     if dark_zurich:
         write_adverse(folders["dark_zurich"], "dark_zurich", counts, sizes["dark_zurich"], seed)
+    wilddash2_folder = os.path.join(root, "wilddash2") if wilddash2 else None
+    if wilddash2_folder:
+        sizes["wilddash2"] = _scaled("adverse", height, width)
+        write_wilddash2(wilddash2_folder, counts, sizes["wilddash2"], seed)
     return SyntheticDatasets(
         root=root, gta=folders["gta"], synthia=folders["synthia"], cityscapes=folders["cityscapes"],
         acdc=folders["acdc"] if acdc else None, dark_zurich=folders["dark_zurich"] if dark_zurich else None,
-        sizes=sizes,
+        sizes=sizes, wilddash2=wilddash2_folder,
     )

@@ -14,16 +14,18 @@ from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
 from cityscapesscripts.preparation.json2labelImg import json2labelImg
 from PIL import Image
 
+from ..datasets.wilddash2_split import WILDDASH2_VAL_STEMS
 from .appearance import domain_style, render_image
 from .labels import (
-    add_lane_markings, annotation, annotation_dict, cityscapes_label_palette, label_id_map, synthia_lut,
+    LANE_MARKING, add_lane_markings, annotation, annotation_dict, cityscapes_label_palette, label_id_map, synthia_lut,
     train_id_lut,
 )
 from .scene import RARE_CLASSES, SYNTHIA_EXCLUDED, make_scene
 
-__all__ = ["image_rng", "rare_for", "write_gta", "write_synthia", "write_cityscapes", "write_adverse"]
+__all__ = ["image_rng", "rare_for", "write_gta", "write_synthia", "write_cityscapes", "write_adverse",
+           "write_wilddash2"]
 
-_DOMAINS = ("gta", "synthia", "cityscapes", "acdc", "dark_zurich")
+_DOMAINS = ("gta", "synthia", "cityscapes", "acdc", "dark_zurich", "wilddash2")
 _SPLITS = ("train", "val")
 
 
@@ -131,3 +133,44 @@ def write_adverse(folder: str, domain: str, counts: Dict[str, int], size: Tuple[
             _write_rgb(os.path.join(image_dir, f"{stem}_rgb_anon.png"), render_image(label_ids, style, rng))
             if domain == "acdc" or split == "val":
                 _write_png(os.path.join(gt_dir, f"{stem}_gt_labelTrainIds.png"), Image.fromarray(lut[label_ids]))
+
+
+# WildDash 2 label ids of the replica's relabelled classes (hrda_d2.data.datasets.cityscapes_classes)
+_WD2_PICKUP, _WD2_VAN, _WD2_BILLBOARD, _WD2_STREET_LIGHT, _WD2_ROAD_MARKING = 34, 35, 36, 37, 38
+
+
+def _wilddash2_label(label_ids: np.ndarray, render_ids: np.ndarray, index: int) -> np.ndarray:
+    """Cityscapes label ids -> WildDash 2 label ids: the lane markings are road-marking; the cars of every third
+    image are vans (``index % 3 == 1``) or pickups (``== 2``), the traffic signs of odd images billboards, the poles
+    of images 2, 6, 10, ... street-lights (so three frames hold all five extra classes)."""
+    out = label_ids.copy()
+    out[render_ids == LANE_MARKING] = _WD2_ROAD_MARKING
+    car, sign, pole = 26, 20, 17
+    if index % 3:
+        out[label_ids == car] = _WD2_VAN if index % 3 == 1 else _WD2_PICKUP
+    if index % 2:
+        out[label_ids == sign] = _WD2_BILLBOARD
+    if index % 4 == 2:
+        out[label_ids == pole] = _WD2_STREET_LIGHT
+    return out
+
+
+def write_wilddash2(folder: str, counts: Dict[str, int], size: Tuple[int, int], seed: int) -> None:
+    """The unpacked ``wd_public_02.zip``: ``images/<stem>.jpg`` (JPEG) and ``labels/<stem>.png`` (8-bit grey,
+    WildDash 2 label ids 0..38, road markings on the road). The ``val`` frames take the first names of VFM-UDA's
+    validation list; the ``train`` frames are named ``zz<i>_100000`` (no real frame has that name)."""
+    style = domain_style("wilddash2")
+    val_names = sorted(WILDDASH2_VAL_STEMS)
+    for split, count in counts.items():
+        for i in range(count):
+            rng = image_rng(seed, "wilddash2", split, i)
+            objects = make_scene(*size, rng, rare=rare_for(i))
+            label_ids = label_id_map(objects, *size)
+            render_ids = add_lane_markings(label_ids, objects)
+            stem = val_names[i] if split == "val" else f"zz{i:04d}_100000"
+            path = os.path.join(folder, "images", f"{stem}.jpg")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if not cv2.imwrite(path, np.ascontiguousarray(render_image(render_ids, style, rng)[:, :, ::-1])):
+                raise OSError(f"cannot write {path}")
+            _write_png(os.path.join(folder, "labels", f"{stem}.png"),
+                       Image.fromarray(_wilddash2_label(label_ids, render_ids, i)))

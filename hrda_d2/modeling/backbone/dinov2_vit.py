@@ -21,7 +21,7 @@ import logging
 import os
 import re
 from collections import OrderedDict
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -251,6 +251,16 @@ class VFMViT(Backbone):
     def supports_token_mask(self) -> bool:
         """``forward`` takes ``token_mask`` (the meta-architecture checks this before passing one)."""
         return True
+
+    def layer_decay_groups(self) -> Dict[str, List[str]]:
+        """Parameter-name prefixes by role for the layer-wise lr decay of the solver (docs/method.md §21.1): no
+        decoder-like module, ``vit.blocks.<i>`` (block 0 first), and the stems ``vit.patch_embed``,
+        ``vit.cls_token``, ``vit.pos_embed``, ``vit.register_tokens``, ``vit.mask_token``, ``vit.norm`` (VFM-UDA's
+        ``param_defs_encoder_stems``, plus the register tokens of the ``_reg4_`` models)."""
+        stems = ["vit.patch_embed", "vit.cls_token", "vit.pos_embed", "vit.mask_token", "vit.norm"]
+        if self.vit.register_tokens is not None:
+            stems.append("vit.register_tokens")
+        return {"decoder": [], "blocks": [f"vit.blocks.{i}" for i in range(len(self.vit.blocks))], "stems": stems}
 
     def input_size(self, image_hw: Sequence[int]) -> Tuple[int, int]:
         """Size ``(H', W')`` the ViT sees for an input of ``image_hw``."""
