@@ -8,7 +8,8 @@ IN may be an official SegFormer ImageNet file (``mit_b5.pth``: written as ``back
 dropped), an official DINOv2 backbone (``dinov2_vitb14_pretrain.pth``, ``..._reg4_pretrain.pth``: written as
 ``backbone.net.vit.*`` of ``build_timm_backbone``, the position embedding resized for --vit-img-size), an
 HRDA/DAFormer DACS training checkpoint (student ``model.*`` by default, the EMA teacher
-``ema_model.*`` with --teacher) or a bare HRDAEncoderDecoder/EncoderDecoder state dict. OUT is
+``ema_model.*`` with --teacher), a VFM-UDA Lightning training checkpoint (``network.*``, ``network_ema.*`` with
+--teacher: written as ``VFMViT`` + ``VFMLightweightHead``) or a bare HRDAEncoderDecoder/EncoderDecoder state dict. OUT is
 ``{"model": state_dict, "__author__": ..., "conversion": {...}}`` and loads with ``MODEL.WEIGHTS OUT``.
 --config-out translates the original config stored in the checkpoint (``meta["config"]``) into a YAML config
 of this project with ``MODEL.WEIGHTS OUT``.
@@ -31,6 +32,7 @@ from hrda_d2.checkpoint import CheckpointConversionError, ConvertedCheckpoint, c
 from hrda_d2.checkpoint.dinov2_conversion import Dinov2ConvertedCheckpoint, dinov2_usage
 from hrda_d2.checkpoint.mmseg_config import MmsegConfigError, cfg_values_to_yaml, mmseg_config_to_cfg_values, \
     parse_mmseg_config_text
+from hrda_d2.checkpoint.vfm_conversion import VFMConvertedCheckpoint, vfm_usage
 from hrda_d2.utils.file_io import atomic_path
 
 AUTHOR = "hrda_d2 tools/convert_mmseg_checkpoint.py"
@@ -40,7 +42,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("input", type=Path, help="original checkpoint (.pth)")
     parser.add_argument("output", type=Path, help="Detectron2 checkpoint to write (.pth)")
-    parser.add_argument("--teacher", action="store_true", help="take the EMA teacher (ema_model.*) of a DACS checkpoint")
+    parser.add_argument("--teacher", action="store_true",
+                        help="take the EMA teacher (ema_model.*; VFM-UDA: network_ema.*) of a training checkpoint")
     parser.add_argument("--config-out", type=Path, default=None, metavar="CFG.yaml",
                         help="also write this project's YAML config translated from the checkpoint's meta['config']")
     parser.add_argument("--vit-img-size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"),
@@ -115,6 +118,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(result.summary())
     if isinstance(result, Dinov2ConvertedCheckpoint):
         print(dinov2_usage(result))
+    if isinstance(result, VFMConvertedCheckpoint):
+        print(vfm_usage(result))
     print(f"wrote {args.output}" + (f" and {args.config_out}" if args.config_out else ""))
     return 0
 

@@ -11,7 +11,8 @@ The layouts, tried in this order, come from the leaves (each a list of
 :class:`~.conversion_types.OriginalLayout`): :data:`.mmseg_conversion.LAYOUTS` (HRDA / DAFormer DACS training
 checkpoints, bare mmseg segmentors, SegFormer ImageNet MiT files; DeepLabV2 parts through
 :mod:`.resnet_conversion`), :data:`.resnet_conversion.LAYOUTS` (mmcv ResNet-V1c ImageNet files) and
-:data:`.dinov2_conversion.LAYOUTS` (official DINOv2 backbones). The leaves import only :mod:`.conversion_types`, never this module.
+:data:`.dinov2_conversion.LAYOUTS` (official DINOv2 backbones) and :data:`.vfm_conversion.LAYOUTS` (VFM-UDA Lightning
+training checkpoints). The leaves import only :mod:`.conversion_types`, never this module.
 """
 import logging
 import pickle
@@ -21,7 +22,7 @@ from typing import Any, Mapping, Optional, Tuple, Union
 
 import torch
 
-from . import dinov2_conversion, mmseg_conversion, resnet_conversion
+from . import dinov2_conversion, mmseg_conversion, resnet_conversion, vfm_conversion
 from .conversion_types import (
     CheckpointConversionError,
     ConversionRequest,
@@ -44,7 +45,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ORIGINAL_LAYOUTS: Tuple[OriginalLayout, ...] = (mmseg_conversion.LAYOUTS + resnet_conversion.LAYOUTS
-                                                 + dinov2_conversion.LAYOUTS)
+                                                 + dinov2_conversion.LAYOUTS + vfm_conversion.LAYOUTS)
 
 
 def expected_layouts_text() -> str:
@@ -143,8 +144,8 @@ def convert_checkpoint(obj: Any, teacher: bool = False, source: str = "checkpoin
 
     Args:
         obj: what ``torch.load`` returned for the file.
-        teacher: take the EMA teacher (``ema_model.*``) instead of the student (``model.*``) of a DACS
-            training checkpoint; an error for layouts without a teacher.
+        teacher: take the EMA teacher (``ema_model.*``; VFM-UDA: ``network_ema.*``) instead of the student
+            (``model.*``; ``network.*``) of a training checkpoint; an error for layouts without a teacher.
         source: name of the file, used in error messages.
         vit_img_size: ``MODEL.TIMM.IMG_SIZE`` a DINOv2 position embedding is resized for.
     Raises:
@@ -159,7 +160,7 @@ def convert_checkpoint(obj: Any, teacher: bool = False, source: str = "checkpoin
                 f"{source}: already in this project's Detectron2 layout (backbone.* / sem_seg_head.* keys); "
                 f"use it directly as MODEL.WEIGHTS"
             )
-        raise _unknown_layout(source, obj, "no MiT, ResNet-V1c or DINOv2 backbone keys found")
+        raise _unknown_layout(source, obj, "no MiT, ResNet-V1c, DINOv2 or VFM-UDA network keys found")
     if teacher and not layout.has_teacher:
         raise CheckpointConversionError(
             f"{source}: teacher weights were requested, but the file is {layout.description}, without EMA "

@@ -30,7 +30,6 @@ missing; the feature pyramid and the decode heads are not in a DINOv2 file and s
 initialisation.
 """
 import logging
-import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence, Tuple
@@ -39,6 +38,7 @@ import timm
 import torch
 from timm.layers import resample_abs_pos_embed
 
+from ..modeling.backbone.dinov2_vit import flatten_block_chunks, is_official_dinov2_state_dict
 from ..modeling.backbone.timm_backbone import VIT_TOKEN_STRIDE, VIT_TRUNK_PREFIX
 from .conversion_types import CheckpointConversionError, ConversionRequest, ConvertedCheckpoint, OriginalLayout
 
@@ -94,11 +94,8 @@ class Dinov2ConvertedCheckpoint(ConvertedCheckpoint):
     new_grid: Tuple[int, int] = (0, 0)
 
 
-def is_dinov2_state_dict(sd: Mapping[str, torch.Tensor]) -> bool:
-    """Whether ``sd`` has the top-level keys of an official DINOv2 backbone (class token, position embedding,
-    patch embedding, LayerScale ``ls1.gamma`` in the blocks)."""
-    return {"cls_token", "pos_embed", "patch_embed.proj.weight"} <= set(sd) and any(
-        re.match(r"blocks\.(\d+\.)?\d+\.ls1\.gamma$", k) for k in sd)
+# whether a state dict has the top-level keys of an official DINOv2 backbone (shared with DINOv2ViT's loading)
+is_dinov2_state_dict = is_official_dinov2_state_dict
 
 
 def dinov2_timm_name(sd: Mapping[str, torch.Tensor]) -> str:
@@ -119,15 +116,6 @@ def dinov2_timm_name(sd: Mapping[str, torch.Tensor]) -> str:
             raise Dinov2ConversionError(f"DINOv2 with {registers} register tokens; timm has the reg4 variants only")
         return arch.timm_arch.replace("_patch14_", "_patch14_reg4_")
     return arch.timm_arch
-
-
-def _flatten_block_chunks(sd: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
-    """``blocks.<chunk>.<i>.X`` -> ``blocks.<i>.X`` (block indices are global in the chunked layout)."""
-    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
-    for k, v in sd.items():
-        m = re.match(r"blocks\.\d+\.(\d+)\.(.+)$", k)
-        out[f"blocks.{m.group(1)}.{m.group(2)}" if m else k] = v
-    return out
 
 
 def _expected_shapes(name: str, grid: Tuple[int, int]) -> "OrderedDict[str, Tuple[int, ...]]":
@@ -154,7 +142,7 @@ def convert_dinov2_state_dict(
     Raises:
         Dinov2ConversionError: unsupported variant, or converted keys/shapes differ from the timm model's.
     """
-    sd = _flatten_block_chunks(sd)
+    sd = flatten_block_chunks(sd)
     name = dinov2_timm_name(sd)
     grid = tuple(int(-(-int(s) // VIT_TOKEN_STRIDE)) for s in img_size)
     dim = int(sd["patch_embed.proj.weight"].shape[0])

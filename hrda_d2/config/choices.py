@@ -23,7 +23,7 @@ MIC_METHODS = (SELF_TRAINING,) + MIC_WITH_OWN_TEACHER
 MIC_MODE_NAMES = ("separate", "separateaug", "separatesrc", "separatesrcaug", "separatetrg", "separatetrgaug")
 # UDA.MIC.MASK_TYPE: image blocks (MIC; the default) or the backbone's patch tokens (VFM-UDA's token masking)
 MIC_MASK_TYPES = ("blocks", "tokens")
-VFM_UDA = "vfm_uda"  # UDA.METHOD of the VFM-UDA / VFM-UDA++ iteration (hrda_d2/uda/vfm_step.py, docs/method.md §19)
+VFM_UDA = "vfm_uda"  # UDA.METHOD of the VFM-UDA / VFM-UDA++ iteration (hrda_d2/uda/vfm_step.py, docs/method.md §20)
 VFM_FLIPS = ("per_image", "per_batch")  # UDA.VFM.FLIP: vfm-uda flips each image, VFM-UDA++ the whole batch
 VFM_FD_FEATURES = ("vit_tokens", "res5")  # UDA.VFM.FD_FEATURE: the student map of the frozen-DINOv2 distance
 UDA_MIXES = ("class",)  # UDA.MIX: DACS mixes with ClassMix

@@ -9,6 +9,7 @@ Keys are grouped by the part of the system that reads them:
 
 * ``MODEL.MIT``          MiT backbone (``modeling/backbone/mit.py``)
 * ``MODEL.TIMM``         any timm model / DINOv2 ViT (``modeling/backbone/timm_backbone.py``)
+* ``MODEL.VFM``          the VFM-UDA DINOv2 backbone ``VFMViT`` (``modeling/backbone/dinov2_vit.py``)
 * ``MODEL.SEM_SEG_HEAD`` the single-scale head, DAFormer (``modeling/heads/daformer_head.py``)
 * ``MODEL.HRDA``         multi-resolution meta-architecture and its head (``modeling/meta_arch/hrda.py``,
                          ``hrda_head.py``)
@@ -59,6 +60,12 @@ def _add_model_config(cfg: CN) -> None:
     cfg.MODEL.TIMM.IMG_SIZE = [512, 512]
     cfg.MODEL.TIMM.PYRAMID_CHANNELS = 256  # plain ViTs: channels of the simple-feature-pyramid maps res2..res5
 
+    # MODEL.BACKBONE.NAME "VFMViT" (modeling/backbone/dinov2_vit.py, docs/method.md §19): the official DINOv2 ViT
+    # MODEL.TIMM.NAME (vit_*_patch14[_reg4]_dinov2; MODEL.TIMM.WEIGHTS may be an official dinov2_*_pretrain.pth;
+    # DROP_PATH_RATE / CHECKPOINT_ACTIVATIONS as there) on the input resized by INPUT_SCALE to a multiple of 14
+    cfg.MODEL.VFM = CN()
+    cfg.MODEL.VFM.INPUT_SCALE = 1.1  # VFM-UDA: int(side * 1.1) // 14 * 14 (a 1024 crop -> 1120 px, 80 x 80 tokens)
+
     # MODEL.BACKBONE.NAME "build_resnet_v1c_backbone" (modeling/backbone/resnet_v1c.py): Detectron2's MODEL.RESNETS
     # keys with the values of the original's DeepLabV2 ResNet-101-V1c (output stride 8, trainable BN)
     cfg.MODEL.RESNETS.DEPTH = 101
@@ -83,6 +90,9 @@ def _add_model_config(cfg: CN) -> None:
     cfg.MODEL.SEM_SEG_HEAD.NORM = "BN"
     # loss weight of the plain (single-scale) DAFormer model; HRDA uses its own weights below
     cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 1.0
+    # unweighted CE losses (no per-pixel weight map) average over the non-ignored label pixels (mmseg's
+    # avg_non_ignore; VFM-UDA's source loss F.cross_entropy) instead of all N*H*W pixels (docs/method.md §19.3)
+    cfg.MODEL.SEM_SEG_HEAD.AVG_NON_IGNORE = False
     # the same for the decode heads (main and scale-attention head; BN running statistics stay exact)
     cfg.MODEL.SEM_SEG_HEAD.CHECKPOINT_ACTIVATIONS = False
 
@@ -214,7 +224,7 @@ def _add_uda_config(cfg: CN) -> None:
     # "blocks" (image blocks of BLOCK_SIZE, MIC) | "tokens" (the backbone replaces a random MASK_RATIO share of its
     # patch tokens by its mask token: VFM-UDA; needs a backbone with token_grid / token masking, one scale)
     cfg.UDA.MIC.MASK_TYPE = "blocks"
-    # VFM-UDA / VFM-UDA++ (UDA.METHOD "vfm_uda", hrda_d2/uda/vfm_step.py, docs/method.md §19)
+    # VFM-UDA / VFM-UDA++ (UDA.METHOD "vfm_uda", hrda_d2/uda/vfm_step.py, docs/method.md §20)
     cfg.UDA.VFM = CN()
     cfg.UDA.VFM.EMA_ALPHA = 0.999  # teacher EMA after the optimizer step: min(1 - 1 / (steps done + 1), EMA_ALPHA)
     cfg.UDA.VFM.EMA_BUFFERS = True  # also average the floating-point buffers (vfm-uda); False: parameters only (++)
@@ -228,7 +238,7 @@ def _add_uda_config(cfg: CN) -> None:
     cfg.UDA.VFM.FD_WEIGHT_SOURCE = 0.0
     cfg.UDA.VFM.FD_WEIGHT_TARGET = 0.0
     cfg.UDA.VFM.FD_MODEL = "vit_large_patch14_reg4_dinov2"  # timm name of the frozen DINOv2 (the original's hub name)
-    cfg.UDA.VFM.FD_WEIGHTS = ""  # its weights (a state dict of DINOv2ViT); "" = random (tests only)
+    cfg.UDA.VFM.FD_WEIGHTS = ""  # its weights (an official DINOv2 file, read by DINOv2ViT); "" = random (tests only)
     cfg.UDA.VFM.FD_SIZE = 406  # side the frozen DINOv2 sees (406 / 14 = 29 tokens)
     cfg.UDA.VFM.FD_FEATURE = "vit_tokens"  # student map projected by the distill head: "vit_tokens" | "res5"
     # image size of the originals' blur kernel (floor(ceil(0.1 s) - 0.5 + ceil(0.1 s) % 2)); 0 = the source crop side

@@ -367,7 +367,7 @@ def _check_combinations(p: _Problems, cfg: CfgNode) -> None:
 
 
 def _check_vfm(p: _Problems, cfg: CfgNode) -> None:
-    """The VFM-UDA iteration (hrda_d2/uda/vfm_step.py, docs/method.md §19)."""
+    """The VFM-UDA iteration (hrda_d2/uda/vfm_step.py, docs/method.md §20)."""
     vfm = cfg.UDA.VFM
     if len(cfg.MODEL.HRDA.SCALES) != 1:
         p.add("MODEL.HRDA.SCALES", "UDA.METHOD 'vfm_uda' trains a single-scale model", "set MODEL.HRDA.SCALES [1.0]")

@@ -198,20 +198,23 @@ class HRDATrainer(DefaultTrainer):
     def build_optimizer(cls, cfg, model, discriminator: Optional[torch.nn.Module] = None,
                         fd_head: Optional[torch.nn.Module] = None):
         """The optimizer over the student and, for AdvSeg, the discriminator (the original's optimizer covers the
-        whole AdvSeg module, docs/method.md §18.4); for VFM-UDA++, the distill head (§19.4)."""
+        whole AdvSeg module, docs/method.md §18.4); for VFM-UDA++, the distill head (§20.4)."""
         extra = {name: m for name, m in (("discriminator", discriminator), ("fd_head", fd_head)) if m is not None}
         return build_optimizer(cfg, model, extra or None)
 
     @classmethod
     def build_vfm_feature_distance(cls, cfg, student: torch.nn.Module):
-        """VFM-UDA++'s frozen DINOv2 ``UDA.VFM.FD_MODEL`` (eval mode, no gradient; its weights ``UDA.VFM.FD_WEIGHTS``
-        are loaded by :meth:`resume_or_load`, a resume restores both from the checkpoint) and the trained
+        """VFM-UDA++'s frozen DINOv2 ``UDA.VFM.FD_MODEL`` (eval mode, no gradient; official DINOv2 weights
+        ``UDA.VFM.FD_WEIGHTS``, read by ``DINOv2ViT``; a resume restores it from the checkpoint) and the trained
         distill head from the student's map ``UDA.VFM.FD_FEATURE`` to its width, on the student's device
-        (docs/method.md §19.4)."""
-        from ..modeling.backbone.dinov2_vit import build_dinov2_vit  # the DINOv2 ViT of MODEL.TIMM.NAME's names
+        (docs/method.md §20.4)."""
+        from ..modeling.backbone.dinov2_vit import DINOv2ViT
 
         vfm = cfg.UDA.VFM
-        fd_model = FrozenDINOv2Features(build_dinov2_vit(vfm.FD_MODEL), vfm.FD_SIZE).to(student.device).eval()
+        if not vfm.FD_WEIGHTS:
+            logger.warning("UDA.VFM.FD_WEIGHTS is empty: the frozen DINOv2 of the feature distance has random weights")
+        encoder = DINOv2ViT(vfm.FD_MODEL, weights=vfm.FD_WEIGHTS)
+        fd_model = FrozenDINOv2Features(encoder, vfm.FD_SIZE).to(student.device).eval()
         shapes = student.backbone.output_shape()
         if vfm.FD_FEATURE not in shapes:
             raise ValueError(f"UDA.VFM.FD_FEATURE={vfm.FD_FEATURE!r} is not an output of the backbone "
@@ -221,13 +224,8 @@ class HRDATrainer(DefaultTrainer):
         return fd_model, fd_head
 
     def load_vfm_fd_weights(self) -> None:
-        """The frozen DINOv2's weights ``UDA.VFM.FD_WEIGHTS`` (a state dict of the encoder; strict), every rank."""
-        path = self.cfg.UDA.VFM.FD_WEIGHTS
-        if not path:
-            logger.warning("UDA.VFM.FD_WEIGHTS is empty: the frozen DINOv2 of the feature distance has random weights")
-        else:
-            state = torch.load(path, map_location=next(self.fd_model.parameters()).device, weights_only=True)
-            self.fd_model.encoder.load_state_dict(state.get("model", state), strict=True)
+        """Every rank compares against rank 0's frozen DINOv2 (its weights ``UDA.VFM.FD_WEIGHTS`` are read when it is
+        built; a resume restores it from the checkpoint instead)."""
         broadcast_from_main_process(self.fd_model)
 
     @classmethod

@@ -27,7 +27,8 @@ def resize_to_labels(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def pixel_weighted_cross_entropy(
-    logits: Tensor, labels: Tensor, weight: Optional[Tensor] = None, ignore_index: int = 255
+    logits: Tensor, labels: Tensor, weight: Optional[Tensor] = None, ignore_index: int = 255,
+    avg_non_ignore: bool = False,
 ) -> Tensor:
     """Mean pixel-wise cross-entropy over ALL ``N*H*W`` pixels (the original's denominator).
 
@@ -35,9 +36,12 @@ def pixel_weighted_cross_entropy(
         logits: ``N x C x H x W`` at the label size (see ``resize_to_labels``).
         labels: ``N x H x W`` int64; ``ignore_index`` pixels contribute 0 but still count in the mean.
         weight: optional ``N x H x W`` per-pixel weights, multiplied in (not re-normalised).
+        avg_non_ignore: without ``weight``, average over the non-ignored pixels only (``F.cross_entropy``'s
+            mean with ``ignore_index``, VFM-UDA's source loss, docs/method.md §19.3; 0 when every pixel is
+            ignored); weighted losses keep the ``N*H*W`` denominator.
 
     Returns:
-        scalar ``sum(ce * weight) / (N * H * W)``.
+        scalar ``sum(ce * weight) / (N * H * W)`` (or ``sum(ce) / #non-ignored``).
     """
     if labels.dim() != 3 or logits.dim() != 4 or logits.shape[-2:] != labels.shape[-2:]:
         raise ValueError(
@@ -45,6 +49,8 @@ def pixel_weighted_cross_entropy(
             f"{tuple(logits.shape)} and {tuple(labels.shape)}"
         )
     loss = F.cross_entropy(logits.float(), labels.long(), reduction="none", ignore_index=ignore_index)
+    if avg_non_ignore and weight is None:
+        return loss.sum() / (labels != ignore_index).sum().clamp(min=1)
     if weight is not None:
         loss = loss * weight.float()
     return loss.mean()

@@ -14,7 +14,7 @@
 * :mod:`.advseg_step` (AdvSeg, with :mod:`.discriminator`), :mod:`.minent_step` (MinEnt), sharing
   :mod:`.output_space`; with MIC, its pass has its own EMA teacher (§17.6);
   :mod:`.supervised_step` (source-only and the target-only oracle: one labelled stream);
-* :mod:`.vfm_step`: ``VFMUDAStepTrainer``, the VFM-UDA / VFM-UDA++ iteration (§19), with its random decisions in
+* :mod:`.vfm_step`: ``VFMUDAStepTrainer``, the VFM-UDA / VFM-UDA++ iteration (§20), with its random decisions in
   :mod:`.vfm_augmentation`.
 
 The workflow around it (models, optimizer, schedule, checkpoints, evaluation, hooks) is :mod:`hrda_d2.engine`.

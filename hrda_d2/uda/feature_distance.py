@@ -138,7 +138,7 @@ def imnet_feature_distance_loss(
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# VFM-UDA++: feature distance to a frozen DINOv2 (docs/method.md §19.4)
+# VFM-UDA++: feature distance to a frozen DINOv2 (docs/method.md §20.4)
 class DistillFeatureHead(torch.nn.Module):
     """VFM-UDA++'s projection of the student's features onto the frozen DINOv2's: 1x1 conv ``C -> 4C``, LayerNorm2d,
     GELU, 1x1 conv ``4C -> D``, then a bilinear resize (align_corners False) to the frozen map's ``h x w``.

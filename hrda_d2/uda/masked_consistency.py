@@ -143,7 +143,7 @@ class MaskedImageConsistency:
         teacher: MIC's own EMA teacher (AdvSeg, MinEnt), or None: the method passes its pseudo-labels (DACS).
         mask_type: ``UDA.MIC.MASK_TYPE``: "blocks" (image blocks, :func:`~.masking.mask_images`) or "tokens" (the
             backbone's patch tokens, :func:`~.masking.token_mask` over ``backbone.token_grid``, passed to the model
-            as ``token_mask``; VFM-UDA, docs/method.md §19.3).
+            as ``token_mask``; VFM-UDA, docs/method.md §20.3).
     """
 
     @configurable

@@ -14,7 +14,7 @@ normalised image space* (``(x - mean) / std``), i.e. to the dataset mean colour:
 
 ``round`` is Python's (ties to even: 160 / 64 = 2.5 -> 2), as in the original.
 
-Token masking (``UDA.MIC.MASK_TYPE`` "tokens", VFM-UDA, docs/method.md §19.3) masks the backbone's patch tokens
+Token masking (``UDA.MIC.MASK_TYPE`` "tokens", VFM-UDA, docs/method.md §20.3) masks the backbone's patch tokens
 instead: :func:`token_mask` draws which, the backbone replaces them by its mask token.
 """
 from __future__ import annotations

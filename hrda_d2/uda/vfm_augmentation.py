@@ -1,4 +1,4 @@
-"""The random decisions of the VFM-UDA / VFM-UDA++ iteration and their application (docs/method.md §19.1).
+"""The random decisions of the VFM-UDA / VFM-UDA++ iteration and their application (docs/method.md §20.1).
 
 Every decision is drawn by a small pure function from the global CPU torch RNG in the order torchvision's
 transforms draw it (so a run of the original and a run of hrda_d2 with the same seed draw the same values), and

@@ -1,4 +1,4 @@
-"""The VFM-UDA / VFM-UDA++ iteration (``UDA.METHOD: "vfm_uda"``, docs/method.md §19).
+"""The VFM-UDA / VFM-UDA++ iteration (``UDA.METHOD: "vfm_uda"``, docs/method.md §20).
 
 One iteration, in the originals' order (vfm-uda ``UDAVITGeneric.training_step``, VFM-UDA++ ``UDA.training_step``):
 

@@ -1,4 +1,4 @@
-"""VFM-UDA / VFM-UDA++ iteration (docs/method.md §19): the random decisions against torchvision's transforms built
+"""VFM-UDA / VFM-UDA++ iteration (docs/method.md §20): the random decisions against torchvision's transforms built
 with the originals' parameters (same seed -> same draws, same pixels), the pseudo-label / mix / EMA / feature
 distance rules against their formulas, token masking in MIC, and one iteration of the step on a tiny model."""
 from types import SimpleNamespace

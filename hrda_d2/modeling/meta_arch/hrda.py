@@ -258,6 +258,7 @@ class HRDA(nn.Module):
         sem_seg: Optional[Tensor] = None,
         weight: Optional[Tensor] = None,
         crop_box: Optional[Sequence[int]] = None,
+        token_mask: Optional[Tensor] = None,
     ) -> HRDATrainOutputs:
         """The training forward (docs/method.md §4.3, §5.4, §6): losses, accuracies and the named outputs.
 
@@ -268,6 +269,10 @@ class HRDA(nn.Module):
             weight: optional ``N x H x W`` per-pixel loss weights (only with labels).
             crop_box: detail crop ``(y1, y2, x1, x2)`` in input pixels; when None a random box with offsets
                 divisible by CROP_COORD_DIVISIBLE is drawn from NumPy's global RNG (one box per batch).
+            token_mask: ``N x h x w`` bool, True = the patch token is replaced by the backbone's mask token
+                (VFM-UDA's token masking, docs/method.md §19.1), on the grid
+                ``backbone.token_grid(images.shape[-2:])``; one scale and a backbone with ``supports_token_mask``
+                (``VFMViT``) only.
 
         Returns:
             :class:`HRDATrainOutputs` (losses, metrics, the prediction at FEATURE_SCALE, features, crop box).
@@ -284,7 +289,11 @@ class HRDA(nn.Module):
                 raise ValueError(f"weight {tuple(weight.shape)} must have the shape of sem_seg {tuple(sem_seg.shape)}")
         detail = self._detail_image(images)
         box = self._detail_box(detail.shape[-2:], crop_box)
-        scale_features = self._scale_features(images, detail, box)
+        if token_mask is None:
+            scale_features = self._scale_features(images, detail, box)
+        else:
+            self._check_token_mask(images, token_mask)
+            scale_features = [self.backbone(images, token_mask=token_mask)]
         output_size = [int(e * self.feature_scale) for e in images.shape[-2:]]
         out = self.sem_seg_head(scale_features, box, output_size)
         losses, metrics = ({}, {}) if sem_seg is None else self.sem_seg_head.losses(out, sem_seg.long(), weight, box)
@@ -310,6 +319,20 @@ class HRDA(nn.Module):
         scale-1 image) cut with ``box`` (None: the whole of it)."""
         context = [self.backbone(self._rescale(images, s)) for s in self.scales[:-1]]
         return context + [self.backbone(detail if box is None else crop(detail, box))]
+
+    def _check_token_mask(self, images: Tensor, token_mask: Tensor) -> None:
+        """A token mask needs one scale, a backbone that takes it, and the backbone's grid for ``images``."""
+        if self.is_multi_scale:
+            raise ValueError(f"token_mask is supported with one scale only (MODEL.HRDA.SCALES {self.scales}); use "
+                             f"MODEL.HRDA.SCALES [1.0] or image-block masking (UDA.MIC.MASK_TYPE 'blocks')")
+        if not getattr(self.backbone, "supports_token_mask", False):
+            raise ValueError(f"token_mask given, but the backbone {type(self.backbone).__name__} has no token masking; "
+                             f"use MODEL.BACKBONE.NAME 'VFMViT' or image-block masking (UDA.MIC.MASK_TYPE 'blocks')")
+        grid = tuple(self.backbone.token_grid(images.shape[-2:]))
+        expected = (images.shape[0], *grid)
+        if token_mask.dtype != torch.bool or tuple(token_mask.shape) != expected:
+            raise ValueError(f"token_mask must be a bool tensor N x h x w = {expected} (backbone.token_grid of the "
+                             f"{tuple(images.shape[-2:])} images), got {token_mask.dtype} {tuple(token_mask.shape)}")
 
     def _check_crop_box(self, box: CropBox, image_hw: Sequence[int]) -> None:
         y1, y2, x1, x2 = box
@@ -445,6 +468,7 @@ class HRDA(nn.Module):
         sem_seg: Optional[Tensor] = None,
         weight: Optional[Tensor] = None,
         crop_box: Optional[Sequence[int]] = None,
+        token_mask: Optional[Tensor] = None,
     ):
         """Detectron2 call, or a tensor-level training call.
 
@@ -456,14 +480,16 @@ class HRDA(nn.Module):
         (output size, default the image size). Returns ``[{"sem_seg": C x height x width logits}]``. Images of
         one size are processed as one batch, otherwise one by one.
 
-        ``model(images=..., sem_seg=..., weight=..., crop_box=...)``: ``forward_train`` on normalised tensors
-        through ``__call__`` (so that wrappers such as DDP see the forward pass); returns its
+        ``model(images=..., sem_seg=..., weight=..., crop_box=..., token_mask=...)``: ``forward_train`` on
+        normalised tensors through ``__call__`` (so that wrappers such as DDP see the forward pass); returns its
         :class:`HRDATrainOutputs` (``sem_seg`` None: the label-free training forward, no losses).
         """
         if images is not None:
             if batched_inputs is not None:
                 raise ValueError("call the model either with batched_inputs, or with images= (and sem_seg=)")
-            return self.forward_train(images, sem_seg, weight, crop_box)
+            return self.forward_train(images, sem_seg, weight, crop_box, token_mask)
+        if token_mask is not None:
+            raise ValueError("token_mask is a training-forward argument: call model(images=..., token_mask=...)")
         if batched_inputs is None:
             raise ValueError("HRDA.forward needs batched_inputs (list of dicts) or images= (and sem_seg=)")
         if self.training:

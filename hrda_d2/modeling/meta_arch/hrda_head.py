@@ -119,6 +119,9 @@ class HRDAHead(nn.Module):
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         """The single-scale head ``MODEL.SEM_SEG_HEAD.NAME`` from the registry, and its scale-attention variant
         (the head class's ``scale_attention_config(cfg, input_shape, num_classes)``: constructor kwargs)."""
+        if cfg.MODEL.SEM_SEG_HEAD.AVG_NON_IGNORE:
+            raise ValueError("MODEL.SEM_SEG_HEAD.AVG_NON_IGNORE is implemented for one scale (SingleScaleHead) only; "
+                             "set it False with two MODEL.HRDA.SCALES")
         head = build_single_scale_head(cfg, input_shape, cls.__name__)
         head_cls, name = type(head), cfg.MODEL.SEM_SEG_HEAD.NAME
         hrda = cfg.MODEL.HRDA
@@ -234,13 +237,16 @@ class SingleScaleHead(nn.Module):
     scale_attention = None
 
     @configurable
-    def __init__(self, *, head: nn.Module, output_stride: int, loss_weight: float = 1.0, ignore_value: int = 255):
+    def __init__(self, *, head: nn.Module, output_stride: int, loss_weight: float = 1.0, ignore_value: int = 255,
+                 avg_non_ignore: bool = False):
         """
         Args:
             head: the single-scale head (``forward(features) -> logits``, attribute ``in_features``).
             output_stride: stride of ``head``'s logits w.r.t. its input image.
             loss_weight: weight of the cross-entropy (``MODEL.SEM_SEG_HEAD.LOSS_WEIGHT``).
             ignore_value: label value without loss.
+            avg_non_ignore: unweighted losses average over the non-ignored label pixels
+                (``MODEL.SEM_SEG_HEAD.AVG_NON_IGNORE``, docs/method.md §19.3).
         """
         super().__init__()
         self.head = head
@@ -248,6 +254,7 @@ class SingleScaleHead(nn.Module):
         self.output_stride = int(output_stride)
         self.loss_weight = float(loss_weight)
         self.ignore_value = ignore_value
+        self.avg_non_ignore = bool(avg_non_ignore)
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -257,6 +264,7 @@ class SingleScaleHead(nn.Module):
             "output_stride": input_shape[head.in_features[0]].stride,
             "loss_weight": cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "avg_non_ignore": cfg.MODEL.SEM_SEG_HEAD.AVG_NON_IGNORE,
         }
 
     def forward(self, scale_inputs: Sequence[Dict[str, Tensor]], crop_box: Optional[CropBox],
@@ -272,9 +280,10 @@ class SingleScaleHead(nn.Module):
     def losses(self, outputs: ScaleOutputs, sem_seg: Tensor, weight: Optional[Tensor],
                crop_box: Optional[CropBox]) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
         """``loss_weight * CE`` of the prediction resized to the labels (the prediction itself at the input size,
-        as the original's ``EncoderDecoder``), averaged over all label pixels; ``acc_sem_seg`` in percent."""
+        as the original's ``EncoderDecoder``), averaged over all label pixels (without ``weight`` and with
+        ``avg_non_ignore``: over the non-ignored ones); ``acc_sem_seg`` in percent."""
         logits = resize_to_labels(outputs.prediction, sem_seg)
-        ce = pixel_weighted_cross_entropy(logits, sem_seg, weight, self.ignore_value)
+        ce = pixel_weighted_cross_entropy(logits, sem_seg, weight, self.ignore_value, self.avg_non_ignore)
         return {"loss_sem_seg": self.loss_weight * ce}, {"acc_sem_seg": pixel_accuracy(logits, sem_seg)}
 
 
