@@ -6,12 +6,12 @@ Values are compared exactly (case included), as Detectron2 compares its own name
 """
 from typing import Dict, Tuple
 
-__all__ = ["AMP_DTYPES", "CHOICES", "GAN_LOSSES", "HEAD_FUSIONS", "INPUT_FORMATS", "LR_SCHEDULERS", "MIC_METHODS", "MIC_MODE_NAMES",
+__all__ = ["AMP_DTYPES", "CHOICES", "GAN_LOSSES", "HEAD_FUSIONS", "INPUT_FORMATS", "LR_SCHEDULERS", "MIC_MASK_TYPES", "MIC_METHODS", "MIC_MODE_NAMES",
            "MIC_WITH_OWN_TEACHER", "OPTIMIZERS", "SELF_TRAINING", "TEST_MODES", "UDA_METHODS", "UDA_MIXES",
-           "WARMUP_METHODS", "WEIGHTS_SOURCES"]
+           "VFM_FD_FEATURES", "VFM_FLIPS", "VFM_UDA", "WARMUP_METHODS", "WEIGHTS_SOURCES"]
 
 # UDA.METHOD (hrda_d2/uda/, docs/method.md §7 and §18)
-UDA_METHODS = ("dacs", "advseg", "minent", "source_only", "target_only")
+UDA_METHODS = ("dacs", "advseg", "minent", "source_only", "target_only", "vfm_uda")
 SELF_TRAINING = "dacs"  # the method with an EMA teacher, pseudo-labels, ClassMix (and optionally FD, MIC)
 # the methods MIC (UDA.MIC.ENABLED) can extend: DACS shares its teacher with MIC; AdvSeg and MinEnt get MIC's own
 # EMA teacher (docs/method.md §17.6)
@@ -21,6 +21,11 @@ MIC_METHODS = (SELF_TRAINING,) + MIC_WITH_OWN_TEACHER
 # is the source batch ("src"), the target batch ("trg") or source image 0 + target image 0 (neither), colour-augmented
 # with the "aug" suffix
 MIC_MODE_NAMES = ("separate", "separateaug", "separatesrc", "separatesrcaug", "separatetrg", "separatetrgaug")
+# UDA.MIC.MASK_TYPE: image blocks (MIC; the default) or the backbone's patch tokens (VFM-UDA's token masking)
+MIC_MASK_TYPES = ("blocks", "tokens")
+VFM_UDA = "vfm_uda"  # UDA.METHOD of the VFM-UDA / VFM-UDA++ iteration (hrda_d2/uda/vfm_step.py, docs/method.md §22)
+VFM_FLIPS = ("per_image", "per_batch")  # UDA.VFM.FLIP: vfm-uda flips each image, VFM-UDA++ the whole batch
+VFM_FD_FEATURES = ("vit_tokens", "res5")  # UDA.VFM.FD_FEATURE: the student map of the frozen-DINOv2 distance
 UDA_MIXES = ("class",)  # UDA.MIX: DACS mixes with ClassMix
 GAN_LOSSES = ("LS", "VANILLA")  # UDA.ADVSEG.GAN_LOSS: least squares (MSE; the paper's) or BCE with logits
 OPTIMIZERS = ("ADAMW", "SGD")  # SOLVER.OPTIMIZER (hrda_d2/solver/build.py)
@@ -37,6 +42,9 @@ INPUT_FORMATS = ("RGB",)  # INPUT.FORMAT: the mappers give RGB images (MODEL.PIX
 CHOICES: Dict[str, Tuple[Tuple[str, ...], str]] = {
     "UDA.METHOD": (UDA_METHODS, "a method of hrda_d2"),
     "UDA.MIC.MODE": (MIC_MODE_NAMES, "a MIC mode"),
+    "UDA.MIC.MASK_TYPE": (MIC_MASK_TYPES, "a masking of MIC"),
+    "UDA.VFM.FLIP": (VFM_FLIPS, "a flip rule of VFM-UDA"),
+    "UDA.VFM.FD_FEATURE": (VFM_FD_FEATURES, "a student map of the VFM-UDA++ feature distance"),
     "UDA.MIX": (UDA_MIXES, "a mixing this project implements (DACS mixes with ClassMix)"),
     "UDA.ADVSEG.GAN_LOSS": (GAN_LOSSES, "a GAN loss of AdvSeg"),
     "SOLVER.OPTIMIZER": (OPTIMIZERS, "an optimizer of hrda_d2"),

@@ -243,6 +243,28 @@ def _add_uda_config(cfg: CN) -> None:
     cfg.UDA.MIC.MASK_RATIO = 0.7  # share of masked blocks: a block is kept where uniform(0, 1) > MASK_RATIO
     cfg.UDA.MIC.BLOCK_SIZE = 64  # block side in input pixels (grid = round(H / BLOCK_SIZE) x round(W / ...))
     cfg.UDA.MIC.LAMBDA = 1.0  # weight of the masked fused loss term (the detail-crop term stays unscaled)
+    # "blocks" (image blocks of BLOCK_SIZE, MIC) | "tokens" (the backbone replaces a random MASK_RATIO share of its
+    # patch tokens by its mask token: VFM-UDA; needs a backbone with token_grid / token masking, one scale)
+    cfg.UDA.MIC.MASK_TYPE = "blocks"
+    # VFM-UDA / VFM-UDA++ (UDA.METHOD "vfm_uda", hrda_d2/uda/vfm_step.py, docs/method.md §22)
+    cfg.UDA.VFM = CN()
+    cfg.UDA.VFM.EMA_ALPHA = 0.999  # teacher EMA after the optimizer step: min(1 - 1 / (steps done + 1), EMA_ALPHA)
+    cfg.UDA.VFM.EMA_BUFFERS = True  # also average the floating-point buffers (vfm-uda); False: parameters only (++)
+    cfg.UDA.VFM.PSEUDO_THRESHOLD = 0.968  # confidence of the flip-averaged teacher softmax counted as confident
+    # share of masked patch tokens (UDA.MIC.MASK_TYPE "tokens") or blocks ("blocks", UDA.MIC.BLOCK_SIZE) of the
+    # masked target pass; 0 = no masked pass
+    cfg.UDA.VFM.TOKEN_MASK_RATIO = 0.7
+    cfg.UDA.VFM.STRONG_SOURCE_AUG = False  # False: weak jitter of the source (vfm-uda); True: VFM-UDA++'s strong aug
+    cfg.UDA.VFM.FLIP = "per_image"  # "per_image" (vfm-uda) | "per_batch" (VFM-UDA++: one draw flips the batch)
+    # frozen-DINOv2 feature distance of VFM-UDA++ (weights 0.1 / 0.1 there; 0 / 0 = off, as vfm-uda)
+    cfg.UDA.VFM.FD_WEIGHT_SOURCE = 0.0
+    cfg.UDA.VFM.FD_WEIGHT_TARGET = 0.0
+    cfg.UDA.VFM.FD_MODEL = "vit_large_patch14_reg4_dinov2"  # timm name of the frozen DINOv2 (the original's hub name)
+    cfg.UDA.VFM.FD_WEIGHTS = ""  # its weights (an official DINOv2 file, read by DINOv2ViT); "" = random (tests only)
+    cfg.UDA.VFM.FD_SIZE = 406  # side the frozen DINOv2 sees (406 / 14 = 29 tokens)
+    cfg.UDA.VFM.FD_FEATURE = "vit_tokens"  # student map projected by the distill head: "vit_tokens" | "res5"
+    # image size of the originals' blur kernel (floor(ceil(0.1 s) - 0.5 + ceil(0.1 s) % 2)); 0 = the source crop side
+    cfg.UDA.VFM.AUG_IMG_SIZE = 0
     # AdvSeg (uda/advseg_step.py, docs/method.md §18.4): a fully convolutional discriminator on the softmax of the
     # target predictions, its own Adam with poly decay (no warm-up); the original's configs/_base_/uda/advseg.py
     cfg.UDA.ADVSEG = CN()

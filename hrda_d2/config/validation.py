@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from detectron2.config import CfgNode, get_cfg
 
-from .choices import CHOICES, MIC_METHODS, MIC_WITH_OWN_TEACHER, SELF_TRAINING
+from .choices import CHOICES, MIC_METHODS, MIC_WITH_OWN_TEACHER, SELF_TRAINING, VFM_UDA
 from .defaults import add_hrda_config
 
 __all__ = ["CITYSCAPES_FD_CLASSES", "ConfigError", "IGNORED_DETECTRON2_KEYS", "catchable_signal", "check_choice",
@@ -287,6 +287,12 @@ def _check_ranges(p: _Problems, cfg: CfgNode) -> None:
     p.check_range("UDA.AUG.COLOR_JITTER_SKIP_THRESHOLD", 0.0, 1.0)
     p.check_range("UDA.MIC.MASK_RATIO", 0.0, 1.0, high_open=True, fix="use a ratio in [0, 1) (the paper: 0.7)")
     p.check_range("UDA.MIC.LAMBDA", 0.0, math.inf, high_open=True)
+    p.check_range("UDA.VFM.EMA_ALPHA", 0.0, 1.0)
+    p.check_range("UDA.VFM.PSEUDO_THRESHOLD", 0.0, 1.0)
+    p.check_range("UDA.VFM.TOKEN_MASK_RATIO", 0.0, 1.0, high_open=True, fix="use a ratio in [0, 1) (0.7; 0 = off)")
+    for key in ("UDA.VFM.FD_WEIGHT_SOURCE", "UDA.VFM.FD_WEIGHT_TARGET", "UDA.VFM.AUG_IMG_SIZE"):
+        p.check_range(key, 0, math.inf, high_open=True)
+    p.check_range("UDA.VFM.FD_SIZE", 0, math.inf, low_open=True, high_open=True, fix="use 406 (29 DINOv2 tokens)")
     p.check_range("UDA.MIC.BLOCK_SIZE", 0, math.inf, low_open=True, high_open=True, fix="use a block side > 0 (64)")
     for side in ("SOURCE", "TARGET"):
         p.check_range(f"INPUT.{side}.CAT_MAX_RATIO", 0.0, 1.0, low_open=True, fix="use 1.0 to disable the check")
@@ -349,12 +355,34 @@ def _check_combinations(p: _Problems, cfg: CfgNode) -> None:
     if method in ("advseg", "minent") and len(cfg.MODEL.HRDA.SCALES) == 2 and cfg.MODEL.HRDA.FEATURE_SCALE != 0.5:
         p.add("MODEL.HRDA.FEATURE_SCALE", f"UDA.METHOD {method!r} with HRDA adapts the fused prediction resized to "
               f"half the input (the original asserts feature_scale 0.5)", "use 0.5")
+    if cfg.UDA.MIC.ENABLED and cfg.UDA.MIC.MASK_TYPE == "tokens" and len(cfg.MODEL.HRDA.SCALES) != 1:
+        p.add("UDA.MIC.MASK_TYPE", "token masking runs the backbone once on the whole image (one scale)",
+              "set MODEL.HRDA.SCALES [1.0], or UDA.MIC.MASK_TYPE blocks")
+    if method == VFM_UDA:
+        _check_vfm(p, cfg)
     source_crop, target_crop = list(cfg.INPUT.SOURCE.CROP_SIZE), list(cfg.INPUT.TARGET.CROP_SIZE)
     if method in ("advseg", "minent") and len(cfg.MODEL.HRDA.SCALES) == 2 and not cfg.INPUT.SYNC_CROP_SIZE and \
             source_crop != target_crop:  # the model predicts each batch at its own size (docs/method.md §18.4)
         p.add("INPUT.TARGET.CROP_SIZE", f"{target_crop} differs from INPUT.SOURCE.CROP_SIZE {source_crop}: with HRDA, "
               f"UDA.METHOD {method!r} adapts the target prediction at half the SOURCE crop's size (the original's "
               f"rule), which hrda_d2 implements only for equal crops", "give both streams the same crop size")
+
+
+def _check_vfm(p: _Problems, cfg: CfgNode) -> None:
+    """The VFM-UDA iteration (hrda_d2/uda/vfm_step.py, docs/method.md §22)."""
+    vfm = cfg.UDA.VFM
+    if len(cfg.MODEL.HRDA.SCALES) != 1:
+        p.add("MODEL.HRDA.SCALES", "UDA.METHOD 'vfm_uda' trains a single-scale model", "set MODEL.HRDA.SCALES [1.0]")
+    if cfg.UDA.MIC.ENABLED:
+        p.add("UDA.MIC.ENABLED", "UDA.METHOD 'vfm_uda' has its own masked pass (UDA.VFM.TOKEN_MASK_RATIO > 0, masking "
+              "UDA.MIC.MASK_TYPE)", "set UDA.MIC.ENABLED False")
+    if (vfm.FD_WEIGHT_SOURCE > 0) != (vfm.FD_WEIGHT_TARGET > 0):
+        p.add("UDA.VFM.FD_WEIGHT_SOURCE", f"and UDA.VFM.FD_WEIGHT_TARGET={vfm.FD_WEIGHT_TARGET!r}: the original builds "
+              f"the frozen DINOv2 only when both are > 0", "set both > 0 (VFM-UDA++: 0.1 / 0.1) or both 0")
+    source_crop, target_crop = list(cfg.INPUT.SOURCE.CROP_SIZE), list(cfg.INPUT.TARGET.CROP_SIZE)
+    if source_crop != target_crop or len(set(source_crop)) != 1:
+        p.add("INPUT.TARGET.CROP_SIZE", f"{target_crop} with INPUT.SOURCE.CROP_SIZE {source_crop}: VFM-UDA mixes "
+              f"square crops of one size (the originals assert h == w)", "give both streams the same square crop")
 
 
 def _check_ignored_detectron2_keys(p: _Problems, cfg: CfgNode, defaults: Optional[CfgNode] = None) -> None:

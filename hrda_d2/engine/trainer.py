@@ -38,7 +38,9 @@ from ..uda import (
     uses_discriminator,
     uses_imnet_model,
     uses_teacher,
+    uses_vfm_feature_distance,
 )
+from ..uda.feature_distance import DistillFeatureHead, FrozenDINOv2Features
 from ..uda.advseg_step import build_discriminator_optimizer
 from ..utils.file_io import atomic_write_text, remove_stale_partial_files
 from ..utils.rng import preserve_rng_states
@@ -79,7 +81,9 @@ class HRDATrainer(DefaultTrainer):
         self.teacher = self.build_model(cfg, log=False) if uses_teacher(cfg) else None
         self.imnet_model = self.build_model(cfg, log=False) if uses_imnet_model(cfg) else None
         self.discriminator = self.build_discriminator(cfg, student.device) if uses_discriminator(cfg) else None
-        optimizer = self.build_optimizer(cfg, student, self.discriminator)
+        self.fd_model, self.fd_head = (self.build_vfm_feature_distance(cfg, student) if uses_vfm_feature_distance(cfg)
+                                       else (None, None))
+        optimizer = self.build_optimizer(cfg, student, self.discriminator, self.fd_head)
         data_loader = self.build_train_loader(cfg)
         # CPU (gloo) DDP takes no device_ids; Detectron2's default ([local rank]) is for CUDA modules only
         device_ids = [comm.get_local_rank()] if student.device.type == "cuda" else None
@@ -89,11 +93,13 @@ class HRDATrainer(DefaultTrainer):
             extra = {"discriminator": create_ddp_model(self.discriminator, broadcast_buffers=False,
                                                        device_ids=device_ids),
                      "discriminator_optimizer": build_discriminator_optimizer(cfg, self.discriminator)}
+        if self.fd_model is not None:
+            extra.update(fd_model=self.fd_model, fd_head=self.fd_head)
         self._trainer = build_uda_step(cfg, ddp_student, data_loader, optimizer, teacher=self.teacher,
                                        imnet_model=self.imnet_model, **extra)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         checkpointables = {"trainer": weakref.proxy(self)}
-        for name in ("teacher", "imnet_model", "discriminator"):
+        for name in ("teacher", "imnet_model", "discriminator", "fd_model", "fd_head"):
             if getattr(self, name) is not None:
                 checkpointables[name] = getattr(self, name)
         self.checkpointer = AtomicDetectionCheckpointer(student, cfg.OUTPUT_DIR, **checkpointables)
@@ -140,6 +146,8 @@ class HRDATrainer(DefaultTrainer):
                 load_model_weights(self.imnet_model, weights, strict=False, log_incompatible=False)
         else:
             logger.warning("MODEL.WEIGHTS is empty: training starts from random weights (no ImageNet backbone)")
+        if self.fd_model is not None:
+            self.load_vfm_fd_weights()
         if self.imnet_model is not None:
             # every rank must compare against the same frozen model (ranks seed differently, so randomly
             # initialised parts would differ); the student is synchronised by DDP, the teacher copies it
@@ -187,10 +195,38 @@ class HRDATrainer(DefaultTrainer):
         return model
 
     @classmethod
-    def build_optimizer(cls, cfg, model, discriminator: Optional[torch.nn.Module] = None):
+    def build_optimizer(cls, cfg, model, discriminator: Optional[torch.nn.Module] = None,
+                        fd_head: Optional[torch.nn.Module] = None):
         """The optimizer over the student and, for AdvSeg, the discriminator (the original's optimizer covers the
-        whole AdvSeg module, docs/method.md §18.4)."""
-        return build_optimizer(cfg, model, None if discriminator is None else {"discriminator": discriminator})
+        whole AdvSeg module, docs/method.md §18.4); for VFM-UDA++, the distill head (§22.4)."""
+        extra = {name: m for name, m in (("discriminator", discriminator), ("fd_head", fd_head)) if m is not None}
+        return build_optimizer(cfg, model, extra or None)
+
+    @classmethod
+    def build_vfm_feature_distance(cls, cfg, student: torch.nn.Module):
+        """VFM-UDA++'s frozen DINOv2 ``UDA.VFM.FD_MODEL`` (eval mode, no gradient; official DINOv2 weights
+        ``UDA.VFM.FD_WEIGHTS``, read by ``DINOv2ViT``; a resume restores it from the checkpoint) and the trained
+        distill head from the student's map ``UDA.VFM.FD_FEATURE`` to its width, on the student's device
+        (docs/method.md §22.4)."""
+        from ..modeling.backbone.dinov2_vit import DINOv2ViT
+
+        vfm = cfg.UDA.VFM
+        if not vfm.FD_WEIGHTS:
+            logger.warning("UDA.VFM.FD_WEIGHTS is empty: the frozen DINOv2 of the feature distance has random weights")
+        encoder = DINOv2ViT(vfm.FD_MODEL, weights=vfm.FD_WEIGHTS)
+        fd_model = FrozenDINOv2Features(encoder, vfm.FD_SIZE).to(student.device).eval()
+        shapes = student.backbone.output_shape()
+        if vfm.FD_FEATURE not in shapes:
+            raise ValueError(f"UDA.VFM.FD_FEATURE={vfm.FD_FEATURE!r} is not an output of the backbone "
+                             f"{cfg.MODEL.BACKBONE.NAME} ({sorted(shapes)}); use one of them")
+        fd_head = DistillFeatureHead(shapes[vfm.FD_FEATURE].channels, fd_model.embed_dim).to(student.device)
+        broadcast_from_main_process(fd_head)
+        return fd_model, fd_head
+
+    def load_vfm_fd_weights(self) -> None:
+        """Every rank compares against rank 0's frozen DINOv2 (its weights ``UDA.VFM.FD_WEIGHTS`` are read when it is
+        built; a resume restores it from the checkpoint instead)."""
+        broadcast_from_main_process(self.fd_model)
 
     @classmethod
     def build_discriminator(cls, cfg, device: torch.device) -> torch.nn.Module:

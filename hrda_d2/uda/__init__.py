@@ -13,12 +13,14 @@
   :mod:`.masked_consistency` (the masked image consistency pass, §17);
 * :mod:`.advseg_step` (AdvSeg, with :mod:`.discriminator`), :mod:`.minent_step` (MinEnt), sharing
   :mod:`.output_space`; with MIC, its pass has its own EMA teacher (§17.6);
-  :mod:`.supervised_step` (source-only and the target-only oracle: one labelled stream).
+  :mod:`.supervised_step` (source-only and the target-only oracle: one labelled stream);
+* :mod:`.vfm_step`: ``VFMUDAStepTrainer``, the VFM-UDA / VFM-UDA++ iteration (§22), with its random decisions in
+  :mod:`.vfm_augmentation`.
 
 The workflow around it (models, optimizer, schedule, checkpoints, evaluation, hooks) is :mod:`hrda_d2.engine`.
 """
 from .advseg_step import AdvSegStepTrainer
-from .build import build_uda_step, uses_discriminator, uses_imnet_model, uses_teacher
+from .build import build_uda_step, uses_discriminator, uses_imnet_model, uses_teacher, uses_vfm_feature_distance
 from .dacs_step import DACSStepTrainer, amp_dtype_from_config
 from .discriminator import FCDiscriminator
 from .masked_consistency import MIC_MODES, MaskedBatch, MaskedImageConsistency, build_masked_batch
@@ -26,6 +28,7 @@ from .masking import block_mask, block_mask_grid_shape, mask_images
 from .minent_step import MinEntStepTrainer
 from .step_base import StageListener, UDAStepTrainer
 from .supervised_step import SupervisedStepTrainer
+from .vfm_step import VFMUDAStepTrainer
 
 __all__ = [
     "AdvSegStepTrainer",
@@ -38,6 +41,7 @@ __all__ = [
     "StageListener",
     "SupervisedStepTrainer",
     "UDAStepTrainer",
+    "VFMUDAStepTrainer",
     "amp_dtype_from_config",
     "block_mask",
     "block_mask_grid_shape",
@@ -47,4 +51,5 @@ __all__ = [
     "uses_discriminator",
     "uses_imnet_model",
     "uses_teacher",
+    "uses_vfm_feature_distance",
 ]

@@ -135,3 +135,81 @@ def imnet_feature_distance_loss(
     mask = torch.isin(cell_labels, class_ids)
     distance, num_selected = masked_feature_distance(features, imnet_features.detach(), mask)
     return loss_weight * distance, num_selected
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# VFM-UDA++: feature distance to a frozen DINOv2 (docs/method.md §22.4)
+class DistillFeatureHead(torch.nn.Module):
+    """VFM-UDA++'s projection of the student's features onto the frozen DINOv2's: 1x1 conv ``C -> 4C``, LayerNorm2d,
+    GELU, 1x1 conv ``4C -> D``, then a bilinear resize (align_corners False) to the frozen map's ``h x w``.
+
+    Args:
+        in_channels: ``C``, the channels of the student map ``UDA.VFM.FD_FEATURE``.
+        out_channels: ``D``, the frozen DINOv2's embedding width.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        from timm.layers import LayerNorm2d  # timm's channels-first LayerNorm (eps 1e-6), as the original's
+
+        self.feat_project = torch.nn.ModuleList([
+            torch.nn.Conv2d(in_channels, in_channels * 4, kernel_size=1),
+            LayerNorm2d(in_channels * 4),
+            torch.nn.GELU(),
+            torch.nn.Conv2d(in_channels * 4, out_channels, kernel_size=1),
+        ])
+
+    def forward(self, features: torch.Tensor, out_size: Tuple[int, int]) -> torch.Tensor:
+        """``N x C x h' x w'`` -> ``N x D x h x w`` (``out_size = (h, w)``)."""
+        for layer in self.feat_project:
+            features = layer(features)
+        return F.interpolate(features, size=tuple(out_size), mode="bilinear", align_corners=False)
+
+
+class FrozenDINOv2Features(torch.nn.Module):
+    """The frozen DINOv2 of VFM-UDA++'s feature distance: the normalised ``N x 3 x H x W`` image (square) resized
+    bilinearly (align_corners False) to ``size x size`` (406), the encoder's tokens (``prepare_tokens``: patch
+    embedding, cls token, interpolated position embedding, register tokens after it), every block, the final norm,
+    the patch tokens as an ``N x D x size/p x size/p`` map (``p`` = patch size; 406 / 14 = 29).
+
+    Args:
+        encoder: a DINOv2 ViT with ``prepare_tokens(x)``, ``blocks``, ``norm``, ``num_prefix_tokens`` (1 + registers),
+            ``patch_size``, ``embed_dim`` (``hrda_d2.modeling.backbone.dinov2_vit.DINOv2ViT``); its parameters are
+            frozen here and the module is always evaluated in eval mode.
+        size: ``UDA.VFM.FD_SIZE``.
+    """
+
+    def __init__(self, encoder: torch.nn.Module, size: int = 406) -> None:
+        super().__init__()
+        self.encoder = encoder.requires_grad_(False)
+        self.size = int(size)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.encoder.embed_dim)
+
+    def train(self, mode: bool = True) -> "FrozenDINOv2Features":
+        return super().train(False)  # frozen: dropout / drop-path stay off whatever the caller asks
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = images.shape
+        if h != w:
+            raise ValueError(f"FrozenDINOv2Features: the original resizes square images only, got {h} x {w}")
+        x = F.interpolate(images, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        patch = int(self.encoder.patch_size)
+        tokens = self.encoder.prepare_tokens(x)
+        for block in self.encoder.blocks:
+            tokens = block(tokens)
+        tokens = self.encoder.norm(tokens)[:, int(self.encoder.num_prefix_tokens):]
+        grid = self.size // patch
+        return tokens.permute(0, 2, 1).reshape(n, self.embed_dim, grid, grid)
+
+
+def distill_feature_loss(features: torch.Tensor, frozen: torch.Tensor) -> torch.Tensor:
+    """VFM-UDA++'s distance between the projected student map and the frozen DINOv2 map (both ``N x D x h x w``):
+    per cell ``0.1 * mean_D smooth_l1(f, g) + 0.9 * (1 - cos(f, g))`` (cosine over D, eps 1e-8), averaged over all
+    cells (the caller multiplies ``UDA.VFM.FD_WEIGHT_*``)."""
+    diff = F.smooth_l1_loss(features, frozen, reduction="none").mean(1) * 0.1
+    diff = diff + (1 - F.cosine_similarity(features, frozen)) * 0.9
+    return diff.mean()

@@ -47,9 +47,9 @@ from detectron2.config import configurable
 from torch import nn
 
 from ..config import MIC_MODE_NAMES, check_choice
-from .masking import mask_images
+from .masking import mask_images, token_mask
 from .pseudo_labels import EMATeacher, PseudoLabels
-from .step_base import StudentLosses, UnlabelledForward
+from .step_base import StudentLosses, UnlabelledForward, unwrap_model
 from .strong_augmentation import BLUR_SIGMA_RANGE, StrongAugmentation
 
 __all__ = ["MIC_MODES", "MaskedBatch", "MaskedImageConsistency", "MaskedLosses", "build_masked_batch", "with_own_teacher"]
@@ -79,13 +79,15 @@ class MaskedBatch:
     images: ``M x 3 x H x W`` normalised, augmented (per mode) and block-masked images.
     labels: ``M x H x W`` int64 labels / pseudo-labels.
     weight: ``M x H x W`` float32 pixel weights, or None (unweighted source labels).
-    mask: ``M x 1 x H x W`` 0/1 block mask that was multiplied into ``images``.
+    mask: ``M x 1 x H x W`` 0/1 block mask that was multiplied into ``images`` (None with token masking).
+    token_mask: ``M x h x w`` bool, the patch tokens the backbone masks (``UDA.MIC.MASK_TYPE`` "tokens"), else None.
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     weight: Optional[torch.Tensor]
-    mask: torch.Tensor
+    mask: Optional[torch.Tensor]
+    token_mask: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -139,6 +141,9 @@ class MaskedImageConsistency:
         augmentation: colour jitter / blur of the ``...aug`` modes (its own ``blur`` flag must be True: MIC always
             draws the blur decision); needed only by those modes.
         teacher: MIC's own EMA teacher (AdvSeg, MinEnt), or None: the method passes its pseudo-labels (DACS).
+        mask_type: ``UDA.MIC.MASK_TYPE``: "blocks" (image blocks, :func:`~.masking.mask_images`) or "tokens" (the
+            backbone's patch tokens, :func:`~.masking.token_mask` over ``backbone.token_grid``, passed to the model
+            as ``token_mask``; VFM-UDA, docs/method.md §22.3).
     """
 
     @configurable
@@ -151,6 +156,7 @@ class MaskedImageConsistency:
         loss_lambda: float = 1.0,
         augmentation: Optional[StrongAugmentation] = None,
         teacher: Optional[EMATeacher] = None,
+        mask_type: str = "blocks",
     ):
         self.spec = _check_mode(mode)
         self.mode = mode
@@ -161,6 +167,7 @@ class MaskedImageConsistency:
         self.loss_lambda = float(loss_lambda)
         self.augmentation = augmentation
         self.teacher = teacher
+        self.mask_type = check_choice("UDA.MIC.MASK_TYPE", mask_type)
 
     @classmethod
     def from_config(cls, cfg, teacher: Optional[nn.Module] = None) -> Dict[str, Any]:
@@ -180,6 +187,7 @@ class MaskedImageConsistency:
             "loss_lambda": cfg.UDA.MIC.LAMBDA,
             "augmentation": augmentation,
             "teacher": EMATeacher(cfg, teacher) if teacher is not None else None,
+            "mask_type": cfg.UDA.MIC.MASK_TYPE,
         }
 
     def forward(self, model: nn.Module, source, target: Optional[UnlabelledForward],
@@ -195,7 +203,11 @@ class MaskedImageConsistency:
             metrics["masked_pseudo_confident_fraction"] = pseudo.confident_fraction
         elif pseudo is None:
             raise ValueError("MaskedImageConsistency without its own teacher needs the method's pseudo-labels")
-        batch = self.masked_batch(source.images, source.labels, pseudo.target_images, pseudo.label, pseudo.weight)
+        grid = None
+        if self.mask_type == "tokens":
+            grid = unwrap_model(model).backbone.token_grid(tuple(pseudo.target_images.shape[-2:]))
+        batch = self.masked_batch(source.images, source.labels, pseudo.target_images, pseudo.label, pseudo.weight,
+                                  token_grid=grid)
         with autocast():
             losses, forward_metrics = self.losses(model, batch)
         return MaskedLosses(losses, {**forward_metrics, **metrics}, batch)
@@ -223,13 +235,20 @@ class MaskedImageConsistency:
         trg_images: torch.Tensor,
         pseudo_label: torch.Tensor,
         pseudo_weight: torch.Tensor,
+        token_grid: Optional[Tuple[int, int]] = None,
     ) -> MaskedBatch:
-        """The batch of :attr:`mode` (:func:`build_masked_batch`), augmented if the mode says so, block-masked.
-        Inputs as in :func:`build_masked_batch`; nothing is modified in place."""
+        """The batch of :attr:`mode` (:func:`build_masked_batch`), augmented if the mode says so, block-masked (or,
+        with token masking, with a token mask over the backbone's ``token_grid``). Inputs as in
+        :func:`build_masked_batch`; nothing is modified in place."""
         images, labels, weight = build_masked_batch(
             self.mode, src_images, src_labels, trg_images, pseudo_label, pseudo_weight)
         if self.spec.augment:
             images = self.augment(images)
+        if self.mask_type == "tokens":
+            if token_grid is None:
+                raise ValueError("UDA.MIC.MASK_TYPE 'tokens' needs the backbone's token grid (backbone.token_grid)")
+            return MaskedBatch(images, labels, weight, None,
+                               token_mask(images.shape[0], token_grid, self.mask_ratio, images.device))
         masked, mask = mask_images(images, self.mask_ratio, self.block_size)
         return MaskedBatch(masked, labels, weight, mask)
 
@@ -239,7 +258,8 @@ class MaskedImageConsistency:
         ``model`` is called as ``model(images=, sem_seg=, weight=)`` (so a DDP wrapper sees
         the forward pass); ``loss_masked_sem_seg`` = ``LAMBDA x loss_sem_seg``, the other terms unscaled.
         """
-        outputs = model(images=batch.images, sem_seg=batch.labels, weight=batch.weight)
+        extra = {} if batch.token_mask is None else {"token_mask": batch.token_mask}
+        outputs = model(images=batch.images, sem_seg=batch.labels, weight=batch.weight, **extra)
         losses = {}
         for name, value in outputs.losses.items():
             if name == "loss_sem_seg":

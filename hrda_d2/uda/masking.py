@@ -13,15 +13,18 @@ normalised image space* (``(x - mean) / std``), i.e. to the dataset mean colour:
 4. the images are multiplied by the mask.
 
 ``round`` is Python's (ties to even: 160 / 64 = 2.5 -> 2), as in the original.
+
+Token masking (``UDA.MIC.MASK_TYPE`` "tokens", VFM-UDA, docs/method.md §22.3) masks the backbone's patch tokens
+instead: :func:`token_mask` draws which, the backbone replaces them by its mask token.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["block_mask", "block_mask_grid_shape", "mask_images"]
+__all__ = ["block_mask", "block_mask_grid_shape", "mask_images", "token_mask"]
 
 
 def block_mask_grid_shape(height: int, width: int, block_size: int) -> Tuple[int, int]:
@@ -73,3 +76,18 @@ def mask_images(images: torch.Tensor, mask_ratio: float, block_size: int) -> Tup
     n, _, h, w = images.shape
     mask = block_mask(n, h, w, mask_ratio, block_size, images.device).to(images.dtype)
     return images * mask, mask
+
+
+@torch.no_grad()
+def token_mask(batch_size: int, grid: Tuple[int, int], mask_ratio: float, device: torch.device | str = "cpu",
+               draws: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """VFM-UDA's token mask, ``batch_size x h x w`` bool (True = the patch token is replaced by the mask token).
+
+    One ``torch.rand(batch_size, h * w)`` from the global torch RNG of ``device``, row-major over the token grid
+    ``grid = (h, w)`` (the patch embedding's order); a token is masked where its draw is below ``mask_ratio``.
+    ``draws`` (``batch_size x h*w``) replays given draws instead.
+    """
+    height, width = grid
+    if draws is None:
+        draws = torch.rand((batch_size, height * width), device=device)
+    return (mask_ratio > draws).reshape(batch_size, height, width)

@@ -68,7 +68,7 @@ def test_one_problem_is_one_line_and_the_methods_are_listed_once():
     with pytest.raises(ConfigError) as error:
         load_config(str(CONFIGS / "demo_hrda.yaml"), ["UDA.METHOD", "advsegg"])
     assert str(error.value) == (f"{CONFIGS / 'demo_hrda.yaml'} with the command-line overrides: UDA.METHOD='advsegg': "
-                                f"is not a method of hrda_d2; use one of dacs, advseg, minent, source_only, target_only")
+                                f"is not a method of hrda_d2; use one of dacs, advseg, minent, source_only, target_only, vfm_uda")
 
 
 def test_checkpoint_period_zero_is_valid_and_negative_is_refused():

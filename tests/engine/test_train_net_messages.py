@@ -53,7 +53,7 @@ def test_an_empty_datasets_variable_gives_the_dataset_message_without_a_tracebac
 
 @pytest.mark.parametrize("opts,line", [
     (["UDA.METHOD", "advsegg"], f"train_net: {DEMO_CONFIG} with the command-line overrides: UDA.METHOD='advsegg': is "
-                                f"not a method of hrda_d2; use one of dacs, advseg, minent, source_only, target_only"),
+                                f"not a method of hrda_d2; use one of dacs, advseg, minent, source_only, target_only, vfm_uda"),
     (["UDA.MIC.MODDE", "separate"], "train_net: command-line override: Non-existent key: UDA.MIC.MODDE; did you mean "
                                     "UDA.MIC.MODE? Every valid key is in hrda_d2/config/defaults.py"),
     (["SOLVER.CHECKPOINT_PERIOD", "-1"], f"train_net: {DEMO_CONFIG} with the command-line overrides: "
