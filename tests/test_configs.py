@@ -165,3 +165,66 @@ def test_table2_rows_are_experiment_41(name):
     if method == "dacs":
         assert (cfg.UDA.ALPHA, cfg.UDA.FD.LAMBDA) == (alpha, fd)
     assert cfg.SOLVER.IMS_PER_BATCH == 2
+
+
+VFM_DIR = CONFIG_DIR / "vfm_uda"
+
+
+@pytest.mark.parametrize("path", sorted(VFM_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_vfm_config_loads_and_passes_the_checks(path):
+    cfg = load_config(str(path))
+    assert cfg.UDA.METHOD == "vfm_uda" and list(cfg.MODEL.HRDA.SCALES) == [1.0]
+
+
+def _vfm(name):
+    return load_config(str(VFM_DIR / name))
+
+
+def test_vfm_uda_configs_carry_the_original_values():
+    """tue-mps/vfm-uda uda_vit_vanilla.yaml + UDAVITGeneric defaults + VITLightweightHead + the datamodule."""
+    for name, arch in (("gta2cs_vfm_uda_vitb.yaml", "vit_base_patch14_dinov2"),
+                       ("gta2cs_vfm_uda_vitl.yaml", "vit_large_patch14_dinov2")):
+        cfg = _vfm(name)
+        assert (cfg.MODEL.BACKBONE.NAME, cfg.MODEL.TIMM.NAME, cfg.MODEL.SEM_SEG_HEAD.NAME) == (
+            "VFMViT", arch, "VFMLightweightHead")
+        assert cfg.MODEL.VFM.INPUT_SCALE == 1.1 and cfg.MODEL.TIMM.DROP_PATH_RATE == 0.0
+        assert cfg.MODEL.SEM_SEG_HEAD.AVG_NON_IGNORE
+        s = cfg.SOLVER
+        # decoder lr 5e-5 * sqrt(8), encoder x 0.1, no layer decay, warm-up 1e-3 over 1500 then linear to 0
+        assert abs(s.BASE_LR * s.HEAD_LR_MULTIPLIER - 5e-5) < 1e-12 and s.HEAD_LR_MULTIPLIER == 10.0
+        assert s.LR_SQRT_BATCH_SCALING and s.IMS_PER_BATCH == 8 and s.LAYER_DECAY == 1.0
+        assert (s.LR_SCHEDULER_NAME, s.WARMUP_FACTOR, s.WARMUP_ITERS, s.MAX_ITER) == ("WarmupLinearLR", 1e-3, 1500,
+                                                                                        40000)
+        assert s.WEIGHT_DECAY == 0.01 and s.BACKBONE_NORM_DECAY_MULTIPLIER == 1.0
+        v = cfg.UDA.VFM
+        assert (v.EMA_ALPHA, v.PSEUDO_THRESHOLD, v.TOKEN_MASK_RATIO, v.FLIP, v.STRONG_SOURCE_AUG) == (
+            0.999, 0.968, 0.7, "per_image", False)
+        assert v.EMA_BUFFERS and v.FD_WEIGHT_SOURCE == v.FD_WEIGHT_TARGET == 0.0
+        assert cfg.UDA.MIC.MASK_TYPE == "tokens" and not cfg.UDA.MIC.ENABLED
+        assert list(cfg.INPUT.SOURCE.RATIO_RANGE) == list(cfg.INPUT.TARGET.RATIO_RANGE) == [0.9, 1.1]
+        assert min(cfg.INPUT.SOURCE.SCALE) == 1440 and min(cfg.INPUT.TARGET.SCALE) == 1024
+        assert cfg.INPUT.SOURCE.FLIP_PROB == cfg.INPUT.TARGET.FLIP_PROB == 0.0  # the iteration flips
+        assert list(cfg.INPUT.TARGET.PSEUDO_MARGINS) == [30, 256, 61, 61]  # 3 / 25 / 3 / 3 % of 1024 x 2048
+        assert cfg.DATASETS.RCS.CLASS_TEMP == 0.05 and cfg.DATASETS.RCS.MIN_CROP_RATIO == 2.0
+        assert "wilddash2_val" in cfg.DATASETS.TEST
+        assert (cfg.TEST.MODE, list(cfg.TEST.SLIDE.CROP_SIZE), list(cfg.TEST.SLIDE.STRIDE)) == (
+            "slide", [1024, 1024], [512, 512])
+
+
+def test_vfm_uda_pp_configs_carry_the_original_values():
+    """tue-mps/vfm-uda-plusplus cfgs/vfmudaplusplus_*.yaml + UDA defaults: lr (1e-5 for ViT-L GTA, else 5e-5) x 0.1,
+    layer decay 0.9, strong source augmentation, FD 0.1 / 0.1 against DINOv2 ViT-L/14 with registers."""
+    lrs = {"gta2cs_vfm_uda_pp_vitl.yaml": 1e-5, "gta2cs_vfm_uda_pp_vitb.yaml": 5e-5,
+           "gta2cs_vfm_uda_pp_vits.yaml": 5e-5, "synthia2cs_vfm_uda_pp_vitb.yaml": 5e-5,
+           "cs2dzur_vfm_uda_pp_vitl.yaml": 5e-5}
+    for name, lr in lrs.items():
+        cfg = _vfm(name)
+        assert (cfg.MODEL.BACKBONE.NAME, cfg.MODEL.SEM_SEG_HEAD.NAME) == ("VFMViTAdapter", "VFMPyramidHead")
+        assert abs(cfg.SOLVER.BASE_LR - lr * 0.1) < 1e-15 and cfg.SOLVER.LAYER_DECAY == 0.9
+        v = cfg.UDA.VFM
+        assert (v.STRONG_SOURCE_AUG, v.FLIP, v.EMA_BUFFERS, v.FD_WEIGHT_SOURCE, v.FD_WEIGHT_TARGET) == (
+            True, "per_batch", False, 0.1, 0.1)
+        assert (v.FD_MODEL, v.FD_SIZE, v.FD_FEATURE) == ("vit_large_patch14_reg4_dinov2", 406, "res5")
+        assert list(cfg.SOLVER.HEAD_LR_PARAM_PREFIXES) == ["fd_head."]
+    assert _vfm("cs2dzur_vfm_uda_pp_vitl.yaml").DATASETS.TARGET == ("darkzurich_train",)
+    assert _vfm("synthia2cs_vfm_uda_pp_vitb.yaml").DATASETS.SOURCE == ("synthia_train",)

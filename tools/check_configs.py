@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("configs", nargs="*", help="config files, or folders of them")
-    p.add_argument("--all", action="store_true", help="every file in configs/ (not configs/generated/)")
+    p.add_argument("--all", action="store_true", help="every file in configs/ and configs/vfm_uda/ (not configs/generated/)")
     p.add_argument("--datasets", default=None, metavar="ROOT",
                    help="prepared replicas (default: generated into a temporary folder)")
     p.add_argument("--iters", type=int, default=2, help="training iterations per config")
@@ -69,7 +69,7 @@ def config_files(arguments: List[str], every: bool) -> List[Path]:
         else:
             raise SystemExit(f"check_configs: '{arg}' is neither a config file nor a folder")
     if every:
-        files += sorted(CONFIG_DIR.glob("*.yaml"))
+        files += sorted(CONFIG_DIR.glob("*.yaml")) + sorted(CONFIG_DIR.glob("vfm_uda/*.yaml"))
     unique: Dict[Path, Path] = {}
     for path in files:
         unique.setdefault(path.resolve(), path)
@@ -78,15 +78,15 @@ def config_files(arguments: List[str], every: bool) -> List[Path]:
 
 def prepare_replicas(root: str) -> None:
     """Generated replicas of every dataset layout, prepared (what ``datasets/prepare_synthetic.py ROOT --prepare
-    --acdc --dark-zurich --num-val 1`` writes). Its 8 training images per domain give every class a file with
+    --acdc --dark-zurich --wilddash2 --num-val 1`` writes). Its 8 training images per domain give every class a file with
     more pixels of it than the tiny runs' ``DATASETS.RCS.MIN_PIXELS`` (4 do not: rare class sampling then refuses
     the Cityscapes source of the ACDC / Dark Zurich configs)."""
-    from hrda_d2.data.preparation import prepare_cityscapes, prepare_gta, prepare_synthia
+    from hrda_d2.data.preparation import prepare_cityscapes, prepare_gta, prepare_synthia, prepare_wilddash2
     from hrda_d2.data.synthetic import generate_synthetic_datasets
 
-    result = generate_synthetic_datasets(root, num_train=8, num_val=1, acdc=True, dark_zurich=True)
+    result = generate_synthetic_datasets(root, num_train=8, num_val=1, acdc=True, dark_zurich=True, wilddash2=True)
     for prepare, folder in ((prepare_gta, result.gta), (prepare_synthia, result.synthia),
-                            (prepare_cityscapes, result.cityscapes)):
+                            (prepare_cityscapes, result.cityscapes), (prepare_wilddash2, result.wilddash2)):
         prepare(folder, nproc=1)
 
 

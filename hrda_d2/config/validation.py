@@ -379,6 +379,10 @@ def _check_vfm(p: _Problems, cfg: CfgNode) -> None:
     if (vfm.FD_WEIGHT_SOURCE > 0) != (vfm.FD_WEIGHT_TARGET > 0):
         p.add("UDA.VFM.FD_WEIGHT_SOURCE", f"and UDA.VFM.FD_WEIGHT_TARGET={vfm.FD_WEIGHT_TARGET!r}: the original builds "
               f"the frozen DINOv2 only when both are > 0", "set both > 0 (VFM-UDA++: 0.1 / 0.1) or both 0")
+    for stream in ("SOURCE", "TARGET"):
+        if cfg.INPUT[stream].FLIP_PROB > 0:
+            p.add(f"INPUT.{stream}.FLIP_PROB", f"{cfg.INPUT[stream].FLIP_PROB!r}: UDA.METHOD 'vfm_uda' flips the batches "
+                  f"itself (UDA.VFM.FLIP, docs/method.md §22)", f"set INPUT.{stream}.FLIP_PROB 0.0")
     source_crop, target_crop = list(cfg.INPUT.SOURCE.CROP_SIZE), list(cfg.INPUT.TARGET.CROP_SIZE)
     if source_crop != target_crop or len(set(source_crop)) != 1:
         p.add("INPUT.TARGET.CROP_SIZE", f"{target_crop} with INPUT.SOURCE.CROP_SIZE {source_crop}: VFM-UDA mixes "

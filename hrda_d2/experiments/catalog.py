@@ -1,5 +1,5 @@
 """The paper experiments: the original generators' ids 40, 41, 42, 43, 44, 49 (HRDA), ``mic80`` / ``mic81`` (MIC's
-ids 80 / 81) and this project's ``dinov2`` (docs/experiments.md §1).
+ids 80 / 81) and this project's ``dinov2`` and ``vfm_uda`` (docs/experiments.md §1).
 
 Each id lists its run configurations in the original generator's order (the seed loop innermost, seeds 0, 1, 2), so
 that the runs, their names and their count are those of the original (lhoyer/HRDA ``experiments.py``, lhoyer/MIC
@@ -227,9 +227,36 @@ def _exp_dinov2() -> List[RunConfig]:
     return configs
 
 
+# ------------------------------------------------------------------------------- the VFM recipes (this project's id)
+_VFM_UDA = PaperItem("vfm_uda", "VFM-UDA (CVPRW'24) and VFM-UDA++ (arXiv 2503.10685): DINOv2 recipes, Cityscapes val / "
+                                "Dark Zurich val (configs/vfm_uda/; the published numbers are the originals' READMEs' "
+                                "re-trained checkpoints)")
+_VFM_README, _VFM_PP_README = "tue-mps/vfm-uda README, re-trained checkpoint", "tue-mps/vfm-uda-plusplus README, " \
+                                                                              "re-trained checkpoint"
+_VFM_CONFIGS = (
+    ("gta2cs_vfm_uda_vitb", "VFM-UDA, ViT-B/14, GTA->Cityscapes", Expected(77.1, f"{_VFM_README}; WildDash 2: 60.8")),
+    ("gta2cs_vfm_uda_vitl", "VFM-UDA, ViT-L/14, GTA->Cityscapes", Expected(78.4, f"{_VFM_README}; WildDash 2: 64.7")),
+    ("gta2cs_vfm_uda_pp_vits", "VFM-UDA++, ViT-S/14, GTA->Cityscapes",
+     Expected(None, "no config or number of the original stored here (its ViT-B config with ViT-S)")),
+    ("gta2cs_vfm_uda_pp_vitb", "VFM-UDA++, ViT-B/14, GTA->Cityscapes",
+     Expected(None, "the paper's number is not in a source stored here")),
+    ("gta2cs_vfm_uda_pp_vitl", "VFM-UDA++, ViT-L/14, GTA->Cityscapes",
+     Expected(79.8, f"{_VFM_PP_README}; WildDash 2: 69.0")),
+    ("synthia2cs_vfm_uda_pp_vitb", "VFM-UDA++, ViT-B/14, Synthia->Cityscapes",
+     Expected(69.7, f"{_VFM_PP_README}; WildDash 2: 56.1")),
+    ("cs2dzur_vfm_uda_pp_vitl", "VFM-UDA++, ViT-L/14, Cityscapes->Dark Zurich",
+     Expected(68.7, f"{_VFM_PP_README} (its 'Cityscapes (miou)' column of this row); WildDash 2: 70.3")),
+)
+
+
+def _exp_vfm_uda() -> List[RunConfig]:
+    return [RunConfig(exp="vfm_uda", item=_VFM_UDA, label=label, project_config=stem, config_folder="vfm_uda", gpus=4,
+                      expected=expected) for stem, label, expected in _VFM_CONFIGS]
+
+
 _BUILDERS: Dict[str, Callable[[], List[RunConfig]]] = {
     "40": _exp40, "41": _exp41, "42": _exp42, "43": _exp43, "44": _exp44, "49": _exp49,
-    "mic80": _exp_mic80, "mic81": _exp_mic81, "dinov2": _exp_dinov2,
+    "mic80": _exp_mic80, "mic81": _exp_mic81, "dinov2": _exp_dinov2, "vfm_uda": _exp_vfm_uda,
 }
 EXPERIMENT_IDS = tuple(_BUILDERS)
 
@@ -238,7 +265,7 @@ def experiment(exp: str) -> List[RunConfig]:
     """The run configurations of experiment ``exp`` in the original generator's order."""
     if exp not in _BUILDERS:
         raise KeyError(f"unknown experiment id {exp!r}; known ids: {', '.join(EXPERIMENT_IDS)} "
-                       f"(HRDA experiments.py ids, MIC ids as mic80 / mic81, this project's dinov2)")
+                       f"(HRDA experiments.py ids, MIC ids as mic80 / mic81, this project's dinov2 and vfm_uda)")
     return _BUILDERS[exp]()
 
 

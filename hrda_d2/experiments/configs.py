@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
 TINY_FACTOR = 8
+VFM_ADAPTER_TINY_INPUT = 224  # the smallest side the ViT-Adapter takes (a multiple of its patch 14 and stride 32)
 MIN_SIDE = 32  # MiT's first stage reduces its stride-4 map by 8: inputs below 32 px have no key/value rows
 
 
@@ -94,6 +95,7 @@ def model_build_problem(cfg: CfgNode) -> Optional[str]:
         probe = cfg.clone()
         probe.defrost()
         probe.MODEL.DEVICE = "meta"
+        probe.MODEL.TIMM.WEIGHTS = ""  # weight files the constructor would read (the run's machine has them)
         try:
             with torch.device("meta"):
                 build_model(probe)
@@ -252,6 +254,16 @@ def tiny_overrides(cfg: CfgNode, iterations: int = 4) -> "OrderedDict[str, Any]"
         out["MODEL.TIMM.DROP_PATH_RATE"] = 0.0
         out["MODEL.TIMM.CHECKPOINT_ACTIVATIONS"] = False
         out["MODEL.TIMM.PYRAMID_CHANNELS"] = 64
+    elif cfg.MODEL.BACKBONE.NAME in ("VFMViT", "VFMViTAdapter"):  # the VFM recipes: ViT-S/14, random weights
+        out["MODEL.TIMM.NAME"] = "vit_small_patch14_dinov2"
+        out["MODEL.TIMM.WEIGHTS"] = ""
+        out["MODEL.TIMM.DROP_PATH_RATE"] = 0.0
+        out["MODEL.TIMM.CHECKPOINT_ACTIVATIONS"] = False
+        if cfg.MODEL.BACKBONE.NAME == "VFMViTAdapter":  # its resized input must be a multiple of 14 and 32: 224
+            out["MODEL.VFM.INPUT_SCALE"] = VFM_ADAPTER_TINY_INPUT / out["INPUT.SOURCE.CROP_SIZE"][0]
+        out["UDA.VFM.FD_MODEL"] = "vit_small_patch14_reg4_dinov2"
+        out["UDA.VFM.FD_WEIGHTS"] = ""
+        out["UDA.VFM.FD_SIZE"] = 56  # 4 x 4 tokens (406 / 8 rounded to the patch)
     elif cfg.MODEL.BACKBONE.NAME == "build_resnet_v1c_backbone":  # the DeepLabV2 rows: the smallest V1c ResNet
         out["MODEL.RESNETS.DEPTH"] = 50
     out["MODEL.SEM_SEG_HEAD.EMBED_DIM"] = 64

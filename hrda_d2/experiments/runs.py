@@ -9,6 +9,7 @@ pseudo-label crop, inference, optimizer, MIC mask). :class:`OriginalRow` holds e
 through the shared table of the original's settings (:mod:`hrda_d2.checkpoint.original_keys`).
 """
 import functools
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
@@ -386,7 +387,8 @@ class RunConfig:
     """One configuration of an experiment: a row of its paper item, run once per seed.
 
     exp: experiment id (``44``, ``mic80``, ``dinov2``); row: the original generator's configuration (None for this
-    project's own runs, which are ``project_config``: a file of ``configs/`` without ``.yaml``); label: the row's
+    project's own runs, which are ``project_config``: a file of ``configs/`` (or of its subfolder ``config_folder``)
+    without ``.yaml``); label: the row's
     name in the paper item; metric: the number the paper reports (``mIoU`` or ``mIoU16``); original_gpu: the GPU
     the original generator assigned (memory class, docs/experiments.md §6); gpus: GPUs of one run; x, series: the
     point on the paper item's curve.
@@ -397,6 +399,7 @@ class RunConfig:
     label: str
     row: Optional[OriginalRow] = None
     project_config: str = ""
+    config_folder: str = ""
     expected: Expected = NOT_REPORTED
     metric: str = "mIoU"
     original_gpu: Optional[str] = None
@@ -413,7 +416,7 @@ class RunConfig:
     @property
     def base(self) -> str:
         """The paper config (``configs/<base>``) the run starts from."""
-        return base_config(self.row) if self.row else f"{self.project_config}.yaml"
+        return base_config(self.row) if self.row else os.path.join(self.config_folder, f"{self.project_config}.yaml")
 
     @functools.cached_property
     def overrides(self) -> Mapping[str, Any]:

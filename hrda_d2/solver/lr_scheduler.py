@@ -77,15 +77,16 @@ class WarmupLinearParamScheduler(ParamScheduler):
     A table of ``max_iter + 1`` factors: ``warmup_iters`` values evenly spaced from ``warmup_factor`` to 1 (both
     included, NumPy ``linspace``), then entries ``warmup_iters .. max_iter`` of ``linspace(1, 0, max_iter + 1)``.
     So ``lr(warmup_iters - 1) = lr0``, ``lr(warmup_iters) = lr0 * (1 - warmup_iters / max_iter)`` and
-    ``lr(max_iter) = 0``; beyond ``max_iter`` the factor stays 0. Stateless: the iteration comes from ``where``.
+    ``lr(max_iter) = 0``; beyond ``max_iter`` the factor stays 0. A warm-up longer than ``max_iter`` (short runs of a
+    full-size config) stays in the warm-up ramp, as the original's table does. Stateless: the iteration comes from
+    ``where``.
     """
 
     def __init__(self, *, max_iter: int, warmup_iters: int, warmup_factor: float):
         if max_iter <= 0:
             raise ValueError(f"SOLVER.MAX_ITER must be > 0, got {max_iter}")
-        if not 0 <= warmup_iters <= max_iter:
-            raise ValueError(f"SOLVER.WARMUP_ITERS must be in [0, SOLVER.MAX_ITER={max_iter}] for WarmupLinearLR, "
-                             f"got {warmup_iters}")
+        if warmup_iters < 0:
+            raise ValueError(f"SOLVER.WARMUP_ITERS must be >= 0 for WarmupLinearLR, got {warmup_iters}")
         self.max_iter = int(max_iter)
         warmup = np.linspace(float(warmup_factor), 1.0, int(warmup_iters))
         decay = np.linspace(1.0, 0.0, self.max_iter + 1)[int(warmup_iters):]

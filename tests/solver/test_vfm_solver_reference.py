@@ -10,6 +10,7 @@ module) and every parameter's lr and weight decay are compared at every iteratio
 import json
 import os
 
+import numpy as np
 import pytest
 from detectron2.engine import TrainerBase, hooks
 from torch import nn
@@ -181,9 +182,20 @@ def test_warmup_linear_lr_table_edges_and_exact_resume():
         resumed_scheduler.step()
         assert [g["lr"] for g in resumed.param_groups] == [g["lr"] for g in first.param_groups]
 
-    cfg.SOLVER.WARMUP_ITERS = 31
-    with pytest.raises(ValueError, match="SOLVER.WARMUP_ITERS must be in"):
+    cfg.SOLVER.WARMUP_ITERS = -1
+    with pytest.raises(ValueError, match="SOLVER.WARMUP_ITERS must be >= 0"):
         build_lr_scheduler(cfg, build_optimizer(cfg, _Segmenter(adapter=False)))
+    # a warm-up longer than the run stays on the warm-up ramp (the original's table: linspace(1e-3, 1, 40)[t])
+    cfg.SOLVER.WARMUP_ITERS = 40
+    long_warmup = build_optimizer(cfg, _Segmenter(adapter=False))
+    long_scheduler = build_lr_scheduler(cfg, long_warmup)
+    lr0 = [g["lr"] for g in long_warmup.param_groups]
+    ramp = np.linspace(cfg.SOLVER.WARMUP_FACTOR, 1.0, 40)
+    for t in range(1, cfg.SOLVER.MAX_ITER + 1):
+        long_warmup.step()
+        long_scheduler.step()
+        np.testing.assert_allclose([g["lr"] for g in long_warmup.param_groups],
+                                   [lr / ramp[0] * ramp[t] for lr in lr0], rtol=1e-12)
     cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.POLY_LR_MIN_LR = 10, 1e-6
     with pytest.raises(ValueError, match="POLY_LR_MIN_LR"):
         build_lr_scheduler(cfg, build_optimizer(cfg, _Segmenter(adapter=False)))
