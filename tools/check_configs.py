@@ -134,10 +134,13 @@ def check(path: Path, output: Path, iters: int) -> str:
     trainer.resume_or_load(resume=False)
     trainer.train()
     latest = trainer.storage.latest()
-    if trainer.iter != iters or "sem_seg/mIoU" not in latest:
+    # one test split: "sem_seg/mIoU"; several (e.g. Cityscapes and WildDash 2): "<split>/sem_seg/mIoU" each
+    mious = {k[: -len("sem_seg/mIoU")].rstrip("/") or "mIoU": v[0] for k, v in latest.items()
+             if k.endswith("sem_seg/mIoU")}
+    if trainer.iter != iters or not mious:
         raise RuntimeError(f"the run stopped after {trainer.iter} of {iters} iterations or did not evaluate")
-    miou = latest["sem_seg/mIoU"][0]
-    return f"{size}, {iters} iterations + evaluation in {time.perf_counter() - start:.1f} s, mIoU {miou:.1f}"
+    text = ", ".join(f"{name} {miou:.1f}" if name != "mIoU" else f"mIoU {miou:.1f}" for name, miou in mious.items())
+    return f"{size}, {iters} iterations + evaluation in {time.perf_counter() - start:.1f} s, {text}"
 
 
 def set_up_logging(log_file: Path, debug: bool) -> None:
