@@ -325,8 +325,9 @@ LAYOUTS = (
     OriginalLayout(
         name=LAYOUT_VFM_UDA,
         expected="a VFM-UDA Lightning training checkpoint (VFM-UDA, VFM-UDA++): {'state_dict': network.* (student),\n"
-                 "     network_ema.* (EMA teacher, --teacher), network_pretrained_frozen.* / network_feature_*.* (dropped)};\n"
-                 "     networks: " + ", ".join(n.name for n in NETWORK_LAYOUTS) +
+                 "     network_ema.* (EMA teacher, --teacher), network_pretrained_frozen.* / network_feature_*.*\n"
+                 "     (dropped)}; "
+                 "networks: " + ", ".join(n.name for n in NETWORK_LAYOUTS) +
                  " (hrda_d2/checkpoint/vfm_conversion.py)",
         description="a VFM-UDA / VFM-UDA++ Lightning checkpoint (network.* / network_ema.* keys)",
         detect=is_vfm_lightning_state_dict,
