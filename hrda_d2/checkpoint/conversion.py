@@ -11,9 +11,8 @@ The layouts, tried in this order, come from the leaves (each a list of
 :class:`~.conversion_types.OriginalLayout`): :data:`.mmseg_conversion.LAYOUTS` (HRDA / DAFormer DACS training
 checkpoints, bare mmseg segmentors, SegFormer ImageNet MiT files; DeepLabV2 parts through
 :mod:`.resnet_conversion`), :data:`.resnet_conversion.LAYOUTS` (mmcv ResNet-V1c ImageNet files) and
-:data:`.dinov2_conversion.LAYOUTS` (official DINOv2 backbones), :data:`.vfm_conversion.LAYOUTS` (VFM-UDA Lightning
-training checkpoints) and :data:`.vfm_adapter_conversion.LAYOUTS` (VFM-UDA++ Lightning checkpoints). The leaves import
-only :mod:`.conversion_types`, never this module.
+:data:`.dinov2_conversion.LAYOUTS` (official DINOv2 backbones) and :data:`.vfm_conversion.LAYOUTS` (VFM-UDA and
+VFM-UDA++ Lightning checkpoints). The leaves import only :mod:`.conversion_types`, never this module.
 """
 import logging
 import pickle
@@ -23,7 +22,7 @@ from typing import Any, Mapping, Optional, Tuple, Union
 
 import torch
 
-from . import dinov2_conversion, mmseg_conversion, resnet_conversion, vfm_adapter_conversion, vfm_conversion
+from . import dinov2_conversion, mmseg_conversion, resnet_conversion, vfm_conversion
 from .conversion_types import (
     CheckpointConversionError,
     ConversionRequest,
@@ -46,8 +45,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ORIGINAL_LAYOUTS: Tuple[OriginalLayout, ...] = (mmseg_conversion.LAYOUTS + resnet_conversion.LAYOUTS
-                                                 + dinov2_conversion.LAYOUTS + vfm_conversion.LAYOUTS
-                                                 + vfm_adapter_conversion.LAYOUTS)
+                                                 + dinov2_conversion.LAYOUTS + vfm_conversion.LAYOUTS)
 
 
 def expected_layouts_text() -> str:

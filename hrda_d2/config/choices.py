@@ -33,6 +33,9 @@ LR_SCHEDULERS = ("WarmupPolyLR", "WarmupLinearLR")  # SOLVER.LR_SCHEDULER_NAME (
 WARMUP_METHODS = ("linear",)  # SOLVER.WARMUP_METHOD
 AMP_DTYPES = ("bfloat16", "float16")  # SOLVER.AMP.DTYPE: names of torch dtypes (getattr(torch, name))
 TEST_MODES = ("slide", "whole")  # TEST.MODE: sliding-window or whole-image inference
+# TEST.SLIDE.MERGE: what slide inference averages over the windows, their logits (mmseg / HRDA) or their softmax
+# probabilities (VFM-UDA / VFM-UDA++, docs/method.md §19.4)
+SLIDE_MERGES = ("logits", "probabilities")
 WEIGHTS_SOURCES = ("student", "teacher")  # TEST.WEIGHTS_SOURCE: the entry of a training checkpoint evaluated
 HEAD_FUSIONS = ("aspp", "conv")  # MODEL.SEM_SEG_HEAD.FUSION of the DAFormer head
 INPUT_FORMATS = ("RGB",)  # INPUT.FORMAT: the mappers give RGB images (MODEL.PIXEL_MEAN / PIXEL_STD are RGB)
@@ -52,6 +55,7 @@ CHOICES: Dict[str, Tuple[Tuple[str, ...], str]] = {
     "SOLVER.WARMUP_METHOD": (WARMUP_METHODS, "a warm-up of hrda_d2"),
     "SOLVER.AMP.DTYPE": (AMP_DTYPES, "an autocast dtype"),
     "TEST.MODE": (TEST_MODES, "an inference mode"),
+    "TEST.SLIDE.MERGE": (SLIDE_MERGES, "a merge of the slide-inference windows"),
     "TEST.WEIGHTS_SOURCE": (WEIGHTS_SOURCES, "a model of a training checkpoint"),
     "MODEL.SEM_SEG_HEAD.FUSION": (HEAD_FUSIONS, "a fusion of the DAFormer head"),
     "INPUT.FORMAT": (INPUT_FORMATS, "a channel order of the dataset mappers"),

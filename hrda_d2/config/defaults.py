@@ -141,6 +141,9 @@ def _add_test_config(cfg: CN) -> None:
     # compute each HR detail tile shared by overlapping test windows once (exact; only with eval-mode
     # BatchNorm, i.e. at test time); False = every window runs all of its tiles, as the original does
     cfg.TEST.SLIDE.REUSE_HR_TILES = True
+    # what the windows' count-matrix average is taken over: "logits" (mmseg / HRDA) or "probabilities" (each
+    # window's softmax, as VFM-UDA / VFM-UDA++; inference then returns averaged probabilities, docs/method.md §19.4)
+    cfg.TEST.SLIDE.MERGE = "logits"
     # which weights --eval-only evaluates: "student" (as the original test script) or "teacher"
     cfg.TEST.WEIGHTS_SOURCE = "student"
     # also report mIoU16 (Synthia's 16 classes) in evaluations (Synthia-source configs)

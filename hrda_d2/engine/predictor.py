@@ -95,7 +95,8 @@ class SemSegPredictor:
             input_format: ``"BGR"`` or ``"RGB"``.
 
         Returns:
-            ``{"sem_seg": C x H x W}`` float logits on the model's device (``hrda_out`` fused / lr / hr), or
+            ``{"sem_seg": C x H x W}`` float logits on the model's device (``hrda_out`` fused / lr / hr; averaged
+            probabilities with TEST.MODE slide and TEST.SLIDE.MERGE "probabilities"), or
             ``{"attention": 1 x H x W}`` values in ``[0, 1]`` (``hrda_out`` attention); ``H x W`` is the size
             of ``image``.
         """

@@ -379,6 +379,61 @@ def test_test_slide_inference_equals_window_average(batched, hw):
     np.testing.assert_allclose(got, preds / count, atol=1e-4)
 
 
+def _original_probability_merge(crops: torch.Tensor, coords, canvas_hw) -> torch.Tensor:
+    """VFM-UDA's rule (training/utils/inference_collection.py, slide_inference_pre_cropped), re-implemented: the
+    windows of ONE image as a batch ``W x C x h x w``; each softmaxed over C, added into a ``C x H x W`` canvas,
+    divided by the float count matrix of the windows."""
+    preds = torch.zeros(crops.shape[1], *canvas_hw)
+    count = torch.zeros(1, *canvas_hw)
+    for (y1, y2, x1, x2), crop in zip(coords, torch.softmax(crops, dim=1)):
+        preds[:, y1:y2, x1:x2] += crop
+        count[:, y1:y2, x1:x2] += 1
+    return preds / count
+
+
+@pytest.mark.parametrize("hw", [(70, 100), (32, 48), (20, 120)])
+def test_probability_merge_equals_the_original_rule(hw):
+    """TEST.SLIDE.MERGE "probabilities" (merge_windows(softmax=True)) = VFM-UDA's per-window softmax average, on
+    random windows; the logits merge (default) is unchanged and its argmax can differ where windows overlap."""
+    boxes = sliding_window_boxes(hw, (32, 48), (16, 24))
+    gen = torch.Generator().manual_seed(5)
+    crops = torch.randn(len(boxes), 2, 7, 32, 48, generator=gen) * 4  # window x image x class x h x w
+    crops = crops[..., :min(32, hw[0]), :min(48, hw[1])]
+    merged = merge_windows(list(crops), boxes, hw, softmax=True)
+    for image in range(2):
+        expected = _original_probability_merge(crops[:, image], boxes, hw)
+        assert torch.equal(merged[image], expected)
+    torch.testing.assert_close(merged.sum(dim=1), torch.ones(2, *hw))
+    assert torch.equal(merge_windows(list(crops), boxes, hw), merge_windows(list(crops), boxes, hw, softmax=False))
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_slide_merge_probabilities_in_the_meta_architecture(batched):
+    """``HRDA(slide_merge="probabilities")``: slide inference = the original rule over the windows of the logits
+    model's ``whole_inference``; whole mode and the default logits merge unchanged; other values refused."""
+    img = torch.from_numpy(np.random.default_rng(6).normal(size=(2, 3, 72, 100))).float()
+    kwargs = dict(scales=(1.0,), test_crop_size=(32, 48), test_stride=(16, 24), test_batched=batched)
+    logits_model, prob_model = stub_hrda(**kwargs), stub_hrda(slide_merge="probabilities", **kwargs)
+    assert logits_model.slide_merge == "logits"
+    boxes = sliding_window_boxes((72, 100), (32, 48), (16, 24))
+    with torch.no_grad():
+        got = prob_model.slide_inference(img)
+        windows = torch.stack([logits_model.whole_inference(img[..., y1:y2, x1:x2]) for y1, y2, x1, x2 in boxes])
+        default = logits_model.inference(img)
+        assert torch.equal(prob_model.whole_inference(img), logits_model.whole_inference(img))
+    for image in range(2):
+        torch.testing.assert_close(got[image], _original_probability_merge(windows[:, image], boxes, (72, 100)),
+                                   atol=1e-6, rtol=0)
+    # (batched windows round differently from one-by-one windows: tolerance, not equality)
+    torch.testing.assert_close(default, merge_windows(list(windows), boxes, (72, 100)), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="TEST.SLIDE.MERGE"):
+        stub_hrda(slide_merge="mean", **kwargs)
+    cfg = tiny_hrda_cfg()
+    assert cfg.TEST.SLIDE.MERGE == "logits"
+    cfg.TEST.SLIDE.MERGE = "probs"
+    assert any("TEST.SLIDE.MERGE" in p for p in config_problems(cfg))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # tiny MiT-b0 HRDA through the Detectron2 API
 # ----------------------------------------------------------------------------------------------------------
@@ -392,9 +447,9 @@ def tiny_cfg(**overrides):
     return cfg
 
 
-@pytest.mark.parametrize("mode", ["whole", "slide"])
-def test_tiny_hrda_inference_through_detectron2_api(mode):
-    model = build_model(tiny_cfg(**{"TEST.MODE": mode})).eval()
+@pytest.mark.parametrize("mode,merge", [("whole", "logits"), ("slide", "logits"), ("slide", "probabilities")])
+def test_tiny_hrda_inference_through_detectron2_api(mode, merge):
+    model = build_model(tiny_cfg(**{"TEST.MODE": mode, "TEST.SLIDE.MERGE": merge})).eval()
     assert isinstance(model, HRDA) and isinstance(model.sem_seg_head, HRDAHead)
     assert model.sem_seg_head.scale_attention is not None
     assert not any(k.startswith("pixel_") for k in model.state_dict())
@@ -407,6 +462,8 @@ def test_tiny_hrda_inference_through_detectron2_api(mode):
     assert outputs[0]["sem_seg"].shape == (19, 200, 344)
     assert outputs[1]["sem_seg"].shape == (19, 96, 80)
     assert all(torch.isfinite(o["sem_seg"]).all() for o in outputs)
+    if merge == "probabilities":  # averaged probabilities, bilinearly resized: still a distribution per pixel
+        assert all(torch.allclose(o["sem_seg"].sum(0), torch.ones(())) for o in outputs)
 
 
 def test_tiny_hrda_training_forward_returns_finite_losses_and_gradients():

@@ -2,7 +2,9 @@
 README there): a narrow DINOv2 (width 64, 4 blocks, 2 heads, MLP ratio 1; the timm ``vit_small_patch14_dinov2``
 architecture with those overrides), SPM width 16, 5 classes, a 64 x 64 image resized to 224 (INPUT_SCALE 3.5).
 
-Weights: the original's Lightning file converted by ``convert_checkpoint``. Tolerances reached (CPU, float32):
+Weights: the original's Lightning file converted by ``convert_checkpoint``. The narrow trunk is no published DINOv2,
+so the module fixture ``narrow_dinov2`` declares it explicitly for the whole file: width 64 -> a DINOv2 architecture
+(``DINOV2_ARCHS``) and the timm builder narrowed; the converter then checks the file against the narrow model. Tolerances reached (CPU, float32):
 deformable-attention core and f1..f4 bit-identical (asserted at 1e-6 / 1e-5), logits through
 ``model([{"image", "height", "width"}])`` max |diff| ~3e-6 (asserted 1e-4; the normalisation differs in rounding:
 ``(x - 123.675) / 58.395`` here, ``(x / 255 - 0.485) / 0.229`` there).
@@ -19,7 +21,8 @@ from detectron2.modeling import build_model
 from hrda_d2 import add_hrda_config
 from hrda_d2.checkpoint.conversion import convert_checkpoint, load_checkpoint_file
 from hrda_d2.checkpoint.conversion_types import CheckpointConversionError
-from hrda_d2.checkpoint.vfm_adapter_conversion import LAYOUT_VFM_UDA_PP
+from hrda_d2.checkpoint import dinov2_conversion
+from hrda_d2.checkpoint.vfm_conversion import LAYOUT_VFM_UDA, vfm_usage
 from hrda_d2.modeling.backbone import dinov2_vit
 from hrda_d2.modeling.backbone.vit_adapter import adapter_interaction_indexes, ms_deform_attn_core
 from tests.helpers.paths import REPO_ROOT
@@ -28,6 +31,17 @@ FIXTURE = REPO_ROOT / "tests" / "fixtures" / "vfm_uda_pp_reference"
 NARROW = dict(embed_dim=64, depth=4, num_heads=2, mlp_ratio=1)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def narrow_dinov2():
+    """The fixture's trunk as a known DINOv2 for this file only (conversion check and model building)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(dinov2_conversion.DINOV2_ARCHS, NARROW["embed_dim"],
+                   dinov2_conversion.Dinov2Arch("vit_small_patch14_dinov2", NARROW["embed_dim"], NARROW["depth"],
+                                                NARROW["num_heads"]))
+        mp.setattr(dinov2_vit, "create_timm_model", functools.partial(dinov2_vit.create_timm_model, **NARROW))
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +72,8 @@ def _cfg():
 @pytest.fixture(scope="module")
 def model():
     """The converted student, eval mode (built with the narrow trunk)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(dinov2_vit, "create_timm_model", functools.partial(dinov2_vit.create_timm_model, **NARROW))
-        torch.manual_seed(0)
-        net = build_model(_cfg())
+    torch.manual_seed(0)
+    net = build_model(_cfg())
     converted = convert_checkpoint(load_checkpoint_file(FIXTURE / "vfm_uda_pp_lightning.ckpt"))
     net.load_state_dict(converted.state_dict, strict=True)
     return net.eval()
@@ -93,7 +105,11 @@ def test_conversion_layout_and_teacher():
     obj = load_checkpoint_file(FIXTURE / "vfm_uda_pp_lightning.ckpt")
     student = convert_checkpoint(obj)
     teacher = convert_checkpoint(obj, teacher=True)
-    assert student.layout == teacher.layout == LAYOUT_VFM_UDA_PP
+    assert student.layout == teacher.layout == LAYOUT_VFM_UDA
+    assert student.network.name == teacher.network.name == "VITAdapterLightweightPyramidHead"
+    assert student.backbone == "vit_small_patch14_dinov2" and student.num_classes == 5
+    assert "MODEL.BACKBONE.NAME VFMViTAdapter" in vfm_usage(student)
+    assert "MODEL.SEM_SEG_HEAD.NAME VFMPyramidHead" in vfm_usage(student)
     assert student.source_prefix == "network." and teacher.source_prefix == "network_ema."
     assert "network_feature_extractor.encoder.cls_token" in student.dropped_keys
     key = "sem_seg_head.head.out.weight"
@@ -130,9 +146,7 @@ def test_block_masked_forward_matches_original(model, ref):
 def test_train_mode_batch_statistics_and_momentum(ref):
     """Train mode: BatchNorms normalise with the batch statistics and update the running ones with momentum
     0.01 (the original's SyncBatchNorm on one process)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(dinov2_vit, "create_timm_model", functools.partial(dinov2_vit.create_timm_model, **NARROW))
-        net = build_model(_cfg())
+    net = build_model(_cfg())
     net.load_state_dict(convert_checkpoint(load_checkpoint_file(FIXTURE / "vfm_uda_pp_lightning.ckpt")).state_dict)
     net.train()
     with torch.no_grad():
@@ -167,3 +181,25 @@ def test_in1k_adapter_pretraining_layout_converts_to_backbone_only():
     result = convert_checkpoint({"state_dict": pre})
     assert all(k.startswith("backbone.") for k in result.state_dict)
     assert result.dropped_keys == ["network.head.1.weight"]
+    assert result.network.head is None and "backbone weights only" in vfm_usage(result)
+
+
+def test_adapter_and_lightweight_layouts_are_told_apart_by_their_keys():
+    """Each VFM network layout matches exactly one table entry (``encoder.spm.*`` / ``encoder.interactions.*``
+    mark the adapter); a width the DINOv2 table does not know is refused outside this file's declaration."""
+    from hrda_d2.checkpoint.vfm_conversion import NETWORK_LAYOUTS
+    from tests.fixtures.vfm_uda_reference import make_weights
+
+    adapter = {k[len("network."):]: v for k, v in
+               load_checkpoint_file(FIXTURE / "vfm_uda_pp_lightning.ckpt")["state_dict"].items()
+               if k.startswith("network.")}
+    lightweight = {k[len("network."):]: v for k, v in make_weights.lightning_checkpoint(3)["state_dict"].items()
+                   if k.startswith("network.")}
+    pretraining = {k: v for k, v in adapter.items() if k.startswith("encoder.")}
+    for network, name in ((adapter, "VITAdapterLightweightPyramidHead"), (lightweight, "VITLightweightHead"),
+                          (pretraining, "DinoV2ViTAdapter ImageNet-1k pretraining")):
+        assert [layout.name for layout in NETWORK_LAYOUTS if layout.matches(network)] == [name]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delitem(dinov2_conversion.DINOV2_ARCHS, NARROW["embed_dim"])
+        with pytest.raises(CheckpointConversionError, match="width 64 is not supported"):
+            convert_checkpoint({"state_dict": {"network." + k: v for k, v in adapter.items()}})

@@ -226,3 +226,67 @@ def test_vfm_vit_backbone_roles_give_the_original_lrs():
             assert lr_of[stem] == pytest.approx(1e-5 * 0.9 ** 12, rel=1e-14), stem
         heads = [n for n in lr_of if n.startswith("sem_seg_head.")]
         assert heads and all(lr_of[n] == pytest.approx(1e-4, rel=1e-15) for n in heads)
+
+
+def _reference_role(original: str):
+    """Role of an original VFM-UDA++ parameter name: ("block", i), "stems", "decoder", or None (the FD head)."""
+    if original.startswith("network_feature_head."):
+        return None
+    if original.startswith("network.encoder.blocks."):
+        return ("block", int(original.split(".")[3]))
+    if original.startswith(("network.encoder.pos_embed", "network.encoder.patch_embed.", "network.encoder.cls_token")):
+        return "stems"
+    return "decoder"  # the head's out / upscale and the adapter's level_embed, spm, interactions, up, norm1..4
+
+
+def test_vfm_vit_adapter_backbone_roles_give_the_original_lrs():
+    """The real ``VFMViTAdapter`` + ``VFMPyramidHead`` (narrow trunk with the stand-in's 4 blocks, SPM width 16):
+    every parameter gets, at every iteration, the lr and weight decay the original VFM-UDA++ gives the parameters
+    of the same role (adapter modules and head: decoder; block i; stems), fixture case ``vfm_uda_plusplus``."""
+    import functools
+
+    from detectron2.modeling import build_model
+
+    from hrda_d2.modeling.backbone import dinov2_vit
+    from tests.modeling.test_vfm_uda_pp_reference import NARROW, _cfg
+
+    with open(FIXTURE) as f:
+        reference = json.load(f)["cases"]["vfm_uda_plusplus"]
+    settings = reference["settings"]
+    expected = {}  # role -> (lrs, weight decay), one value per role across the original's groups
+    for group in reference["groups"]:
+        for name in group["param_names"]:
+            role = _reference_role(name)
+            if role is not None:
+                assert expected.setdefault(role, (group["lrs"], group["weight_decay"])) == \
+                    (group["lrs"], group["weight_decay"]), role
+    assert {r for r in expected if isinstance(r, tuple)} == {("block", i) for i in range(NARROW["depth"])}
+
+    cfg = _config(settings)
+    model_cfg = _cfg()
+    cfg.MODEL = model_cfg.MODEL
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dinov2_vit, "create_timm_model", functools.partial(dinov2_vit.create_timm_model, **NARROW))
+        model = build_model(cfg)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert not any(n.startswith(("backbone.vit.mask_token", "backbone.vit.norm.")) for n in names)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    trainer = _Recorder(optimizer)
+    trainer.register_hooks([hooks.LRScheduler(optimizer, scheduler)])
+    trainer.train(0, settings["max_steps"])
+    lrs = trainer.recorded + [[g["lr"] for g in optimizer.param_groups]]
+    group_of = {name: index for index, group in enumerate(optimizer.param_groups) for name in group["param_names"]}
+    assert sorted(group_of) == sorted(names)
+
+    def role(name):
+        if name.startswith("backbone.vit.blocks."):
+            return ("block", int(name.split(".")[3]))
+        return "stems" if name.startswith("backbone.vit.") else "decoder"
+
+    for name in names:
+        want_lrs, want_decay = expected[role(name)]
+        index = group_of[name]
+        assert optimizer.param_groups[index]["weight_decay"] == want_decay, name
+        got = [lrs[t][index] for t in range(len(want_lrs))]
+        assert got == pytest.approx(want_lrs, rel=1e-14, abs=1e-22), name

@@ -414,6 +414,16 @@ class VFMViTAdapter(Backbone):
         """``forward`` takes ``token_mask`` (here: the block mask of the resized image)."""
         return True
 
+    def layer_decay_groups(self) -> Dict[str, List[str]]:
+        """Parameter-name prefixes by role for the layer-wise lr decay of the solver (docs/method.md §21.1),
+        VFM-UDA++'s ``param_defs_*`` of ``VITAdapterLightweightPyramidHead``: the adapter's own modules
+        ``level_embed``, ``spm``, ``interactions``, ``up``, ``norm1..4`` are "decoder" (trained at the head lr),
+        ``vit.blocks.<i>`` the blocks (block 0 first), ``vit.patch_embed``, ``vit.pos_embed``, ``vit.cls_token``
+        the stems (the adapter's trunk has no ``mask_token``, no final ``norm`` and no register tokens)."""
+        decoder = ["level_embed", "spm", "interactions", "up", "norm1", "norm2", "norm3", "norm4"]
+        return {"decoder": decoder, "blocks": [f"vit.blocks.{i}" for i in range(len(self.vit.blocks))],
+                "stems": ["vit.patch_embed", "vit.pos_embed", "vit.cls_token"]}
+
     def input_size(self, image_hw: Sequence[int]) -> Tuple[int, int]:
         """Size ``(H', W')`` the adapter sees for an input of ``image_hw`` (``int(side * scale) // 14 * 14``)."""
         return vfm_input_size(image_hw, self.input_scale, self.vit.patch_size)

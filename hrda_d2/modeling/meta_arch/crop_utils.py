@@ -84,7 +84,8 @@ def sliding_window_boxes(
 
 
 def merge_windows(
-    window_logits: Iterable[Tensor], boxes: Sequence[Sequence[int]], canvas_hw: Sequence[int]
+    window_logits: Iterable[Tensor], boxes: Sequence[Sequence[int]], canvas_hw: Sequence[int],
+    softmax: bool = False,
 ) -> Tensor:
     """Average window predictions on a canvas with a count matrix.
 
@@ -93,9 +94,12 @@ def merge_windows(
             its box (a generator works: windows are consumed one at a time).
         boxes: window boxes in canvas pixels.
         canvas_hw: canvas size ``(H, W)``.
+        softmax: average each window's softmax over ``C`` (computed in the accumulation dtype) instead of the
+            window itself (``TEST.SLIDE.MERGE "probabilities"``, VFM-UDA's rule, docs/method.md §19.4).
 
     Returns:
-        ``B x C x H x W`` (float32 or wider): the sum of the windows covering each pixel divided by their number.
+        ``B x C x H x W`` (float32 or wider): the sum of the windows (or of their softmax) covering each pixel
+        divided by their number.
     """
     h, w = int(canvas_hw[0]), int(canvas_hw[1])
     _check_coverage(boxes, h, w)  # on the host, from the boxes: no device synchronisation
@@ -106,7 +110,7 @@ def merge_windows(
             dtype = torch.promote_types(logits.dtype, torch.float32)
             preds = logits.new_zeros((logits.shape[0], logits.shape[1], h, w), dtype=dtype)
             count = logits.new_zeros((logits.shape[0], 1, h, w), dtype=dtype)
-        preds[:, :, y1:y2, x1:x2] += logits
+        preds[:, :, y1:y2, x1:x2] += torch.softmax(logits.to(dtype), dim=1) if softmax else logits
         count[:, :, y1:y2, x1:x2] += 1
         n_windows += 1
     if preds is None or n_windows != len(boxes):

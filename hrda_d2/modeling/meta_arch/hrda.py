@@ -106,6 +106,7 @@ class HRDA(nn.Module):
         test_batched: bool = True,
         reuse_hr_tiles: bool = True,
         compile_modules: bool = False,
+        slide_merge: str = "logits",
     ):
         """
         Args:
@@ -134,6 +135,9 @@ class HRDA(nn.Module):
                 (exact, see ``slide_inference``); False runs every window's tiles as the original does.
             compile_modules: ``torch.compile`` the backbone and the heads in place (``nn.Module.compile``:
                 parameter names and checkpoints unchanged); each new input shape compiles once.
+            slide_merge: ``TEST.SLIDE.MERGE``: slide inference averages the windows' "logits", or their softmax
+                "probabilities" (VFM-UDA's rule; :meth:`inference` then returns averaged probabilities, whose
+                argmax is the prediction, docs/method.md §19.4).
         """
         super().__init__()
         scales = sorted(float(s) for s in scales)
@@ -143,6 +147,7 @@ class HRDA(nn.Module):
                 f"0 < s <= 1 (the detail scale must be 1.0; at most 2 scales are supported)"
             )
         check_choice("TEST.MODE", test_mode)
+        check_choice("TEST.SLIDE.MERGE", slide_merge)
         if getattr(sem_seg_head, "num_scales", None) != len(scales):
             raise ValueError(f"MODEL.HRDA.SCALES={scales} needs a head for {len(scales)} scale(s); "
                              f"{type(sem_seg_head).__name__} takes {getattr(sem_seg_head, 'num_scales', '?')}")
@@ -166,6 +171,7 @@ class HRDA(nn.Module):
         self.test_stride = _as_pair(test_stride, "TEST.SLIDE.STRIDE")
         self.test_batched = bool(test_batched)
         self.reuse_hr_tiles = bool(reuse_hr_tiles)
+        self.slide_merge = slide_merge
 
         if self.feature_scale not in self.scales:
             raise ValueError(
@@ -202,6 +208,7 @@ class HRDA(nn.Module):
             "test_batched": cfg.TEST.SLIDE.BATCHED,
             "reuse_hr_tiles": cfg.TEST.SLIDE.REUSE_HR_TILES,
             "compile_modules": cfg.MODEL.COMPILE,
+            "slide_merge": cfg.TEST.SLIDE.MERGE,
         }
 
     # ------------------------------------------------------------------------------------------------------
@@ -396,7 +403,8 @@ class HRDA(nn.Module):
     def slide_inference(self, images: Tensor) -> Tensor:
         """Sliding-window logits ``N x C x H x W``: TEST.SLIDE windows (shrunk to small images), each through
         ``whole_inference`` (all at once when TEST.SLIDE.BATCHED), averaged with a count matrix
-        (:mod:`.slide_inference`).
+        (:mod:`.slide_inference`). With TEST.SLIDE.MERGE "probabilities" each window's softmax is averaged
+        instead, and the result is ``N x C x H x W`` probabilities (VFM-UDA, docs/method.md §19.4).
 
         With TEST.SLIDE.REUSE_HR_TILES the HR tiles that several windows share are computed once (see
         ``tiles_can_be_shared``); the result equals the per-window computation up to float rounding of a
@@ -410,7 +418,7 @@ class HRDA(nn.Module):
                 merge_tiles=self.sem_seg_head.merge_tiles, window_fn=self.whole_inference)
         else:
             windows = window_logits(images, boxes, self.whole_inference, self.test_batched)
-        return merge_windows(windows, boxes, images.shape[-2:])
+        return merge_windows(windows, boxes, images.shape[-2:], softmax=self.slide_merge == "probabilities")
 
     def merge_test_windows(self, images: Tensor, window_fn: Callable[[Tensor], Tensor]) -> Tensor:
         """``window_fn`` over the TEST.MODE windows of ``images`` (``N x 3 x H x W``) one window at a time, merged
@@ -434,8 +442,9 @@ class HRDA(nn.Module):
         return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in modules)
 
     def inference(self, images: Tensor, output_size: Optional[Sequence[int]] = None) -> Tensor:
-        """TEST.MODE inference of normalised images -> logits, bilinearly resized to ``output_size`` if given
-        (mmseg's rescale to the original shape)."""
+        """TEST.MODE inference of normalised images -> logits (slide mode with TEST.SLIDE.MERGE "probabilities":
+        averaged window probabilities), bilinearly resized to ``output_size`` if given (mmseg's rescale to the
+        original shape)."""
         logits = self.slide_inference(images) if self.test_mode == "slide" else self.whole_inference(images)
         if output_size is not None and tuple(output_size) != tuple(logits.shape[-2:]):
             logits = F.interpolate(logits, size=tuple(output_size), mode="bilinear", align_corners=False)
@@ -477,8 +486,9 @@ class HRDA(nn.Module):
         Returns the loss dict of ``forward_train`` (random detail crop; Detectron2's training contract).
 
         ``model(batched_inputs)`` in inference: each input has ``image`` and optionally ``height``/``width``
-        (output size, default the image size). Returns ``[{"sem_seg": C x height x width logits}]``. Images of
-        one size are processed as one batch, otherwise one by one.
+        (output size, default the image size). Returns ``[{"sem_seg": C x height x width logits}]`` (averaged
+        probabilities in slide mode with TEST.SLIDE.MERGE "probabilities"; the argmax is the prediction either
+        way). Images of one size are processed as one batch, otherwise one by one.
 
         ``model(images=..., sem_seg=..., weight=..., crop_box=..., token_mask=...)``: ``forward_train`` on
         normalised tensors through ``__call__`` (so that wrappers such as DDP see the forward pass); returns its
