@@ -9,11 +9,12 @@ config (VFMViT + VFMLightweightHead, AVG_NON_IGNORE, WarmupLinearLR with layer d
 checkpoint. Compared: every decision, the augmented / mixed images, pseudo-labels and weights, the three loss terms,
 the gradients before the optimizer step, the student after it, the lrs, the EMA teacher.
 
-Tolerances reached on CPU float32 (asserted with margin; README.md): decisions, flipped labels, class masks,
-pseudo-labels, mixed labels, pseudo / mixed weights and token mask equal; images <= 6e-8 (1 ulp of the
-colour ops); teacher probabilities 1.2e-6; loss terms relative 2e-6; gradient norms per tensor relative 1e-4 (global
-2e-5); gradients of the stored tensors relative to their max 1e-4; the parameter update (after - before) relative to
-the lr 1e-3; the EMA teacher 1e-6 absolute.
+Tolerances reached on CPU float32 (asserted with margin; README.md): decisions, flipped labels, class masks, the
+augmented / mixed images, the teacher's flip-averaged probabilities, pseudo-labels and weights, mixed labels and
+weights, the token mask and the three loss terms are bit-identical; gradients: the decoder's bit-identical, the
+encoder's within 5.5e-7 of their max (per-tensor norms 1.1e-7 relative, the global norm after each backward 6.5e-9),
+from the backward of timm's blocks vs. the official ones; the update of the step (norm per tensor) 6.1e-6 relative;
+the stored parameters after the step equal, except 0.014 lr on a qkv bias (see the test); EMA teacher <= 3e-8.
 """
 import ast
 
@@ -127,8 +128,12 @@ class ReplayStep(VFMUDAStepTrainer):
         return out
 
     def pseudo_labels(self, target01, valid):
-        self.seen["target01"] = target01
         self.seen["pseudo"] = super().pseudo_labels(target01, valid)
+        with torch.no_grad():  # the flip-averaged probabilities, from the teacher left in pseudo-label mode
+            images = self.normalize(target01)
+            logits = self.teacher.generate_pseudo_label(images)
+            flipped = self.teacher.generate_pseudo_label(images.flip(-1)).flip(-1)
+            self.seen["teacher_probs"] = (logits.softmax(1) + flipped.softmax(1)) / 2
         return self.seen["pseudo"]
 
     def mix(self, batch, pseudo, decisions):
@@ -136,8 +141,13 @@ class ReplayStep(VFMUDAStepTrainer):
         self.seen["mixed"] = super().mix(batch, pseudo, decisions)
         return self.seen["mixed"]
 
+    def backward(self, loss):
+        super().backward(loss)
+        grads = [p.grad.detach().double().flatten() for p in self.student.parameters() if p.grad is not None]
+        self.seen.setdefault("grad_norm_after_backward", []).append(float(torch.cat(grads).norm()))
+
     def finish_step(self, it):
-        self.seen["losses"] = {k: float(v) for k, v in it.losses.items()}
+        self.seen["losses"] = {k: float(v.detach()) for k, v in it.losses.items()}
         self.seen["grads"] = {n: p.grad.detach().clone() for n, p in self.student.named_parameters()
                               if p.grad is not None}
         self.seen["before"] = {n: p.detach().clone() for n, p in self.student.named_parameters()}
@@ -194,9 +204,9 @@ def test_augmented_and_mixed_batches_equal_the_original(ref, run):
     assert torch.equal(batch.target_images, torch.from_numpy(ref["target_image_flipped"]))
     source_aug, _, mixed_aug, masked_aug = seen["augmented"]
     images, labels, weight = seen["mixed"]
-    assert (source_aug - torch.from_numpy(ref["source_aug_image"])).abs().max() <= 1e-6
-    assert (images - torch.from_numpy(ref["mixed_image"])).abs().max() <= 1e-6
-    assert (masked_aug - torch.from_numpy(ref["masked_aug_image"])).abs().max() <= 1e-6
+    assert torch.equal(source_aug, torch.from_numpy(ref["source_aug_image"]))
+    assert torch.equal(images, torch.from_numpy(ref["mixed_image"]))
+    assert torch.equal(masked_aug, torch.from_numpy(ref["masked_aug_image"]))
     assert torch.equal(labels, torch.from_numpy(ref["mixed_label"]))
     assert torch.equal(weight, torch.from_numpy(ref["mixed_weight"]))
 
@@ -206,6 +216,7 @@ def test_pseudo_labels_and_weights_equal_the_original(ref, run):
     assert torch.equal(pseudo.label, torch.from_numpy(ref["pseudo_label"]))
     assert torch.equal(pseudo.weight, torch.from_numpy(ref["pseudo_weight"]))
     assert 0 < float(pseudo.confident_fraction) < 1
+    assert torch.equal(run[0].seen["teacher_probs"], torch.from_numpy(ref["teacher_probs"]))
 
 
 def test_loss_terms_equal_the_original(ref, run):
@@ -213,7 +224,7 @@ def test_loss_terms_equal_the_original(ref, run):
     assert sorted(losses) == ["loss_masked_sem_seg", "loss_mix_sem_seg", "loss_src_sem_seg"], sorted(losses)
     for ours, original in (("loss_src_sem_seg", "train_loss_source"), ("loss_mix_sem_seg", "train_loss_mix"),
                            ("loss_masked_sem_seg", "loss_masked")):
-        assert losses[ours] == pytest.approx(float(ref[original]), rel=1e-5), ours
+        assert losses[ours] == pytest.approx(float(ref[original]), rel=1e-6), ours  # reached: equal
 
 
 def test_gradients_before_the_step_equal_the_original(ref, run):
@@ -221,14 +232,14 @@ def test_gradients_before_the_step_equal_the_original(ref, run):
     names = [str(n) for n in ref["param_names"]]
     assert sorted(our_name(n) for n in names) == sorted(grads)
     ours = np.array([float(grads[our_name(n)].double().norm()) for n in names])
-    np.testing.assert_allclose(ours, ref["grad_norms"], rtol=1e-3, atol=1e-12)
-    total = float(np.sqrt((ours ** 2).sum()))
-    assert total == pytest.approx(float(ref["grad_norm_after_backward"][-1]), rel=1e-4)
+    np.testing.assert_allclose(ours, ref["grad_norms"], rtol=1e-5, atol=1e-12)  # reached 1.1e-7
+    # the global norm after each of the three backward passes (source, mixed, masked): reached 6.5e-9
+    np.testing.assert_allclose(run[0].seen["grad_norm_after_backward"], ref["grad_norm_after_backward"], rtol=1e-6)
     for key in ref:
         if key.startswith("grad/"):
             expected = torch.from_numpy(ref[key])
             diff = (grads[our_name(key[5:])] - expected).abs().max() / expected.abs().max()
-            assert diff < 1e-3, (key, float(diff))
+            assert diff < 1e-5, (key, float(diff))  # reached: 0 (head), <= 5.5e-7 (encoder)
 
 
 def test_lrs_student_after_the_step_and_ema_teacher_equal_the_original(ref, run):
@@ -243,13 +254,17 @@ def test_lrs_student_after_the_step_and_ema_teacher_equal_the_original(ref, run)
     names = [str(n) for n in ref["param_names"]]
     updates = np.array([float((student[our_name(n)].detach() - before[our_name(n)]).double().norm())
                         for n in names])
-    np.testing.assert_allclose(updates, ref["update_norms"], rtol=1e-2, atol=1e-9)
+    np.testing.assert_allclose(updates, ref["update_norms"], rtol=1e-4, atol=1e-12)  # reached 6.1e-6
+    teacher_change = np.array([float((teacher[our_name(n)] - before[our_name(n)]).double().norm()) for n in names])
+    np.testing.assert_allclose(teacher_change, ref["teacher_change_norms"], rtol=1e-4, atol=1e-12)
     for key in ref:
         if key.startswith("after/"):
             name = our_name(key[6:])
             lr = lrs[name]
             diff = (student[name].detach() - torch.from_numpy(ref[key])).abs().max().item()
-            assert diff <= 1e-2 * lr + 1e-7, (key, diff, lr)
+            # reached: 0, except 0.014 lr on attn.qkv.bias, whose key part has a zero gradient in exact
+            # arithmetic (softmax ignores a shift of every key): Adam's g / (|g| + eps) amplifies rounding noise
+            assert diff <= 0.05 * lr, (key, diff, lr)
         if key.startswith("teacher/"):
             diff = (teacher[our_name(key[8:])] - torch.from_numpy(ref[key])).abs().max().item()
-            assert diff <= 1e-6, (key, diff)
+            assert diff <= 1e-7, (key, diff)  # reached 3e-8
