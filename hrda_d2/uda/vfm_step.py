@@ -44,7 +44,8 @@ from .step_base import StudentLosses, UDAStepTrainer, prefixed_losses, stack_fie
 from .vfm_augmentation import (STRONG, UDA, WEAK, AugmentationDecision, apply_batch_augmentation, apply_flips,
                                blur_kernel_size, draw_batch_augmentation, draw_flips)
 
-__all__ = ["VFMBatch", "VFMDecisions", "VFMPseudoLabels", "VFMUDAStepTrainer", "ema_alpha_after_step", "ema_update_after_step_",
+__all__ = ["VFMBatch", "VFMDecisions", "VFMPseudoLabels",
+           "VFMUDAStepTrainer", "ema_alpha_after_step", "ema_update_after_step_",
            "flip_averaged_pseudo_labels", "vfm_mix"]
 
 
