@@ -18,7 +18,9 @@ One iteration, in the originals' order (vfm-uda ``UDAVITGeneric.training_step``,
 6. one optimizer step, then the teacher's EMA update (:func:`ema_update_after_step_`).
 
 Random decisions are drawn by the pure functions of :mod:`.vfm_augmentation` / :mod:`.masking` in the originals'
-order; the step keeps nothing between iterations but the models, the optimizer and the RNG streams.
+order, all at once by :meth:`VFMUDAStepTrainer.draw_decisions` (one :class:`VFMDecisions` per iteration, which the
+rest of the step only applies; a test replays decisions recorded from the original by overriding that method); the
+step keeps nothing between iterations but the models, the optimizer and the RNG streams.
 """
 from __future__ import annotations
 
@@ -42,7 +44,8 @@ from .step_base import StudentLosses, UDAStepTrainer, prefixed_losses, stack_fie
 from .vfm_augmentation import (STRONG, UDA, WEAK, AugmentationDecision, apply_batch_augmentation, apply_flips,
                                blur_kernel_size, draw_batch_augmentation, draw_flips)
 
-__all__ = ["VFMBatch", "VFMPseudoLabels", "VFMUDAStepTrainer", "ema_alpha_after_step", "ema_update_after_step_",
+__all__ = ["VFMBatch", "VFMDecisions", "VFMPseudoLabels",
+           "VFMUDAStepTrainer", "ema_alpha_after_step", "ema_update_after_step_",
            "flip_averaged_pseudo_labels", "vfm_mix"]
 
 
@@ -110,6 +113,33 @@ def vfm_mix(masks: torch.Tensor, source_images: torch.Tensor, target_images: tor
     gt_weight = (source_labels != ignore_value).to(pseudo.weight)
     weight = mix_with_mask(masks, gt_weight, pseudo.weight).to(pseudo.weight.dtype)
     return images, labels, weight
+
+
+@dataclass
+class VFMDecisions:
+    """Every random decision of one iteration (docs/method.md §22.1), drawn by
+    :meth:`VFMUDAStepTrainer.draw_decisions` in the originals' order (the fields' order):
+
+    source_flips, target_flips: one bool per image (:func:`~.vfm_augmentation.draw_flips`);
+    source_aug: the source batch's colour augmentation (weak or strong), one decision per image;
+    class_masks: ``N x 1 x H x W`` int64 ClassMix masks of the FLIPPED source labels (1 = source pixel; NumPy RNG);
+    target_weak: the weak jitter of the target batch before mixing; mixed_aug: the "uda" augmentation of the mixed
+        images; masked_aug: the "uda" augmentation of the masked pass's target batch (None without masked pass);
+    mask: the masked pass's mask: ``N x h x w`` bool token mask (True = masked, the backbone's token grid) or
+        ``N x 1 x H x W`` float 0/1 block mask (1 = kept), on the student's device; None without masked pass;
+    fd_source_weak, fd_target_weak: the weak jitter of the feature-distance batches (None without that pass).
+    """
+
+    source_flips: List[bool]
+    target_flips: List[bool]
+    source_aug: List[AugmentationDecision]
+    class_masks: torch.Tensor
+    target_weak: List[AugmentationDecision]
+    mixed_aug: List[AugmentationDecision]
+    masked_aug: Optional[List[AugmentationDecision]] = None
+    mask: Optional[torch.Tensor] = None
+    fd_source_weak: Optional[List[AugmentationDecision]] = None
+    fd_target_weak: Optional[List[AugmentationDecision]] = None
 
 
 @dataclass
@@ -252,22 +282,26 @@ class VFMUDAStepTrainer(UDAStepTrainer):
         if self.iter == 0:  # the originals' teacher starts as a copy of the student
             copy_into_teacher_(self.teacher, self.student)
         with self.stage("prepare"):
-            batch = self.prepare(source_batch, target_batch)  # step 1
-            source_aug = self.augment(batch.source_images, draw_batch_augmentation(self.source_aug, len(source_batch)))
+            device = self.student.device
+            labels = stack_field(source_batch, "sem_seg", device).long()
+            target_hw = tuple(target_batch[0]["image"].shape[-2:])
+            decisions = self.draw_decisions(labels, len(target_batch), target_hw)
+            batch = self.prepare(source_batch, target_batch, decisions)  # step 1
+            source_aug = self.augment(batch.source_images, decisions.source_aug)
         with self.stage("pseudo_labels"):
             pseudo = self.pseudo_labels(batch.target_images, batch.target_valid)  # step 3
         with self.stage("mix"):
-            mixed_images, mixed_labels, mixed_weight = self.mix(batch, pseudo)  # step 4
+            mixed_images, mixed_labels, mixed_weight = self.mix(batch, pseudo, decisions)  # step 4
         self.run_pass(it, "source", lambda: self.supervised(source_aug, batch.source_labels, None, "src_"))
         self.run_pass(it, "mixed", lambda: self.supervised(mixed_images, mixed_labels, mixed_weight, "mix_"))
         if self.mask_ratio > 0:
-            self.run_pass(it, "masked", lambda: self.masked(batch.target_images, pseudo))
+            self.run_pass(it, "masked", lambda: self.masked(batch.target_images, pseudo, decisions))
         if self.fd_weight_source > 0:
-            self.run_pass(it, "fd_source", lambda: self.feature_distance(batch.source_images, self.fd_weight_source,
-                                                                         "fd_src"))
+            self.run_pass(it, "fd_source", lambda: self.feature_distance(
+                batch.source_images, self.fd_weight_source, "fd_src", decisions.fd_source_weak))
         if self.fd_weight_target > 0:
-            self.run_pass(it, "fd_target", lambda: self.feature_distance(batch.target_images, self.fd_weight_target,
-                                                                         "fd_trg"))
+            self.run_pass(it, "fd_target", lambda: self.feature_distance(
+                batch.target_images, self.fd_weight_target, "fd_trg", decisions.fd_target_weak))
         it.scalars["pseudo_confident_fraction"] = pseudo.confident_fraction
         alpha = ema_alpha_after_step(self.iter + 1, self.ema_alpha)
         it.scalars["ema_alpha"] = alpha
@@ -276,18 +310,52 @@ class VFMUDAStepTrainer(UDAStepTrainer):
         with self.stage("ema"):  # step 6, after the optimizer step
             ema_update_after_step_(self.teacher, self.student, alpha, self.ema_buffers)
 
+    @torch.no_grad()
+    def draw_decisions(self, source_labels: torch.Tensor, target_size: int,
+                       target_hw: Tuple[int, int]) -> VFMDecisions:
+        """Every random decision of the iteration, in the originals' order (docs/method.md §22.1): flips (source,
+        target; CPU torch RNG), source augmentation, class masks (NumPy RNG, of the flipped ``source_labels``
+        ``N x H x W``), target weak jitter, mixed "uda" augmentation, masked-pass "uda" augmentation and mask (the
+        student's device RNG), the feature-distance jitters. Nothing else draws between them in the originals, so
+        drawing them up front draws the same values. Override to replay given decisions."""
+        n = source_labels.shape[0]
+        source_flips = draw_flips(n, self.per_image_flip)
+        target_flips = draw_flips(target_size, self.per_image_flip)
+        source_aug = draw_batch_augmentation(self.source_aug, n)
+        (flipped_labels,) = apply_flips(source_flips, source_labels)
+        class_masks = class_mix_masks(flipped_labels)
+        target_weak = draw_batch_augmentation(WEAK, target_size)
+        mixed_aug = draw_batch_augmentation(UDA, n)
+        masked_aug = mask = None
+        if self.mask_ratio > 0:
+            masked_aug = draw_batch_augmentation(UDA, target_size)
+            mask = self.draw_mask(target_size, target_hw)
+        fd_source_weak = draw_batch_augmentation(WEAK, n) if self.fd_weight_source > 0 else None
+        fd_target_weak = draw_batch_augmentation(WEAK, target_size) if self.fd_weight_target > 0 else None
+        return VFMDecisions(source_flips, target_flips, source_aug, class_masks, target_weak, mixed_aug, masked_aug,
+                            mask, fd_source_weak, fd_target_weak)
+
+    def draw_mask(self, batch_size: int, image_hw: Tuple[int, int]) -> torch.Tensor:
+        """The masked pass's mask on the student's device: the token mask over the backbone's token grid
+        (:func:`~.masking.token_mask`) or the block mask at the input size (:func:`~.masking.block_mask`)."""
+        device = self.student.device
+        if self.mask_type == "tokens":
+            grid = unwrap_model(self.model).backbone.token_grid(tuple(image_hw))
+            return token_mask(batch_size, grid, self.mask_ratio, device)
+        return block_mask(batch_size, image_hw[0], image_hw[1], self.mask_ratio, self.block_size, device)
+
     # ------------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def prepare(self, source_batch: List[Dict[str, Any]], target_batch: List[Dict[str, Any]]) -> VFMBatch:
-        """Step 1: the batches as 0..1 float images on the student's device, flipped (source first)."""
+    def prepare(self, source_batch: List[Dict[str, Any]], target_batch: List[Dict[str, Any]],
+                decisions: VFMDecisions) -> VFMBatch:
+        """Step 1: the batches as 0..1 float images on the student's device, flipped by ``decisions``."""
         device = self.student.device
         source = stack_images(source_batch, device) / 255
         labels = stack_field(source_batch, "sem_seg", device).long()
         target = stack_images(target_batch, device) / 255
         valid = stack_field(target_batch, "valid_pseudo_mask", device) if "valid_pseudo_mask" in target_batch[0] \
             else None
-        source_flips = draw_flips(source.shape[0], self.per_image_flip)
-        target_flips = draw_flips(target.shape[0], self.per_image_flip)
+        source_flips, target_flips = decisions.source_flips, decisions.target_flips
         source, labels = apply_flips(source_flips, source, labels)
         (target,) = apply_flips(target_flips, target)
         return VFMBatch(source, labels, target, valid, source_flips, target_flips)
@@ -309,15 +377,15 @@ class VFMUDAStepTrainer(UDAStepTrainer):
         return flip_averaged_pseudo_labels(logits, flipped, self.pseudo_threshold, valid)
 
     @torch.no_grad()
-    def mix(self, batch: VFMBatch, pseudo: VFMPseudoLabels) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Step 4: class masks (NumPy RNG), weak jitter of the target batch, mix with the unaugmented source batch,
-        "uda" augmentation of the mixed images; returns 0..1 images, labels, weights."""
-        masks = class_mix_masks(batch.source_labels)
-        n = batch.target_images.shape[0]
-        target_weak = self.augment(batch.target_images, draw_batch_augmentation(WEAK, n))
+    def mix(self, batch: VFMBatch, pseudo: VFMPseudoLabels,
+            decisions: VFMDecisions) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Step 4: the class masks, weak jitter of the target batch, mix with the unaugmented source batch,
+        "uda" augmentation of the mixed images (all decisions given); returns 0..1 images, labels, weights."""
+        masks = decisions.class_masks.to(batch.source_labels.device)
+        target_weak = self.augment(batch.target_images, decisions.target_weak)
         images, labels, weight = vfm_mix(masks, batch.source_images, target_weak, batch.source_labels, pseudo,
                                          self.ignore_value)
-        return self.augment(images, draw_batch_augmentation(UDA, n)), labels, weight
+        return self.augment(images, decisions.mixed_aug), labels, weight
 
     def supervised(self, images01: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Tensor],
                    prefix: str, **model_kwargs: Any) -> StudentLosses:
@@ -328,30 +396,26 @@ class VFMUDAStepTrainer(UDAStepTrainer):
         return StudentLosses(prefixed_losses(outputs.losses, prefix),
                              {f"{prefix}{k}": v for k, v in outputs.metrics.items()})
 
-    def masked(self, target01: torch.Tensor, pseudo: VFMPseudoLabels) -> StudentLosses:
-        """The masked pass: fresh "uda" augmentation of the target batch, then the token mask (drawn on the
-        device, the backbone's grid) or the block mask (:func:`~.masking.block_mask` at the input size)."""
-        n = target01.shape[0]
-        images = self.augment(target01, draw_batch_augmentation(UDA, n))
-        extra: Dict[str, Any] = {}
+    def masked(self, target01: torch.Tensor, pseudo: VFMPseudoLabels, decisions: VFMDecisions) -> StudentLosses:
+        """The masked pass: fresh "uda" augmentation of the target batch, then the token mask (passed to the
+        backbone) or the block mask (multiplied into the normalised images), both from ``decisions``."""
+        images = self.augment(target01, decisions.masked_aug)
         if self.mask_type == "tokens":
-            grid = unwrap_model(self.model).backbone.token_grid(tuple(images.shape[-2:]))
-            extra["token_mask"] = token_mask(n, grid, self.mask_ratio, images.device)
-            return self.supervised(images, pseudo.label, pseudo.weight, "masked_", **extra)
+            return self.supervised(images, pseudo.label, pseudo.weight, "masked_", token_mask=decisions.mask)
         normalized = self.normalize(images)
-        mask = block_mask(n, normalized.shape[-2], normalized.shape[-1], self.mask_ratio, self.block_size,
-                          normalized.device)
         with self.autocast():
-            outputs = self.model(images=normalized * mask, sem_seg=pseudo.label, weight=pseudo.weight)
+            outputs = self.model(images=normalized * decisions.mask.to(normalized), sem_seg=pseudo.label,
+                                 weight=pseudo.weight)
         return StudentLosses(prefixed_losses(outputs.losses, "masked_"),
                              {f"masked_{k}": v for k, v in outputs.metrics.items()})
 
-    def feature_distance(self, images01: torch.Tensor, loss_weight: float, name: str) -> StudentLosses:
+    def feature_distance(self, images01: torch.Tensor, loss_weight: float, name: str,
+                         weak_decisions: Sequence[AugmentationDecision]) -> StudentLosses:
         """VFM-UDA++'s frozen-DINOv2 distance of a 0..1 batch: the frozen map of the normalised batch, the student's
-        ``fd_feature`` map of the weakly jittered batch through the distill head, ``loss_weight`` x
-        :func:`~.feature_distance.distill_feature_loss` as ``loss_<name>``."""
+        ``fd_feature`` map of the batch weakly jittered by ``weak_decisions`` through the distill head,
+        ``loss_weight`` x :func:`~.feature_distance.distill_feature_loss` as ``loss_<name>``."""
         frozen = self.fd_model(self.normalize(images01))
-        weak = self.augment(images01, draw_batch_augmentation(WEAK, images01.shape[0]))
+        weak = self.augment(images01, weak_decisions)
         with self.autocast():
             outputs = self.model(images=self.normalize(weak))
             projected = self.fd_head(outputs.features[self.fd_feature], tuple(frozen.shape[-2:]))
