@@ -209,6 +209,7 @@ def test_vfm_uda_configs_carry_the_original_values():
         assert "wilddash2_val" in cfg.DATASETS.TEST
         assert (cfg.TEST.MODE, list(cfg.TEST.SLIDE.CROP_SIZE), list(cfg.TEST.SLIDE.STRIDE)) == (
             "slide", [1024, 1024], [512, 512])
+        assert cfg.TEST.SLIDE.MERGE == "probabilities"
 
 
 def test_vfm_uda_pp_configs_carry_the_original_values():
