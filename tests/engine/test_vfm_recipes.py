@@ -25,8 +25,8 @@ RECIPES = {"vfm_uda": CONFIG_DIR / "vfm_uda" / "gta2cs_vfm_uda_vitb.yaml",
            "vfm_uda_pp": CONFIG_DIR / "vfm_uda" / "gta2cs_vfm_uda_pp_vitb.yaml"}
 ITERS = 4
 # the terms each recipe must log (docs/method.md §22): source, mix, masked consistency [, feature distances]
-EXPECTED_TERMS = {"vfm_uda": ("src", "mix", "masked"), "vfm_uda_pp": ("src", "mix", "masked", "fd_source",
-                                                                      "fd_target")}
+EXPECTED_TERMS = {"vfm_uda": ("src", "mix", "masked"), "vfm_uda_pp": ("src", "mix", "masked", "fd_src",
+                                                                      "fd_trg")}
 
 
 def _opts(config, output_dir, split_names) -> list:
