@@ -7,6 +7,7 @@
     python tools/benchmark.py --phases fwdbwd --variants baseline,ckpt MODEL.MIT.VARIANT mit_b5 \
         INPUT.SOURCE.CROP_SIZE "[512, 512]" MODEL.HRDA.HR_CROP_SIZE "[256, 256]"
     python tools/benchmark.py --tiny --phases ddp --variants mic,source_only   # gradient all-reduces under DDP
+    python tools/benchmark.py --phases vfm_infer --vit s --infer-runs 3         # VFM-UDA vs MIC(HRDA), same ViT
 
 Each (variant, phase) runs in a fresh subprocess, so that its peak memory is its own (CPU: the peak resident set
 size of that process; CUDA: ``torch.cuda.max_memory_allocated``). Phases (``tools/benchmarking/phases.py``):
@@ -21,6 +22,12 @@ size of that process; CUDA: ``torch.cuda.max_memory_allocated``). Phases (``tool
 * ``ddp`` (not in the default --phases): 2 ranks (CPU: gloo; CUDA: NCCL, skipped with fewer than 2 GPUs),
   backward passes, gradient sync rounds and bucket all-reduces per iteration. Per rank: SOLVER.IMS_PER_BATCH /
   2 images, at least 1.
+* ``vfm_infer`` (not in the default --phases; the baseline only): VFM-UDA (configs/vfm_uda/gta2cs_vfm_uda_vitb.yaml)
+  against MIC(HRDA) (configs/gtaHR2csHR_mic_hrda_dinov2_vitb.yaml) slide inference with the same DINOv2 ViT
+  (--vit, random weights) on one image of --image-size (the test windows, strides and HR tiles scaled with its
+  height / 1024), --infer-runs alternating rounds (default 3) through ``model([{"image", "height", "width"}])``:
+  median s/image, images/s, fvcore FLOPs, and the ratios VFM-UDA / MIC(HRDA). --config-file, --tiny's config
+  switches and --variants do not apply to it; config overrides apply to both recipes.
 
 FLOPs are counted with fvcore's ``FlopCountAnalysis`` (one multiply-add = one FLOP, fvcore's convention;
 ``F.scaled_dot_product_attention`` is counted as its two matrix products). Training FLOPs per iteration are
@@ -46,6 +53,7 @@ from benchmarking.report import device_info, summarise  # noqa: E402
 from benchmarking.runner import run_plan  # noqa: E402
 from benchmarking.settings import BenchmarkSettings  # noqa: E402
 from benchmarking.variants import DEFAULT_VARIANTS, PAPER_CONFIG, PHASE_NAMES, VARIANTS, plan_variants  # noqa: E402
+from benchmarking.vfm_inference import VIT_NAMES, scaled_geometry  # noqa: E402
 
 logger = logging.getLogger("hrda_d2.benchmark")
 
@@ -68,6 +76,8 @@ def parse_args(argv=None):
                                                                        "(default 1024 2048; --tiny 512 1024)")
     p.add_argument("--no-flops", dest="flops", action="store_false", help="skip the fvcore FLOP counts")
     p.add_argument("--threads", type=int, default=0, help="torch threads per process (0 = torch's default)")
+    p.add_argument("--vit", default="s", choices=sorted(VIT_NAMES), help="DINOv2 ViT size of both models of the "
+                                                                        "vfm_infer phase (default s: ViT-S/14)")
     p.add_argument("--json", default=None, help="write the raw numbers here")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per (variant, phase) process")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
@@ -78,10 +88,17 @@ def parse_args(argv=None):
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     kind = "cuda" if args.device.startswith("cuda") else "cpu"
     args.iters = args.iters or (2 if kind == "cpu" else 10)
-    args.infer_runs = args.infer_runs or (1 if kind == "cpu" else 10)
+    phases = [ph for ph in args.phases.split(",") if ph]
+    args.infer_runs = args.infer_runs or (3 if "vfm_infer" in phases and kind == "cpu" else
+                                          1 if kind == "cpu" else 10)
     args.image_size = args.image_size or ([512, 1024] if args.tiny else [1024, 2048])
+    if "vfm_infer" in phases:
+        try:
+            scaled_geometry(args.image_size)
+        except ValueError as e:
+            p.error(str(e))
     try:
-        args.plan = plan_variants(args.variants or DEFAULT_VARIANTS[kind], [ph for ph in args.phases.split(",") if ph])
+        args.plan = plan_variants(args.variants or DEFAULT_VARIANTS[kind], phases)
     except ValueError as e:
         p.error(str(e))
     return args
@@ -94,11 +111,13 @@ def main(argv=None) -> int:
     settings = BenchmarkSettings(
         config_file=str(Path(args.config_file).resolve()) if args.config_file else None, tiny=args.tiny,
         opts=list(args.opts), device=args.device, iters=args.iters, warmup=args.warmup, infer_runs=args.infer_runs,
-        image_size=list(args.image_size), flops=args.flops, threads=args.threads)
+        image_size=list(args.image_size), flops=args.flops, threads=args.threads, vit=args.vit)
     results, failures = run_plan(settings, args.plan, args.timeout)
     info = device_info(args.device)
     table = summarise(results, info)
     config = str(args.config_file or PAPER_CONFIG.relative_to(REPO)) + (" --tiny" if args.tiny else "")
+    if all(phases == ["vfm_infer"] for phases in args.plan.values()):
+        config = f"the vfm_infer phase's two recipes (below), --vit {args.vit}"
     print(f"\nConfig: {config} {' '.join(args.opts)}".rstrip())
     print("Variants: " + "; ".join(f"{v} = {VARIANTS[v]['desc']} ({'+'.join(ph)})" for v, ph in args.plan.items()))
     print(table)

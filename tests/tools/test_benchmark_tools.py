@@ -1,14 +1,19 @@
 """tools/benchmark.py and tools/gpu_check.py (thin command lines over tools/benchmarking) without running a
 benchmark: the variant plan, the ratio table (speed-ups and memory ratios against the baseline of the same run),
-the FLOP handle of the attention, and the GPU check failing clearly (exit 2, no hang) without a CUDA device."""
+the FLOP handle of the attention, the GPU check failing clearly (exit 2, no hang) without a CUDA device, and the
+vfm_infer phase (VFM-UDA vs MIC(HRDA) inference) at a tiny size: its plan, geometry and table."""
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from benchmarking.flops import count_flops
+from benchmarking.phases import run_phase
 from benchmarking.report import summarise
+from benchmarking.settings import BenchmarkSettings
+from benchmarking.vfm_inference import scaled_geometry
 from tests.helpers.paths import REPO_ROOT, TOOLS_DIR
 from tests.helpers.scripts import import_script
 
@@ -73,3 +78,35 @@ def test_ddp_phase_is_planned_and_reported_per_iteration():
     assert "| baseline | 2 | 1 | 3 | 2 |" in table
     assert "| mic | skipped: the ddp phase needs 2 GPUs for NCCL, found 1 |" in table
     assert "train s/it" not in table  # no row of the main table without its phases
+
+
+def test_vfm_infer_phase_is_planned_alone_with_scaled_geometry():
+    args = bench.parse_args(["--device", "cpu", "--phases", "vfm_infer", "--variants", "tile_reuse,bf16"])
+    assert args.plan == {"baseline": ["vfm_infer"]}  # two fixed recipes, no variants
+    assert (args.vit, args.infer_runs, args.image_size) == ("s", 3, [1024, 2048])  # 3 alternating rounds on CPU
+    assert scaled_geometry([1024, 2048]) == {"window": 1024, "stride": 512, "hr_tile": 512}  # the configs' own
+    assert scaled_geometry([512, 1024]) == {"window": 512, "stride": 256, "hr_tile": 256}
+    with pytest.raises(SystemExit):  # the windows cannot scale to a height that is no multiple of 64
+        bench.parse_args(["--device", "cpu", "--phases", "vfm_infer", "--image-size", "100", "200"])
+
+
+def test_vfm_infer_phase_reports_both_recipes_and_their_ratio():
+    """The phase itself at a 64 x 128 image (ViT-S, random weights): structure of its table, not timings."""
+    settings = BenchmarkSettings(device="cpu", image_size=[64, 128], infer_runs=1, vit="s")
+    r = run_phase(settings, "baseline", "vfm_infer")
+    mic, vfm = r["models"]["mic_hrda"], r["models"]["vfm_uda"]
+    # 3 windows 64 / stride 32; MIC(HRDA): per window the 0.5 context + 9 HR tiles 32 / stride 16, 2 x 2 tokens
+    # each; VFM-UDA: per window one 70 x 70 (1.1 x 64, down to a multiple of 14) input, 5 x 5 tokens
+    assert mic["vit_inputs"] == {"images": 30, "tokens": 120, "by_tokens": {"4": 30}}
+    assert vfm["vit_inputs"] == {"images": 3, "tokens": 75, "by_tokens": {"25": 3}}
+    assert r["ratio_img_s"] == pytest.approx(vfm["img_s"] / mic["img_s"])
+    assert r["ratio_flops"] == pytest.approx(vfm["flops"] / mic["flops"]) and mic["flops"] > 0
+    assert 0 < vfm["flops_vit"] < vfm["flops"] and 0 < mic["flops_vit"] < mic["flops"]  # the rest: pyramid, heads
+    assert "aten::gelu" in vfm["flops_unsupported"]  # element-wise ops fvcore does not count are named
+    table = summarise({"baseline": {"vfm_infer": r}}, {"device": "CPU test"})
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| model |")]
+    assert [row.split("|")[1].strip() for row in rows] == ["MIC(HRDA)", "VFM-UDA", "VFM-UDA / MIC(HRDA)"]
+    assert rows[0].split("|")[4].strip() == "120" and rows[1].split("|")[3].strip() == "3 (3 x 25 tokens)"
+    assert rows[2].split("|")[6].strip() == f"{r['ratio_img_s']:.2f}×"
+    assert "windows 64 / stride 32 (MIC(HRDA): HR tiles 32 / stride 16), median of 1 alternating rounds" in table
+    assert "fvcore did not count (VFM-UDA, op: calls): " in table

@@ -12,7 +12,7 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 
-__all__ = ["attention_flop_handle", "count_flops"]
+__all__ = ["attention_flop_handle", "count_flops", "flop_analysis"]
 
 
 def attention_flop_handle(inputs, outputs) -> int:
@@ -41,10 +41,18 @@ class _Traced(torch.nn.Module):
         return out
 
 
-def count_flops(owner: torch.nn.Module, fn: Callable, *inputs) -> int:
-    """fvcore multiply-adds of ``fn(*inputs)``; ``owner`` is the module whose parameters ``fn`` uses."""
+def flop_analysis(owner: torch.nn.Module, fn: Callable, *inputs) -> FlopCountAnalysis:
+    """fvcore's analysis of ``fn(*inputs)`` (traced on the first query, e.g. ``.total()`` under
+    ``torch.no_grad()``; ``.unsupported_ops()`` then names the ops it did not count); ``owner`` is the module
+    whose parameters ``fn`` uses."""
     analysis = FlopCountAnalysis(_Traced(owner, fn), inputs)
     analysis.set_op_handle("aten::scaled_dot_product_attention", attention_flop_handle)
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    return analysis
+
+
+def count_flops(owner: torch.nn.Module, fn: Callable, *inputs) -> int:
+    """fvcore multiply-adds of ``fn(*inputs)``; ``owner`` is the module whose parameters ``fn`` uses."""
+    analysis = flop_analysis(owner, fn, *inputs)
     with torch.no_grad():
         return int(analysis.total())

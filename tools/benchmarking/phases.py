@@ -13,6 +13,8 @@
   such steps; a per-parameter gradient-norm fingerprint of the first step checks that a variant's gradients equal
   the baseline's.
 * ``ddp``: 2 ranks, backward passes / gradient sync rounds / bucket all-reduces per iteration (:mod:`.ddp`).
+* ``vfm_infer``: VFM-UDA against MIC(HRDA) slide inference with the same DINOv2 ViT, alternating rounds in one
+  process, images/s and FLOPs and their ratio (:mod:`.vfm_inference`).
 
 Training FLOPs per iteration are ``3 x (source + mixed student forward) + teacher pseudo-label forward +
 ImageNet-model forward`` (backward = 2 x forward; activation-checkpointing recomputation is not counted, as usual
@@ -35,6 +37,7 @@ from .settings import BenchmarkSettings
 from .synthetic import synthetic_batch, synthetic_trainer
 from .timing import StageTimer, synchronize
 from .variants import VARIANTS, build_cfg
+from .vfm_inference import phase_vfm_infer
 
 __all__ = ["PHASES", "run_phase"]
 
@@ -159,15 +162,22 @@ def _phase_ddp(cfg, settings: BenchmarkSettings, variant: str) -> Dict[str, Any]
     return phase_ddp(settings, variant)  # every rank builds its own config
 
 
+def _phase_vfm_infer(cfg, settings: BenchmarkSettings, variant: str) -> Dict[str, Any]:
+    return phase_vfm_infer(settings)  # builds the configs of its two recipes
+
+
 PHASES: Dict[str, Callable[..., Dict[str, Any]]] = {
-    "train": phase_train, "infer": phase_infer, "fwdbwd": phase_fwdbwd, "ddp": _phase_ddp}
+    "train": phase_train, "infer": phase_infer, "fwdbwd": phase_fwdbwd, "ddp": _phase_ddp,
+    "vfm_infer": _phase_vfm_infer}
+# phases that build their own configs (not the variant's of --config-file)
+_OWN_CONFIGS = ("ddp", "vfm_infer")
 
 
 def run_phase(settings: BenchmarkSettings, variant: str, phase: str) -> Dict[str, Any]:
     """Measure ``phase`` of ``variant`` in this process (the variant's config is built here)."""
     if settings.threads > 0:
         torch.set_num_threads(settings.threads)
-    cfg = None if phase == "ddp" else build_cfg(settings.config_file, settings.tiny, variant, settings.opts,
+    cfg = None if phase in _OWN_CONFIGS else build_cfg(settings.config_file, settings.tiny, variant, settings.opts,
                                                   settings.device)
     result = PHASES[phase](cfg, settings, variant)
     result["threads"] = torch.get_num_threads()

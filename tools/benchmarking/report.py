@@ -104,6 +104,37 @@ def _ddp_table(results: Results) -> List[str]:
     return lines
 
 
+def _vfm_table(results: Results) -> List[str]:
+    """The ``vfm_infer`` phase: both recipes with the same ViT, and the ratio VFM-UDA / MIC(HRDA)."""
+    r = results.get("baseline", {}).get("vfm_infer")
+    if not r:
+        return []
+    g = r["geometry"]
+    models = r["models"]
+    lines = ["", f"VFM-UDA vs MIC(HRDA) slide inference, {r['vit']} (random weights), one "
+             f"{r['image_size'][0]}x{r['image_size'][1]} image, windows {g['window']} / stride {g['stride']} "
+             f"(MIC(HRDA): HR tiles {g['hr_tile']} / stride {g['hr_tile'] // 2}), median of {r['rounds']} "
+             f"alternating rounds:", "",
+             "| model | config | ViT images / image | ViT tokens / image | s / image | images/s | GMAC / image "
+             "(fvcore) | of which ViT |", "|---|---|---|---|---|---|---|---|"]
+    for name, label in (("mic_hrda", "MIC(HRDA)"), ("vfm_uda", "VFM-UDA")):
+        m = models[name]
+        shapes = ", ".join(f"{n} x {t}" for t, n in m["vit_inputs"]["by_tokens"].items())
+        flops = _fmt(m["flops"] / 1e9, ".4g") if "flops" in m else "–"
+        vit = (f"{_fmt(m['flops_vit'] / 1e9, '.4g')} ({100 * m['flops_vit'] / m['flops']:.0f} %)"
+               if "flops" in m else "–")
+        lines.append(f"| {label} | {m['config']} | {m['vit_inputs']['images']} ({shapes} tokens) | "
+                     f"{m['vit_inputs']['tokens']} | {_fmt(m['s_per_image'])} | {_fmt(m['img_s'])} | {flops} | {vit} |")
+    ratio_flops = f"{r['ratio_flops']:.2f}×" if "ratio_flops" in r else "–"
+    lines.append(f"| VFM-UDA / MIC(HRDA) | | | | | {r['ratio_img_s']:.2f}× | {ratio_flops} | |")
+    for name, label in (("mic_hrda", "MIC(HRDA)"), ("vfm_uda", "VFM-UDA")):
+        skipped = models[name].get("flops_unsupported")
+        if skipped:
+            lines.append(f"fvcore did not count ({label}, op: calls): "
+                         + ", ".join(f"{op}: {n}" for op, n in skipped.items()))
+    return lines
+
+
 def _gradient_lines(results: Results) -> List[str]:
     grads = results.get("baseline", {}).get("fwdbwd", {}).get("grad_norms")
     lines = []
@@ -141,5 +172,6 @@ def summarise(results: Results, info: Dict[str, Any]) -> str:
     lines += _stage_table(results)
     lines += _gradient_lines(results)
     lines += _ddp_table(results)
+    lines += _vfm_table(results)
     lines += _flops_lines(results, info)
     return "\n".join(lines)

@@ -14,7 +14,7 @@ class BenchmarkSettings:
     overrides ``KEY VALUE ...``. device: ``cuda`` or ``cpu``. iters / warmup: measured and unmeasured training
     iterations. infer_runs: measured inference runs (after one warm-up). image_size: test image ``[H, W]``.
     flops: count FLOPs (fvcore). threads: torch threads per process (0 = torch's default; the ``ddp`` phase's
-    CPU ranks then share the cores).
+    CPU ranks then share the cores). vit: the DINOv2 ViT size of the ``vfm_infer`` phase (``s``, ``b``, ``l``).
     """
 
     config_file: Optional[str] = None
@@ -27,6 +27,7 @@ class BenchmarkSettings:
     image_size: List[int] = field(default_factory=lambda: [1024, 2048])
     flops: bool = True
     threads: int = 0
+    vit: str = "s"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

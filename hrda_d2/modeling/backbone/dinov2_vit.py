@@ -163,7 +163,7 @@ class DINOv2ViT(nn.Module):
             raise ValueError(f"DINOv2ViT: input {height} x {width} is not a multiple of the patch size "
                              f"{self.patch_size}")
         patches = self.patch_embed(x)  # N x h x w x C
-        grid = tuple(patches.shape[1:3])
+        grid = (int(patches.shape[1]), int(patches.shape[2]))  # ints also under torch.jit.trace (fvcore)
         if token_mask is not None:
             if token_mask.dtype != torch.bool or tuple(token_mask.shape) != (n, *grid):
                 raise ValueError(f"token_mask must be a bool tensor N x h x w = {(n, *grid)} (the token grid of the "
