@@ -10,37 +10,27 @@ deformable-attention core and f1..f4 bit-identical (asserted at 1e-6 / 1e-5), lo
 ``(x - 123.675) / 58.395`` here, ``(x / 255 - 0.485) / 0.229`` there).
 """
 import copy
-import functools
 
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from hrda_d2 import add_hrda_config
 from hrda_d2.checkpoint.conversion import convert_checkpoint, load_checkpoint_file
 from hrda_d2.checkpoint.conversion_types import CheckpointConversionError
 from hrda_d2.checkpoint import dinov2_conversion
 from hrda_d2.checkpoint.vfm_conversion import LAYOUT_VFM_UDA, vfm_usage
-from hrda_d2.modeling.backbone import dinov2_vit
 from hrda_d2.modeling.backbone.vit_adapter import adapter_interaction_indexes, ms_deform_attn_core
 from tests.helpers.paths import REPO_ROOT
+from tests.helpers.vfm_reference import NARROW, declare_narrow_dinov2, original_normalize, vfm_adapter_model_cfg
 
 FIXTURE = REPO_ROOT / "tests" / "fixtures" / "vfm_uda_pp_reference"
-NARROW = dict(embed_dim=64, depth=4, num_heads=2, mlp_ratio=1)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def narrow_dinov2():
     """The fixture's trunk as a known DINOv2 for this file only (conversion check and model building)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(dinov2_conversion.DINOV2_ARCHS, NARROW["embed_dim"],
-                   dinov2_conversion.Dinov2Arch("vit_small_patch14_dinov2", NARROW["embed_dim"], NARROW["depth"],
-                                                NARROW["num_heads"]))
-        mp.setattr(dinov2_vit, "create_timm_model", functools.partial(dinov2_vit.create_timm_model, **NARROW))
+    with declare_narrow_dinov2(NARROW):
         yield
 
 
@@ -50,40 +40,14 @@ def ref():
         return {k: torch.from_numpy(z[k]) for k in z.files}
 
 
-def _cfg():
-    cfg = add_hrda_config(get_cfg())
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.PIXEL_MEAN = [255 * m for m in IMAGENET_MEAN]
-    cfg.MODEL.PIXEL_STD = [255 * s for s in IMAGENET_STD]
-    cfg.MODEL.BACKBONE.NAME = "VFMViTAdapter"
-    cfg.MODEL.TIMM.NAME = "vit_small_patch14_dinov2"
-    cfg.MODEL.TIMM.DROP_PATH_RATE = 0.0
-    cfg.MODEL.VFM.INPUT_SCALE = 3.5  # 64 -> 224 (the original's resized size in the fixture)
-    cfg.MODEL.VFM.ADAPTER.CONV_INPLANE = 16
-    cfg.MODEL.SEM_SEG_HEAD.NAME = "VFMPyramidHead"
-    cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 5
-    cfg.MODEL.SEM_SEG_HEAD.NORM = "SyncBN"
-    cfg.MODEL.HRDA.SCALES = [1.0]
-    cfg.TEST.MODE = "whole"
-    return cfg
-
-
 @pytest.fixture(scope="module")
 def model():
     """The converted student, eval mode (built with the narrow trunk)."""
     torch.manual_seed(0)
-    net = build_model(_cfg())
+    net = build_model(vfm_adapter_model_cfg())
     converted = convert_checkpoint(load_checkpoint_file(FIXTURE / "vfm_uda_pp_lightning.ckpt"))
     net.load_state_dict(converted.state_dict, strict=True)
     return net.eval()
-
-
-def _normalized(ref):
-    image = ref["image_uint8"].float()
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (image / 255 - mean) / std
 
 
 def test_deform_attn_core_matches_original(ref):
@@ -121,7 +85,7 @@ def test_conversion_layout_and_teacher():
 
 def test_adapter_features_match_original(model, ref):
     with torch.no_grad():
-        feats = model.backbone(_normalized(ref))
+        feats = model.backbone(original_normalize(ref["image_uint8"]))
     for k, name in enumerate(("res2", "res3", "res4", "res5"), start=1):
         torch.testing.assert_close(feats[name], ref[f"f{k}"], atol=1e-5, rtol=0, msg=f"{name} vs f{k}")
 
@@ -137,7 +101,7 @@ def test_block_masked_forward_matches_original(model, ref):
     keep = ref["masked_keep_grid"][:, 0] > 0  # 1 x 4 x 4: round(224 / 64) = 4 blocks per side
     assert model.backbone.token_grid((64, 64)) == tuple(keep.shape[-2:])
     with torch.no_grad():
-        feats = model.backbone(_normalized(ref), token_mask=~keep)
+        feats = model.backbone(original_normalize(ref["image_uint8"]), token_mask=~keep)
         logits = model.sem_seg_head.head(feats)
     logits = torch.nn.functional.interpolate(logits, size=(64, 64), mode="bilinear", align_corners=False)
     torch.testing.assert_close(logits, ref["masked_logits"], atol=1e-4, rtol=0)
@@ -146,11 +110,11 @@ def test_block_masked_forward_matches_original(model, ref):
 def test_train_mode_batch_statistics_and_momentum(ref):
     """Train mode: BatchNorms normalise with the batch statistics and update the running ones with momentum
     0.01 (the original's SyncBatchNorm on one process)."""
-    net = build_model(_cfg())
+    net = build_model(vfm_adapter_model_cfg())
     net.load_state_dict(convert_checkpoint(load_checkpoint_file(FIXTURE / "vfm_uda_pp_lightning.ckpt")).state_dict)
     net.train()
     with torch.no_grad():
-        feats = net.backbone(_normalized(ref))
+        feats = net.backbone(original_normalize(ref["image_uint8"]))
         logits = net.sem_seg_head.head(feats)
     logits = torch.nn.functional.interpolate(logits, size=(64, 64), mode="bilinear", align_corners=False)
     torch.testing.assert_close(logits, ref["train_logits"], atol=1e-4, rtol=0)

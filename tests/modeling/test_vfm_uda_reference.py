@@ -11,20 +11,17 @@ bit-identical (max |diff| 0); logits through the converted checkpoint and ``mode
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from hrda_d2 import add_hrda_config
 from hrda_d2.checkpoint import convert_checkpoint, load_checkpoint_file
 from hrda_d2.checkpoint.vfm_conversion import VFMConvertedCheckpoint, vfm_usage
 from hrda_d2.modeling.backbone.dinov2_vit import DINOv2ViT
 from tests.fixtures.vfm_uda_reference import make_weights
 from tests.helpers.paths import REPO_ROOT
+from tests.helpers.vfm_reference import original_normalize, vfm_model_cfg
 
 FIXTURE = REPO_ROOT / "tests" / "fixtures" / "vfm_uda_reference" / "vfm_uda_outputs.npz"
 NUM_CLASSES = 7
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 LOGIT_TOL = 1e-5
 
 
@@ -34,25 +31,9 @@ def ref():
         return {k: data[k] for k in data.files}
 
 
-def normalize(image_uint8: np.ndarray) -> torch.Tensor:
-    """The original's input: torchvision ``Normalize`` (ImageNet mean/std) of the 0..1 image."""
-    return (torch.from_numpy(image_uint8).float() / 255 - MEAN) / STD
-
-
 def vfm_cfg():
     """VFM-UDA's model (VFMViT ViT-S/14 + VFMLightweightHead, one scale) with the fixture's 7 classes."""
-    cfg = add_hrda_config(get_cfg())
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.BACKBONE.NAME = "VFMViT"
-    cfg.MODEL.TIMM.NAME = "vit_small_patch14_dinov2"
-    cfg.MODEL.TIMM.DROP_PATH_RATE = 0.0
-    cfg.MODEL.VFM.INPUT_SCALE = 1.1
-    cfg.MODEL.HRDA.SCALES = [1.0]
-    cfg.MODEL.SEM_SEG_HEAD.NAME = "VFMLightweightHead"
-    cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["vit_tokens"]
-    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = NUM_CLASSES
-    cfg.MODEL.PIXEL_MEAN = [255 * m for m in (0.485, 0.456, 0.406)]
-    cfg.MODEL.PIXEL_STD = [255 * s for s in (0.229, 0.224, 0.225)]
+    cfg = vfm_model_cfg(NUM_CLASSES)
     cfg.TEST.MODE = "whole"
     return cfg
 
@@ -90,7 +71,7 @@ def test_conversion_result(converted):
 
 @pytest.mark.parametrize("size", [64, 96])
 def test_backbone_tokens_equal_the_original(ref, model, size):
-    x = normalize(ref[f"image_{size}"])
+    x = original_normalize(ref[f"image_{size}"])
     assert model.backbone.input_size((size, size)) == (int(ref[f"vit_in_size_{size}"]),) * 2
     with torch.no_grad():
         tokens = model.backbone(x)["vit_tokens"]
@@ -98,7 +79,7 @@ def test_backbone_tokens_equal_the_original(ref, model, size):
 
 
 def test_masked_tokens_equal_the_original(ref, model):
-    x, mask = normalize(ref["image_96"]), torch.from_numpy(ref["token_mask"])
+    x, mask = original_normalize(ref["image_96"]), torch.from_numpy(ref["token_mask"])
     assert tuple(model.backbone.token_grid((96, 96))) == tuple(mask.shape[1:])
     with torch.no_grad():
         tokens = model.backbone(x, token_mask=mask)["vit_tokens"]
@@ -118,7 +99,7 @@ def test_converted_checkpoint_logits_equal_the_original(ref, model, size):
 @pytest.mark.parametrize("size", [64, 96])
 def test_inference_on_the_originals_normalised_images_is_bit_identical(ref, model, size):
     with torch.no_grad():
-        logits = model.inference(normalize(ref[f"image_{size}"]))
+        logits = model.inference(original_normalize(ref[f"image_{size}"]))
     assert torch.equal(logits, torch.from_numpy(ref[f"logits_{size}"]))
 
 
@@ -135,7 +116,7 @@ def test_teacher_logits_equal_the_original(ref, converted):
 def test_masked_training_forward_equals_the_original(ref, model):
     """``model(images=..., token_mask=...)`` in train mode = the original's ``network(img, mask_ratio)`` with
     the mask it drew."""
-    x, mask = normalize(ref["image_96"]), torch.from_numpy(ref["token_mask"])
+    x, mask = original_normalize(ref["image_96"]), torch.from_numpy(ref["token_mask"])
     model.train()
     try:
         with torch.no_grad():
@@ -155,7 +136,7 @@ def test_dinov2_vit_with_registers_equals_the_official_model(ref, tmp_path):
     vit = DINOv2ViT("vit_small_patch14_reg4_dinov2", str(path)).eval()
     assert vit.interpolate_offset == 0.0 and vit.interpolate_antialias and vit.num_prefix_tokens == 5
     with torch.no_grad():
-        tokens = vit.forward_tokens(normalize(ref["reg_image"]), torch.from_numpy(ref["reg_masks"]))
+        tokens = vit.forward_tokens(original_normalize(ref["reg_image"]), torch.from_numpy(ref["reg_masks"]))
     assert torch.equal(tokens[:, 0], torch.from_numpy(ref["reg_clstoken"]))
     assert torch.equal(tokens[:, 1:5], torch.from_numpy(ref["reg_regtokens"]))
     assert torch.equal(tokens[:, 5:], torch.from_numpy(ref["reg_patchtokens"]))

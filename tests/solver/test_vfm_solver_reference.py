@@ -19,6 +19,7 @@ from tests.fixtures.vfm_solver_reference.standin import (
     TinyDinoEncoder, attach_adapter_parts, tiny_decoder, tiny_feature_head,
 )
 from tests.helpers.tiny_configs import tiny_hrda_cfg
+from tests.helpers.vfm_reference import NARROW, apply_original_solver, vfm_adapter_model_cfg, vfm_model_cfg
 from hrda_d2.solver import build_lr_scheduler, build_optimizer
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "..", "fixtures", "vfm_solver_reference", "vfm_solver_reference.json")
@@ -67,21 +68,17 @@ class _Recorder(TrainerBase):
         self.optimizer.step()
 
 
+def _lrs_of_the_run(cfg, optimizer):
+    """Each group's lr at iterations 0..SOLVER.MAX_ITER, stepped by cfg's scheduler through the LRScheduler hook."""
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    trainer = _Recorder(optimizer)
+    trainer.register_hooks([hooks.LRScheduler(optimizer, scheduler)])
+    trainer.train(0, cfg.SOLVER.MAX_ITER)
+    return trainer.recorded + [[g["lr"] for g in optimizer.param_groups]]
+
+
 def _config(settings):
-    cfg = tiny_hrda_cfg()
-    solver = cfg.SOLVER
-    solver.BASE_LR = settings["lr"] * settings["lr_multiplier"]
-    solver.HEAD_LR_MULTIPLIER = 1.0 / settings["lr_multiplier"]
-    solver.LAYER_DECAY = settings["layerwise_lr_decay"]
-    solver.LR_SQRT_BATCH_SCALING = True
-    solver.IMS_PER_BATCH = settings["batch_size"] * settings["num_devices"] * settings["num_nodes"]
-    solver.WEIGHT_DECAY = settings["weight_decay"]
-    solver.BACKBONE_NORM_DECAY_MULTIPLIER = 1.0
-    solver.LR_SCHEDULER_NAME = "WarmupLinearLR"
-    solver.WARMUP_FACTOR = 1e-3
-    solver.WARMUP_ITERS = settings["warmup_iters"]
-    solver.MAX_ITER = settings["max_steps"]
-    return cfg
+    return apply_original_solver(tiny_hrda_cfg(), settings)
 
 
 @pytest.mark.parametrize("case", ["vfm_uda", "vfm_uda_plusplus"])
@@ -96,11 +93,7 @@ def test_param_groups_and_lrs_equal_the_original(case):
         extra = {"fd_head": tiny_feature_head()}
         cfg.SOLVER.HEAD_LR_PARAM_PREFIXES = ["fd_head."]
     optimizer = build_optimizer(cfg, model, extra_modules=extra)
-    scheduler = build_lr_scheduler(cfg, optimizer)
-    trainer = _Recorder(optimizer)
-    trainer.register_hooks([hooks.LRScheduler(optimizer, scheduler)])
-    trainer.train(0, settings["max_steps"])
-    lrs = trainer.recorded + [[g["lr"] for g in optimizer.param_groups]]  # iterations 0..max_steps
+    lrs = _lrs_of_the_run(cfg, optimizer)
     assert len(lrs) == settings["max_steps"] + 1
 
     group_of = {name: index for index, group in enumerate(optimizer.param_groups) for name in group["param_names"]}
@@ -206,10 +199,8 @@ def test_vfm_vit_backbone_roles_give_the_original_lrs():
     lrs follow §21.1 (block 11 at BASE_LR, block 0 at 0.9^11, the stems at 0.9^12), the head at the head lr."""
     from detectron2.modeling import build_model
 
-    from tests.modeling.test_vfm_uda_reference import vfm_cfg
-
     for name in ("vit_small_patch14_dinov2", "vit_small_patch14_reg4_dinov2"):
-        cfg = vfm_cfg()
+        cfg = vfm_model_cfg(7)
         cfg.MODEL.TIMM.NAME = name
         cfg.SOLVER.LAYER_DECAY, cfg.SOLVER.BASE_LR, cfg.SOLVER.HEAD_LR_MULTIPLIER = 0.9, 1e-5, 10.0
         model = build_model(cfg)
@@ -248,7 +239,6 @@ def test_vfm_vit_adapter_backbone_roles_give_the_original_lrs():
     from detectron2.modeling import build_model
 
     from hrda_d2.modeling.backbone import dinov2_vit
-    from tests.modeling.test_vfm_uda_pp_reference import NARROW, _cfg
 
     with open(FIXTURE) as f:
         reference = json.load(f)["cases"]["vfm_uda_plusplus"]
@@ -263,7 +253,7 @@ def test_vfm_vit_adapter_backbone_roles_give_the_original_lrs():
     assert {r for r in expected if isinstance(r, tuple)} == {("block", i) for i in range(NARROW["depth"])}
 
     cfg = _config(settings)
-    model_cfg = _cfg()
+    model_cfg = vfm_adapter_model_cfg()
     cfg.MODEL = model_cfg.MODEL
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(dinov2_vit, "create_timm_model", functools.partial(dinov2_vit.create_timm_model, **NARROW))
@@ -271,11 +261,7 @@ def test_vfm_vit_adapter_backbone_roles_give_the_original_lrs():
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     assert not any(n.startswith(("backbone.vit.mask_token", "backbone.vit.norm.")) for n in names)
     optimizer = build_optimizer(cfg, model)
-    scheduler = build_lr_scheduler(cfg, optimizer)
-    trainer = _Recorder(optimizer)
-    trainer.register_hooks([hooks.LRScheduler(optimizer, scheduler)])
-    trainer.train(0, settings["max_steps"])
-    lrs = trainer.recorded + [[g["lr"] for g in optimizer.param_groups]]
+    lrs = _lrs_of_the_run(cfg, optimizer)
     group_of = {name: index for index, group in enumerate(optimizer.param_groups) for name in group["param_names"]}
     assert sorted(group_of) == sorted(names)
 

@@ -20,25 +20,22 @@ terms 1.7e-7 relative (the two feature distances equal); gradients per tensor 3.
 within 0.0021 lr; EMA teacher 3e-8; BatchNorm running statistics 2.4e-7, ``num_batches_tracked`` equal (5 / 2).
 The exception are the ZERO_GRADIENT biases (below): noise on both sides, checked to be noise.
 """
-import ast
-import functools
-
 import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
-from detectron2.utils.events import EventStorage
 
 from hrda_d2 import add_hrda_config
 from hrda_d2.checkpoint import convert_checkpoint, load_checkpoint_file
-from hrda_d2.checkpoint import dinov2_conversion
 from hrda_d2.engine.trainer import HRDATrainer
-from hrda_d2.modeling.backbone import dinov2_vit
 from hrda_d2.solver import build_lr_scheduler
-from hrda_d2.uda.vfm_augmentation import AugmentationDecision, JitterDecision
-from hrda_d2.uda.vfm_step import VFMDecisions, VFMUDAStepTrainer
 from tests.helpers.paths import REPO_ROOT
+from tests.helpers.vfm_reference import (
+    ReplayStep, apply_original_solver, apply_original_step, assert_draws_equal, assert_group_lrs, change_norms,
+    declare_narrow_dinov2, gradient_norms, load_step_reference, param_lrs, recorded_decisions, run_one_step,
+    step_batches,
+)
 
 FIXTURE = REPO_ROOT / "tests" / "fixtures" / "vfm_uda_pp_step_reference" / "vfm_uda_pp_step_outputs.npz"
 STUDENT_CKPT = REPO_ROOT / "tests" / "fixtures" / "vfm_uda_pp_reference" / "vfm_uda_pp_lightning.ckpt"
@@ -53,21 +50,13 @@ ZERO_GRADIENT = ("encoder.spm.fc1.bias", "encoder.up.bias", "upscale.smooth_conv
 
 @pytest.fixture(scope="module")
 def ref():
-    with np.load(FIXTURE) as data:
-        out = {k: data[k] for k in data.files}
-    out["settings"] = ast.literal_eval(str(out["settings"]))
-    return out
+    return load_step_reference(FIXTURE)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def narrow_dinov2(ref):
     """The fixture's narrow trunk (student and frozen DINOv2) as a known DINOv2 for this file only."""
-    narrow = ref["settings"]["narrow"]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(dinov2_conversion.DINOV2_ARCHS, narrow["embed_dim"],
-                   dinov2_conversion.Dinov2Arch("vit_small_patch14_dinov2", narrow["embed_dim"], narrow["depth"],
-                                                narrow["num_heads"]))
-        mp.setattr(dinov2_vit, "create_timm_model", functools.partial(dinov2_vit.create_timm_model, **narrow))
+    with declare_narrow_dinov2(ref["settings"]["narrow"]):
         yield
 
 
@@ -94,68 +83,25 @@ def step_cfg(settings, fd_weights: str):
     cfg.MODEL.VFM.ADAPTER.CONV_INPLANE = settings["conv_inplane"]
     cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = settings["num_classes"]
     cfg.TEST.MODE = "whole"
-    cfg.UDA.VFM.TOKEN_MASK_RATIO = settings["token_mask_ratio"]
-    cfg.UDA.VFM.PSEUDO_THRESHOLD = settings["pseudo_threshold"]
-    cfg.UDA.VFM.AUG_IMG_SIZE = settings["img_size"]
+    apply_original_step(cfg, settings)
     cfg.UDA.VFM.EMA_ALPHA = settings["ema_alpha"]
     cfg.UDA.VFM.FD_WEIGHT_SOURCE = settings["fd_weight_source"]
     cfg.UDA.VFM.FD_WEIGHT_TARGET = settings["fd_weight_target"]
     cfg.UDA.VFM.FD_MODEL = "vit_small_patch14_reg4_dinov2"  # dinov2_vits14_reg, narrowed
     cfg.UDA.VFM.FD_WEIGHTS = fd_weights
     cfg.UDA.VFM.FD_SIZE = settings["fd_size"]
-    solver = cfg.SOLVER
-    solver.IMS_PER_BATCH = settings["batch"]
-    solver.BASE_LR = settings["lr"] * settings["lr_multiplier"]
-    solver.HEAD_LR_MULTIPLIER = 1.0 / settings["lr_multiplier"]
-    solver.LAYER_DECAY = settings["layerwise_lr_decay"]
-    solver.WEIGHT_DECAY = settings["weight_decay"]
-    solver.WARMUP_ITERS = settings["warmup_iters"]
-    solver.MAX_ITER = settings["max_steps"]
-    return cfg
+    return apply_original_solver(cfg, settings, rules=False)  # the recipe file sets the rules
 
 
-def recorded_decisions(ref) -> VFMDecisions:
-    """The original's draws (fixture) as hrda_d2's decisions."""
+class AdapterReplayStep(ReplayStep):
+    """:class:`ReplayStep` that also records the teacher's two pseudo-label forwards as they happen, the frozen
+    DINOv2's maps and the distill head's projected student maps."""
 
-    def pipeline(prefix):
-        out = []
-        for i in range(len(ref[f"{prefix}_jitter_applied"])):
-            jitter = None
-            if ref[f"{prefix}_jitter_applied"][i]:
-                jitter = JitterDecision(tuple(int(v) for v in ref[f"{prefix}_jitter_order"][i]),
-                                        *(float(v) for v in ref[f"{prefix}_jitter_factors"][i]))
-            sigma = ref.get(f"{prefix}_blur_sigma", [np.nan] * 2)[i]
-            gray = bool(ref.get(f"{prefix}_grayscale", [False] * 2)[i])
-            out.append(AugmentationDecision(jitter, gray, None if np.isnan(sigma) else float(sigma)))
-        return out
-
-    n = len(ref["source_image"])
-    return VFMDecisions(
-        source_flips=[bool(ref["source_flip"])] * n, target_flips=[bool(ref["target_flip"])] * n,
-        source_aug=pipeline("source_aug"), class_masks=torch.from_numpy(ref["class_masks"]).long(),
-        target_weak=pipeline("target_weak"), mixed_aug=pipeline("mixed_aug"), masked_aug=pipeline("masked_aug"),
-        mask=torch.from_numpy(ref["block_keep_grid"][:, 0] == 0),  # the adapter's token grid = the block grid
-        fd_source_weak=pipeline("fd_source_weak"), fd_target_weak=pipeline("fd_target_weak"))
-
-
-class ReplayStep(VFMUDAStepTrainer):
-    """The step with the original's decisions and a record of what it computes (no change to the arithmetic)."""
-
-    def __init__(self, *args, recorded: VFMDecisions, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.recorded = recorded
-        self.seen = {"augmented": [], "teacher_logits": [], "frozen": [], "projected": []}
+        self.seen.update({"teacher_logits": [], "frozen": [], "projected": []})
         self.fd_model.register_forward_hook(lambda m, i, o: self.seen["frozen"].append(o.detach().clone()))
         self.fd_head.register_forward_hook(lambda m, i, o: self.seen["projected"].append(o.detach().clone()))
-
-    def draw_decisions(self, source_labels, target_size, target_hw):
-        self.seen["drawn"] = super().draw_decisions(source_labels, target_size, target_hw)
-        return self.recorded
-
-    def augment(self, images01, decisions):
-        out = super().augment(images01, decisions)
-        self.seen["augmented"].append(out)
-        return out
 
     def pseudo_labels(self, target01, valid):
         # record the teacher's two forwards as they happen (a second pair would move its BatchNorm statistics)
@@ -172,24 +118,6 @@ class ReplayStep(VFMUDAStepTrainer):
         finally:
             del self.teacher.generate_pseudo_label
         return self.seen["pseudo"]
-
-    def mix(self, batch, pseudo, decisions):
-        self.seen["batch"] = batch
-        self.seen["mixed"] = super().mix(batch, pseudo, decisions)
-        return self.seen["mixed"]
-
-    def backward(self, loss):
-        self.seen.setdefault("backward_losses", []).append(float(loss.detach()))
-        super().backward(loss)
-        grads = [p.grad.detach().double().flatten() for p in self.student.parameters() if p.grad is not None]
-        self.seen.setdefault("grad_norm_after_backward", []).append(float(torch.cat(grads).norm()))
-
-    def finish_step(self, it):
-        self.seen["losses"] = {k: float(v.detach()) for k, v in it.losses.items()}
-        self.seen["grads"] = {n: p.grad.detach().clone() for n, p in self.named_trainable_parameters()
-                              if p.grad is not None}
-        self.seen["before"] = {n: p.detach().clone() for n, p in self.named_trainable_parameters()}
-        super().finish_step(it)
 
 
 @pytest.fixture(scope="module")
@@ -210,31 +138,19 @@ def run(ref, tmp_path_factory):
                              if k.startswith("fd_head_init/")}, strict=True)
     optimizer = HRDATrainer.build_optimizer(cfg, student, fd_head=fd_head)
     scheduler = build_lr_scheduler(cfg, optimizer)
-    lrs = {n: g["lr"] for g in optimizer.param_groups for n in g["param_names"]}
-    source = [{"image": torch.from_numpy(im), "sem_seg": torch.from_numpy(lb)}
-              for im, lb in zip(ref["source_image"], ref["source_label"])]
-    target = [{"image": torch.from_numpy(im), "valid_pseudo_mask": torch.from_numpy((ig != 255).astype(np.uint8))}
-              for im, ig in zip(ref["target_image"], ref["target_ignore_mask"])]
-    step = ReplayStep(cfg, model=student, data_loader=iter([(source, target)]), optimizer=optimizer,
-                      teacher=teacher, fd_model=fd_model, fd_head=fd_head, recorded=recorded_decisions(ref))
-    step.iter = 0
-    torch.manual_seed(settings["seed"])
-    np.random.seed(settings["seed"])
-    with EventStorage(0):
-        step.run_step()
-    scheduler.step()
-    lrs_after = {n: g["lr"] for g in optimizer.param_groups for n in g["param_names"]}
+    lrs = param_lrs(optimizer)
+    mask = torch.from_numpy(ref["block_keep_grid"][:, 0] == 0)  # the adapter's token grid = the block grid
+    step = AdapterReplayStep(cfg, model=student, data_loader=iter([step_batches(ref)]), optimizer=optimizer,
+                             teacher=teacher, fd_model=fd_model, fd_head=fd_head,
+                             recorded=recorded_decisions(ref, mask))
+    lrs_after = run_one_step(step, settings["seed"], optimizer, scheduler)
     return step, lrs, lrs_after
 
 
 def test_same_seed_draws_the_originals_decisions(ref, run):
     step = run[0]
     drawn, recorded = step.seen["drawn"], step.recorded
-    for field in ("source_flips", "target_flips", "source_aug", "target_weak", "mixed_aug", "masked_aug",
-                  "fd_source_weak", "fd_target_weak"):
-        assert getattr(drawn, field) == getattr(recorded, field), field
-    assert torch.equal(drawn.class_masks, recorded.class_masks)
-    assert torch.equal(drawn.mask, recorded.mask)
+    assert_draws_equal(drawn, recorded)
     # the original keeps a block where draw > ratio; hrda_d2 masks where draw < ratio (equal but at draw == ratio)
     draws = torch.from_numpy(ref["block_mask_draws"][:, 0])
     assert torch.equal(drawn.mask, draws < ref["settings"]["token_mask_ratio"])
@@ -303,9 +219,7 @@ def test_loss_terms_equal_the_original(ref, run):
 
 def test_gradients_after_the_backward_passes_equal_the_original(ref, run):
     grads = run[0].seen["grads"]
-    names = [str(n) for n in ref["param_names"]]
-    assert sorted(our_name(n) for n in names) == sorted(grads)
-    ours = np.array([float(grads[our_name(n)].double().norm()) for n in names])
+    names, ours = gradient_norms(ref, grads, our_name)
     noise = np.isin(names, ZERO_GRADIENT)
     assert (ours[noise] < 1e-7).all() and (ref["grad_norms"][noise] < 1e-7).all()
     # per-tensor norms: reached 3.6e-5 relative (encoder.norm1.bias; the rest <= 3e-5)
@@ -325,21 +239,16 @@ def test_gradients_after_the_backward_passes_equal_the_original(ref, run):
 
 def test_lrs_student_after_the_step_and_ema_teacher_equal_the_original(ref, run):
     step, lrs, lrs_after = run
-    for lr, first in zip(ref["group_lrs"], ref["group_first_param"]):
-        assert lrs[our_name(str(first))] == pytest.approx(float(lr), rel=1e-14)
-    for lr, first in zip(ref["lr_after_step"], ref["group_first_param"]):
-        assert lrs_after[our_name(str(first))] == pytest.approx(float(lr), rel=1e-14)
+    assert_group_lrs(ref, lrs, lrs_after, our_name)
     before = step.seen["before"]
     params = dict(step.named_trainable_parameters())
     teacher = dict(step.teacher.named_parameters())
     names = [str(n) for n in ref["param_names"]]
-    updates = np.array([float((params[our_name(n)].detach() - before[our_name(n)]).double().norm())
-                        for n in names])
+    updates = change_norms(params, before, names, our_name)
     noise = np.isin(names, ZERO_GRADIENT)
     np.testing.assert_allclose(updates[~noise], ref["update_norms"][~noise], rtol=2e-4)  # reached 1.4e-5
     net_names = [n for n in names if not n.startswith("fd_head.")]
-    teacher_change = np.array([float((teacher[our_name(n)] - before[our_name(n)]).double().norm())
-                               for n in net_names])
+    teacher_change = change_norms(teacher, before, net_names, our_name)
     noise = np.isin(net_names, ZERO_GRADIENT)
     np.testing.assert_allclose(teacher_change[~noise], ref["teacher_change_norms"][~noise], rtol=2e-4)
     for key in ref:
