@@ -123,6 +123,8 @@ def test_the_alignment_check_predicts_what_the_model_does():
         train_step(0.445, 100, (36, 100, 36, 100))  # the farthest box the check warned about
 
 
+@pytest.mark.slow  # one train_net start (~7 s); the message: test_each_check_refuses_with_its_message, train_net's
+# refusal of a config check: engine/test_train_net_messages.py::test_a_refused_setting_is_one_line
 def test_train_net_refuses_an_impossible_config_before_training(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "train_net.py"), "--config-file", DEMO_CONFIG,
                            "UDA.FD.CLASSES", "[6, 25]", "OUTPUT_DIR", str(tmp_path / "out")],

@@ -10,7 +10,7 @@ from PIL import Image
 def test_run_demo_end_to_end_short(repo_root, tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "tools/run_demo.py", "--output", str(out), "--iters", "4", "--num-train", "8",
+        [sys.executable, "tools/run_demo.py", "--output", str(out), "--iters", "2", "--num-train", "4",
          "--num-val", "2", "--num-pictures", "1"],
         cwd=repo_root, capture_output=True, text=True, timeout=600,
     )

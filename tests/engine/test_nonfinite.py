@@ -46,6 +46,9 @@ class RecordParameters(HookBase):
         self.after[self.trainer.iter] = clone_params(self.trainer.student)
 
 
+@pytest.mark.slow  # one train_net start (~15 s); the stop with the named error before the optimizer step and no
+# checkpoint: in-process below (test_a_nan_gradient_on_an_unchecked_iteration_is_never_saved, the stop of
+# test_skip_nonfinite_steps_skips_exactly_the_bad_steps)
 def test_the_issue_reproduction_stops_with_the_named_error_and_writes_no_checkpoint(data_root, tmp_path):
     """The command of the issue: a 64-px MIC block covers the whole 64-px detail crop of a random-init MiT; the
     LayerNorms of an all-zero input blow the gradient up (docs/method.md §15 Q20)."""

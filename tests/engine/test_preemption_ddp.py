@@ -59,7 +59,8 @@ def _free_port() -> int:
 
 
 def test_all_ranks_stop_after_the_same_iteration(tmp_path):
-    mp.spawn(_rank, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    # fork: the ranks start from this process's imports (spawn would import torch and hrda_d2 twice, ~10 s)
+    mp.start_processes(_rank, args=(_free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for result in results:
         assert result["stopped_at"] == SIGNAL_AT, results

@@ -6,6 +6,9 @@ import json
 import math
 import os
 import re
+
+import pytest
+
 from tests.helpers.training import (
     REF_ITERS,
     checkpoint_files,
@@ -37,6 +40,9 @@ def _copypaste_miou(text: str) -> float:
     return float(re.findall(r"copypaste: ([\d.]+),", text)[-1])
 
 
+@pytest.mark.slow  # two train_net starts (~25 s); --eval-only of a checkpoint reproduces a known mIoU in
+# checkpoint/test_released_checkpoint_workflow.py, evaluates a training checkpoint in
+# engine/test_custom_label_space.py, and the teacher entry loads in checkpoint/test_legacy_layout.py
 def test_eval_only_student_and_teacher(data_root, cli_run, tmp_path):
     out, text = cli_run
     weights = str(out / "model_final.pth")

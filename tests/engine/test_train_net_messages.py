@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from hrda_d2.config import ConfigError
 from tests.helpers.paths import REPO_ROOT
 from tests.helpers.scripts import import_script
 from tests.helpers.training import NAME_PREFIX, SMALL_OPTS
@@ -29,6 +30,8 @@ def refusal(*args) -> str:
     return error.value.code
 
 
+@pytest.mark.slow  # two train_net starts (~20 s); the message: config/test_loading.py, one line without a
+# traceback: test_an_empty_datasets_variable_..., the traceback with --debug: test_debug_raises_the_error below
 def test_a_copied_config_without_its_base_names_the_including_file(tmp_path):
     copied = tmp_path / "demo_source_only.yaml"
     shutil.copy(REPO_ROOT / "configs" / "demo_source_only.yaml", copied)
@@ -62,6 +65,14 @@ def test_an_empty_datasets_variable_gives_the_dataset_message_without_a_tracebac
 ])
 def test_a_refused_setting_is_one_line(opts, line, tmp_path):
     assert refusal("--config-file", str(DEMO_CONFIG), *opts, "OUTPUT_DIR", str(tmp_path)) == line
+
+
+def test_debug_raises_the_error_instead_of_the_one_line_message(tmp_path):
+    train_net = import_script(TRAIN_NET, "train_net")
+    args = train_net.default_argument_parser().parse_args(
+        ["--debug", "--config-file", str(DEMO_CONFIG), "UDA.METHOD", "advsegg", "OUTPUT_DIR", str(tmp_path)])
+    with pytest.raises(ConfigError, match="UDA.METHOD='advsegg': is not a method of hrda_d2"):
+        train_net.main(args)
 
 
 @pytest.mark.slow  # one train_net start (~10 s), the same one-line path as the tests above

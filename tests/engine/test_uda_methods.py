@@ -32,11 +32,14 @@ MIC = ["UDA.MIC.ENABLED", "True", "UDA.MIC.BLOCK_SIZE", "16"]
 # DACS-only settings of the demo config switched off where the method has none
 METHOD_OPTS = {"advseg": [], "minent": [], "target_only": ["INPUT.TARGET.CAT_MAX_RATIO", "0.75",
                                                             "INPUT.TARGET.PHOTOMETRIC_DISTORTION", "True"]}
-# default suite: the target-only CLI run (AdvSeg with HRDA runs in-process in the resume test below, AdvSeg and
-# MinEnt iterations against the original in tests/uda/test_output_space_reference.py); the rest is slow
+# all slow (two train_net starts each): AdvSeg with HRDA and MinEnt with MIC run in-process in the resume test
+# below, AdvSeg and MinEnt iterations against the original in tests/uda/test_output_space_reference.py, the
+# target-only oracle trains and evaluates in tests/experiments/test_grid_runs.py (target_only-MiT), and
+# train_net.py trains, evaluates and --eval-only evaluates in tests/engine/test_train_net.py
 CASES = [pytest.param("advseg", True, marks=pytest.mark.slow), pytest.param("advseg", False, marks=pytest.mark.slow),
          pytest.param("minent", True, marks=pytest.mark.slow), pytest.param("minent", False, marks=pytest.mark.slow),
-         pytest.param("target_only", True, marks=pytest.mark.slow), pytest.param("target_only", False)]
+         pytest.param("target_only", True, marks=pytest.mark.slow),
+         pytest.param("target_only", False, marks=pytest.mark.slow)]
 
 
 def method_opts(method, hrda, mic=False):

@@ -78,9 +78,14 @@ def fast_subset(tmp_path_factory):
 
 FAST = [("dacs", "MiT"), ("target_only", "MiT"), ("dacs", "ResNet"), ("advseg", "ResNet"), ("minent", "ResNet"),
         ("dacs", "ViT"), ("vfm_uda", "VFM-ViT")]
+# AdvSeg / ResNet, MinEnt / ResNet and DACS / ViT also train and evaluate in the default suite through
+# tests/tools/test_check_configs.py (its FAST configs): here they run with -m slow
+COVERED_BY_CHECK_CONFIGS = {("advseg", "ResNet"), ("minent", "ResNet"), ("dacs", "ViT")}
 
 
-@pytest.mark.parametrize("method,family", FAST, ids=[f"{m}-{f}" for m, f in FAST])
+@pytest.mark.parametrize("method,family", [
+    pytest.param(m, f, id=f"{m}-{f}", marks=[pytest.mark.slow] if (m, f) in COVERED_BY_CHECK_CONFIGS else [])
+    for m, f in FAST])
 def test_one_run_per_method_and_encoder_family_trains_and_evaluates(fast_subset, data_root, tmp_path, method,
                                                                      family):
     assert set(FAST) <= set(fast_subset) and set(fast_subset) - set(FAST) <= {("vfm_uda", "VFM-Adapter")}

@@ -69,6 +69,8 @@ def test_an_interrupted_tiny_run_is_not_relaunched_with_other_iterations(tmp_pat
     assert [i.max_iter for i in plan_launch(again, work, tiny=True)] == [10] * 6
 
 
+@pytest.mark.slow  # one tools/experiments.py start (~10 s); the switches are checked in-process by
+# test_tiny_and_memory.py::test_memory_switches_follow_the_readme_tiers, --list runs in test_checkout_environment.py
 def test_list_names_no_mit_switch_for_resnet_rows(tmp_path):
     rc, _, result = _tool(tmp_path, "--exp", "41", "--list")
     assert rc == 0, result.stderr[-3000:]

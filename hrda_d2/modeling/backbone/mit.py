@@ -245,7 +245,8 @@ class MixVisionTransformer(Backbone):
             setattr(self, f"block{s + 1}", nn.ModuleList(blocks))
             setattr(self, f"norm{s + 1}", nn.LayerNorm(self.embed_dims[s], eps=BLOCK_NORM_EPS))
             prev_dim = self.embed_dims[s]
-        self.apply(_segformer_init)
+        if self.norm1.weight.device.type != "meta":  # a meta-device build has shapes only: no values to draw
+            self.apply(_segformer_init)
 
     @classmethod
     def from_config(cls, cfg, input_shape: Optional[ShapeSpec] = None) -> Dict:
