@@ -203,11 +203,12 @@ class MaskedImageConsistency:
             metrics["masked_pseudo_confident_fraction"] = pseudo.confident_fraction
         elif pseudo is None:
             raise ValueError("MaskedImageConsistency without its own teacher needs the method's pseudo-labels")
-        grid = None
-        if self.mask_type == "tokens":
+        inputs = (source.images, source.labels, pseudo.target_images, pseudo.label, pseudo.weight)
+        if self.mask_type == "tokens":  # the grid of the backbone's token mask (the block path's call is unchanged)
             grid = unwrap_model(model).backbone.token_grid(tuple(pseudo.target_images.shape[-2:]))
-        batch = self.masked_batch(source.images, source.labels, pseudo.target_images, pseudo.label, pseudo.weight,
-                                  token_grid=grid)
+            batch = self.masked_batch(*inputs, token_grid=grid)
+        else:
+            batch = self.masked_batch(*inputs)
         with autocast():
             losses, forward_metrics = self.losses(model, batch)
         return MaskedLosses(losses, {**forward_metrics, **metrics}, batch)
