@@ -108,7 +108,7 @@ def test_teacher_logits_equal_the_original(ref, converted):
         net = build_model(vfm_cfg())
     net.load_state_dict(converted["teacher"].state_dict, strict=True)
     with torch.no_grad():
-        out = net.eval()([{"image": im} for im in torch.from_numpy(ref["image_96"])])
+        out = net.eval()([{"image": im} for im in torch.from_numpy(ref["image_64"])])
     diff = (torch.stack([o["sem_seg"] for o in out]) - torch.from_numpy(ref["teacher_logits"])).abs().max().item()
     assert diff < LOGIT_TOL, diff
 
