@@ -20,6 +20,8 @@ terms 1.7e-7 relative (the two feature distances equal); gradients per tensor 3.
 within 0.0021 lr; EMA teacher 3e-8; BatchNorm running statistics 2.4e-7, ``num_batches_tracked`` equal (5 / 2).
 The exception are the ZERO_GRADIENT biases (below): noise on both sides, checked to be noise.
 """
+import ast
+
 import numpy as np
 import pytest
 import torch
@@ -30,6 +32,7 @@ from hrda_d2 import add_hrda_config
 from hrda_d2.checkpoint import convert_checkpoint, load_checkpoint_file
 from hrda_d2.engine.trainer import HRDATrainer
 from hrda_d2.solver import build_lr_scheduler
+from tests.fixtures.vfm_uda_pp_step_reference.frozen_weights import frozen_dinov2_state
 from tests.helpers.paths import REPO_ROOT
 from tests.helpers.vfm_reference import (
     ReplayStep, apply_original_solver, apply_original_step, assert_draws_equal, assert_group_lrs, change_norms,
@@ -125,8 +128,7 @@ def run(ref, tmp_path_factory):
     """hrda_d2's iteration on the fixture's inputs, seeded as the original (torch and NumPy), decisions replayed."""
     settings = ref["settings"]
     fd_weights = tmp_path_factory.mktemp("vfm_pp_step") / "dinov2_narrow_reg4.pth"
-    torch.save({k[len("fd_model/"):]: torch.from_numpy(v) for k, v in ref.items() if k.startswith("fd_model/")},
-               fd_weights)
+    torch.save(frozen_dinov2_state(ast.literal_eval(str(ref["fd_model_shapes"]))), fd_weights)
     cfg = step_cfg(settings, str(fd_weights))
     converted = convert_checkpoint(load_checkpoint_file(STUDENT_CKPT), source=str(STUDENT_CKPT))
     with torch.device("cpu"):
