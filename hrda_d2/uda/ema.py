@@ -4,7 +4,7 @@ Source: docs/method.md §7.2 steps 1 and 6, §15 Q3, §15 Q11.
 """
 
 import torch
-from timm.layers import DropPath
+from timm.layers import DropPath, PatchDropout
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
@@ -71,7 +71,8 @@ def set_pseudo_label_mode(teacher: nn.Module) -> int:
     """Put the teacher in the mode DACS uses to predict pseudo-labels (docs/method.md §7.2 step 6, §15 Q3).
 
     ``teacher.train()`` is called, then every dropout module (``torch.nn.modules.dropout._DropoutNd``:
-    Dropout, Dropout2d, ...) and every timm ``DropPath`` is switched to eval mode. Everything else stays in
+    Dropout, Dropout2d, ...), every timm ``DropPath`` and timm ``PatchDropout`` (the VFM-UDA originals' teacher mode;
+    no MiT / ResNet / paper config has one) is switched to eval mode. Everything else stays in
     train mode: BatchNorm normalises with the statistics of the current batch and updates its running
     statistics. The mode persists until the caller changes it; nothing is saved or restored.
 
@@ -81,7 +82,7 @@ def set_pseudo_label_mode(teacher: nn.Module) -> int:
     teacher.train()
     num_switched = 0
     for module in teacher.modules():
-        if isinstance(module, (_DropoutNd, DropPath)):
+        if isinstance(module, (_DropoutNd, DropPath, PatchDropout)):
             module.eval()
             num_switched += 1
     return num_switched

@@ -31,12 +31,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from timm.layers import PatchDropout
 from torch import nn
 
 from ..config import check_choice
 from .class_mix import class_mix_masks, mix_with_mask
-from .ema import set_pseudo_label_mode
+from .ema import ema_alpha, set_pseudo_label_mode
 from .feature_distance import DistillFeatureHead, FrozenDINOv2Features, distill_feature_loss
 from .masking import block_mask, token_mask
 from .step_base import StudentLosses, UDAStepTrainer, prefixed_losses, stack_field, stack_images, step_config, \
@@ -45,18 +44,11 @@ from .vfm_augmentation import (STRONG, UDA, WEAK, AugmentationDecision, apply_ba
                                blur_kernel_size, draw_batch_augmentation, draw_flips)
 
 __all__ = ["VFMBatch", "VFMDecisions", "VFMPseudoLabels",
-           "VFMUDAStepTrainer", "ema_alpha_after_step", "ema_update_after_step_",
+           "VFMUDAStepTrainer", "ema_update_after_step_",
            "flip_averaged_pseudo_labels", "vfm_mix"]
 
 
 # ---------------------------------------------------------------------------------------------- pure pieces
-def ema_alpha_after_step(steps_done: int, alpha: float) -> float:
-    """The originals' EMA coefficient, computed AFTER the optimizer step from Lightning's ``global_step``, which in
-    manual optimisation counts the optimizer steps done (this one included): ``min(1 - 1 / (steps_done + 1),
-    alpha)``; the first iteration (``steps_done = 1``) gives 0.5."""
-    return min(1 - 1 / (steps_done + 1), alpha)
-
-
 @torch.no_grad()
 def ema_update_after_step_(teacher: nn.Module, student: nn.Module, alpha: float, buffers: bool) -> None:
     """``t <- t * alpha + (1 - alpha) * s`` in place for every parameter pair (``parameters()`` order), and with
@@ -153,14 +145,6 @@ class VFMBatch:
     target_valid: Optional[torch.Tensor]
     source_flips: List[bool]
     target_flips: List[bool]
-
-
-def _set_pseudo_label_mode(teacher: nn.Module) -> None:
-    """The originals' teacher mode: train mode with dropout, drop-path and timm's PatchDropout off."""
-    set_pseudo_label_mode(teacher)
-    for module in teacher.modules():
-        if isinstance(module, PatchDropout):
-            module.eval()
 
 
 # --------------------------------------------------------------------------------------------------- the step
@@ -303,7 +287,9 @@ class VFMUDAStepTrainer(UDAStepTrainer):
             self.run_pass(it, "fd_target", lambda: self.feature_distance(
                 batch.target_images, self.fd_weight_target, "fd_trg", decisions.fd_target_weak))
         it.scalars["pseudo_confident_fraction"] = pseudo.confident_fraction
-        alpha = ema_alpha_after_step(self.iter + 1, self.ema_alpha)
+        # the originals compute it AFTER the step from Lightning's global_step, which in manual optimisation counts
+        # the optimizer steps done, this one included: the first iteration gives 0.5
+        alpha = ema_alpha(self.iter + 1, self.ema_alpha)
         it.scalars["ema_alpha"] = alpha
         self.sync_head_gradients()
         self.finish_step(it)
@@ -369,7 +355,7 @@ class VFMUDAStepTrainer(UDAStepTrainer):
     def pseudo_labels(self, target01: torch.Tensor, valid: Optional[torch.Tensor]) -> VFMPseudoLabels:
         """Step 3: the teacher (pseudo-label mode) on the normalised target batch and on its mirror image."""
         teacher = self.teacher
-        _set_pseudo_label_mode(teacher)
+        set_pseudo_label_mode(teacher)
         images = self.normalize(target01)
         with self.autocast():
             logits = teacher.generate_pseudo_label(images)

@@ -14,7 +14,8 @@ from hrda_d2.uda.feature_distance import DistillFeatureHead, FrozenDINOv2Feature
 from hrda_d2.uda.masking import token_mask
 from hrda_d2.uda.vfm_augmentation import (STRONG, UDA, WEAK, apply_batch_augmentation, apply_flips,
                                           blur_kernel_size, draw_batch_augmentation, draw_flips)
-from hrda_d2.uda.vfm_step import (VFMUDAStepTrainer, ema_alpha_after_step, ema_update_after_step_,
+from hrda_d2.uda.ema import ema_alpha
+from hrda_d2.uda.vfm_step import (VFMUDAStepTrainer, ema_update_after_step_,
                                   flip_averaged_pseudo_labels, vfm_mix)
 
 
@@ -95,8 +96,8 @@ def test_mix_is_one_mix_with_labelled_source_weight():
 
 
 def test_ema_after_step_rule():
-    assert [ema_alpha_after_step(k, 0.999) for k in (1, 2, 3)] == [0.5, 1 - 1 / 3, 0.75]
-    assert ema_alpha_after_step(5000, 0.999) == 0.999
+    assert [ema_alpha(k, 0.999) for k in (1, 2, 3)] == [0.5, 1 - 1 / 3, 0.75]
+    assert ema_alpha(5000, 0.999) == 0.999
     student, teacher = nn.BatchNorm2d(2), nn.BatchNorm2d(2)
     with torch.no_grad():
         student.weight.fill_(2.0)
