@@ -15,7 +15,7 @@ setup(
     description="HRDA (context-aware high-resolution domain-adaptive semantic segmentation) in Detectron2",
     long_description=(here / "README.md").read_text(),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["hrda_d2", "hrda_d2.*"]),
+    packages=find_packages(include=["hrda_d2", "hrda_d2.*", "hrda_d2_deploy"]),
     python_requires=">=3.10",
     install_requires=requirements,
     extras_require={"test": [

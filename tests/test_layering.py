@@ -1,6 +1,10 @@
 """The package's layers form one total order (README "Project layout"), and no module import circle exists.
 
-    utils < config < modeling < data < solver | evaluation < uda < checkpoint < engine < experiments
+    utils < config < modeling < data < solver | evaluation < uda < checkpoint < export < engine < experiments
+
+``hrda_d2_deploy`` (the runtime without Detectron2, beside the package) sits below all of them: the package may
+import it (its geometry is shared), it imports nothing of ``hrda_d2``, and at module level only the standard library,
+NumPy and itself (the graphs' runtime ``onnxruntime`` / ``torch`` and OpenCV inside functions only).
 
 A module may import only from layers below its own (and from its own layer); ``solver`` and ``evaluation`` share a
 rank and do not import each other. ``tools/`` (with ``tools/benchmarking``, the benchmark library) and ``demo/`` are
@@ -15,11 +19,12 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 from tests.helpers.paths import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "hrda_d2"
+DEPLOY_PACKAGE = REPO_ROOT / "hrda_d2_deploy"
 
 # lowest first; layers in one tuple share a rank
 LAYER_ORDER: Sequence[Tuple[str, ...]] = (
     ("utils",), ("config",), ("modeling",), ("data",), ("solver", "evaluation"), ("uda",), ("checkpoint",),
-    ("engine",), ("experiments",),
+    ("export",), ("engine",), ("experiments",),
 )
 # what the package never imports: the script folders, the tests, and tools/benchmarking (tools/benchmark.py's library)
 SCRIPT_FOLDERS = ("tools", "demo", "tests", "benchmarking")
@@ -195,3 +200,30 @@ def test_the_package_never_imports_the_scripts():
         names = imported_modules(path.read_text(), module, is_package)
         offenders += [f"{module} imports {n}" for n in names if n.split(".")[0] in SCRIPT_FOLDERS]
     assert not offenders, offenders
+
+
+def module_level_imports(source: str) -> Set[str]:
+    """The top-level names of the modules ``source`` imports outside functions and classes (relative imports as
+    ``"."``)."""
+    names: Set[str] = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names.add("." if node.level else (node.module or "").split(".")[0])
+    return names
+
+
+def test_the_deploy_runtime_imports_only_the_standard_library_and_numpy_at_module_level():
+    import sys
+
+    allowed = set(sys.stdlib_module_names) | {"numpy", "."}
+    offenders = {}
+    for path in sorted(DEPLOY_PACKAGE.rglob("*.py")):
+        names = module_level_imports(path.read_text())
+        if names - allowed:
+            offenders[path.name] = sorted(names - allowed)
+    assert not offenders, offenders
+    anywhere = {n for p in DEPLOY_PACKAGE.rglob("*.py")
+                for n in imported_modules(p.read_text(), module_name(p, REPO_ROOT), p.name == "__init__.py")}
+    assert not {n for n in anywhere if n.split(".")[0] in ("hrda_d2", "detectron2")}, "the runtime imports hrda_d2"

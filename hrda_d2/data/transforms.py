@@ -24,6 +24,8 @@ import cv2
 import numpy as np
 from detectron2.data import transforms as T
 
+from hrda_d2_deploy.geometry import imrescale_size
+
 __all__ = [
     "imrescale_size",
     "RescaleTransform",
@@ -36,20 +38,6 @@ __all__ = [
 
 # number of cat_max_ratio checks before the last drawn box is kept unchecked (mmseg RandomCrop)
 _CAT_MAX_RATIO_CHECKS = 10
-
-
-def imrescale_size(height: int, width: int, scale: Sequence[int]) -> Tuple[int, int]:
-    """Output ``(height, width)`` of mmcv ``imrescale`` with a ``(long side, short side)`` scale tuple.
-
-    ``f = min(max(scale) / max(h, w), min(scale) / min(h, w))`` and the new size is
-    ``(int(h * f + 0.5), int(w * f + 0.5))`` (docs/method.md §10.1 step 2). The order of the two numbers in
-    ``scale`` does not matter. E.g. 1052x1914 with (2560, 1440) -> 1407x2560.
-    """
-    if len(scale) != 2 or min(scale) <= 0:
-        raise ValueError(f"rescale scale must be two positive numbers (long, short side), got {scale}")
-    long_side, short_side = max(scale), min(scale)
-    factor = min(long_side / max(height, width), short_side / min(height, width))
-    return int(height * float(factor) + 0.5), int(width * float(factor) + 0.5)
 
 
 class RescaleTransform(T.Transform):

@@ -9,7 +9,7 @@ import torch
 from detectron2.modeling import build_model
 from tests.helpers.tiny_configs import small_input_hrda_cfg
 
-from hrda_d2.modeling.meta_arch.tile_reuse import shared_tile_plan
+from hrda_d2_deploy.geometry import shared_tile_plan
 
 
 def windows(h, w, win, stride):

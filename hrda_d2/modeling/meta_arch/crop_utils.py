@@ -1,14 +1,18 @@
 """Crop boxes: random divisible detail crops, slicing, box scaling, sliding windows and their merging.
 
 Every box is ``(y1, y2, x1, x2)``: half-open (``y1 <= y < y2``), integer pixels of the tensor it refers to.
-The sliding-window generator is shared by the HR tile inference of HRDA (docs/method.md §4.4) and the test-time
-slide inference (docs/method.md §4.5); ``merge_windows`` is the matching count-matrix average.
+The sliding-window generator (``sliding_window_boxes``) and ``scale_box`` live in :mod:`hrda_d2_deploy.geometry`
+(standard library only, shared with the deploy runtime) and are re-exported here; the window generator serves the HR
+tile inference of HRDA (docs/method.md §4.4) and the test-time slide inference (§4.5); ``merge_windows`` is the
+matching count-matrix average.
 """
-from typing import Iterable, List, Sequence, Tuple
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from hrda_d2_deploy.geometry import CropBox, scale_box, sliding_window_boxes
 
 __all__ = [
     "CropBox",
@@ -19,8 +23,6 @@ __all__ = [
     "merge_windows",
     "stack_windows",
 ]
-
-CropBox = Tuple[int, int, int, int]
 
 
 def random_crop_box(image_hw: Sequence[int], crop_hw: Sequence[int], divisible: int = 1) -> CropBox:
@@ -50,37 +52,6 @@ def crop(t: Tensor, box: Sequence[int]) -> Tensor:
         raise ValueError(f"crop expects a 2-D, 3-D or 4-D tensor, got shape {tuple(t.shape)}")
     y1, y2, x1, x2 = box
     return t[..., y1:y2, x1:x2]
-
-
-def scale_box(box: Sequence[int], divisor: float) -> CropBox:
-    """Map a box to a map ``divisor`` times smaller: every coordinate ``int(c / divisor)`` (truncation)."""
-    return tuple(int(c / divisor) for c in box)  # type: ignore[return-value]
-
-
-def sliding_window_boxes(
-    image_hw: Sequence[int], window_hw: Sequence[int], stride_hw: Sequence[int]
-) -> List[CropBox]:
-    """Sliding windows over an image, rows outer and columns inner (docs/method.md §4.4, §4.5).
-
-    ``grids = max(size - window + stride - 1, 0) // stride + 1`` per axis; window ``i`` starts at
-    ``i * stride``, ends at ``min(start + window, size)`` and is then shifted back to start at
-    ``max(end - window, 0)``. The last window therefore ends at the image border, and a window larger than
-    the image shrinks to the image (no padding). Together the windows cover every pixel.
-    """
-    h, w = int(image_hw[0]), int(image_hw[1])
-    wh, ww = int(window_hw[0]), int(window_hw[1])
-    sh, sw = int(stride_hw[0]), int(stride_hw[1])
-    if min(wh, ww, sh, sw) <= 0:
-        raise ValueError(f"window {tuple(window_hw)} and stride {tuple(stride_hw)} must be positive")
-    h_grids = max(h - wh + sh - 1, 0) // sh + 1
-    w_grids = max(w - ww + sw - 1, 0) // sw + 1
-    boxes = []
-    for h_idx in range(h_grids):
-        for w_idx in range(w_grids):
-            y2 = min(h_idx * sh + wh, h)
-            x2 = min(w_idx * sw + ww, w)
-            boxes.append((max(y2 - wh, 0), y2, max(x2 - ww, 0), x2))
-    return boxes
 
 
 def merge_windows(

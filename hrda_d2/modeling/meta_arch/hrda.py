@@ -364,9 +364,12 @@ class HRDA(nn.Module):
     # inference
     # ------------------------------------------------------------------------------------------------------
     @property
-    def hr_tile_stride(self) -> Tuple[int, int]:
-        """Stride of the HR inference tiles: half the tile (HR_SLIDE_OVERLAPPING) or the tile itself."""
+    def hr_tile_stride(self) -> Optional[Tuple[int, int]]:
+        """Stride of the HR inference tiles: half the tile (HR_SLIDE_OVERLAPPING) or the tile itself; None without
+        HR tiles (no HR_CROP_SIZE, one scale)."""
         tile = self.hr_crop_size
+        if tile is None:
+            return None
         return tuple(c // 2 for c in tile) if self.hr_slide_overlapping else tile  # type: ignore[return-value]
 
     def _inference_scales(self, images: Tensor, hr_logits: Optional[Tensor] = None) -> ScaleOutputs:

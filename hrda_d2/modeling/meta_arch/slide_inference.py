@@ -3,7 +3,7 @@
 Test-time slide inference runs the whole-image inference (``encode_decode``, §4.4) on every TEST.SLIDE window
 and averages the windows' logits with a count matrix. Every window of a two-scale HRDA model cuts its HR image
 into overlapping tiles; neighbouring windows share many of them. :func:`shared_tile_window_logits` computes each
-distinct tile once (plan: :func:`~.tile_reuse.shared_tile_plan`) and hands every window its tiles' logits.
+distinct tile once (plan: :func:`hrda_d2_deploy.geometry.shared_tile_plan`) and hands every window its tiles' logits.
 
 The functions here know nothing of the model: they take the image, the window boxes and callables (one window's
 inference, the decoding of a batch of tiles, the merging of a window's tile logits), so the meta-architecture
@@ -17,8 +17,9 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 import torch
 from torch import Tensor
 
+from hrda_d2_deploy.geometry import shared_tile_plan
+
 from .crop_utils import CropBox, crop, stack_windows
-from .tile_reuse import shared_tile_plan
 
 __all__ = ["shared_tile_window_logits", "window_logits"]
 
