@@ -25,7 +25,7 @@ def _repository_root() -> Path:
 
 ROOT = _repository_root()
 METHOD_DOC = ROOT / "docs" / "method.md"
-SCANNED_FOLDERS = ("hrda_d2", "tools", "demo", "datasets")
+SCANNED_FOLDERS = ("hrda_d2", "hrda_d2_deploy", "tools", "demo", "datasets")
 
 _HEADING = re.compile(r"^(#{2,3})\s+(\d+(?:\.\d+)?)[.\s]", re.MULTILINE)
 _QUIRK = re.compile(r"^\*\s+\*\*Q(\d+)\*\*", re.MULTILINE)
@@ -181,10 +181,10 @@ def test_step_ranges_and_bare_paragraph_signs():
 def test_method_document_keeps_the_reference_numbering(method_index: MethodIndex):
     top = {s for s in method_index.sections if "." not in s}
     # §18: the Table 2 methods, §19: VFM-UDA model, §20: VFM-UDA++ model, §21: VFM solver and WildDash 2,
-    # §22: the VFM-UDA iteration
-    assert top == {str(n) for n in range(1, 23)}, sorted(top, key=float)
+    # §22: the VFM-UDA iteration, §23: deployment
+    assert top == {str(n) for n in range(1, 24)}, sorted(top, key=float)
     for sub in ("4.6", "5.3", "7.2", "8.4", "10.3", "11.4", "12.3", "17.5", "18.4", "18.9", "19.4", "20.1", "21.3",
-                "22.5"):
+                "22.5", "23.3"):
         assert sub in method_index.sections, sub
     assert method_index.quirks == set(range(1, 21))
     assert method_index.steps["7.2"] == set(range(1, 12)), "the DACS iteration is steps 1..11 of §7.2"

@@ -1,5 +1,6 @@
-"""Export a built model to ONNX or TorchScript for :mod:`hrda_d2_deploy`, checked against eager PyTorch (docs/method.md
-§23).
+"""Export a built model to ONNX or TorchScript for :mod:`hrda_d2_deploy`, checked against eager PyTorch.
+
+The graphs, the size probe and the checks are docs/method.md §23.1-23.3.
 
 What is exported is every tensor operation of one window: normalisation, backbone, heads, and for a two-scale HRDA
 model with HR tiles the context branch, scale attention and fusion. The loops stay in the runtime
