@@ -166,9 +166,10 @@ def _graph_inputs(model: nn.Module, name: str, window: Tensor) -> Tuple[Tensor, 
     return (window, hr)
 
 
-def _probe_size(size: Sequence[int]) -> Tuple[int, int]:
-    """A second, odd size for the generality probe: about 3/4 of the traced size (at least 33)."""
-    return tuple(max(33, (int(s) * 3 // 4) | 1) for s in size)  # type: ignore[return-value]
+def _probe_sizes(size: Sequence[int]) -> List[Tuple[int, int]]:
+    """Second, odd sizes for the generality probe: about 3/4 of the traced size, then about 5/4 (for models that
+    do not take the smaller one)."""
+    return [tuple(max(33, (int(s) * k // 4) | 1) for s in size) for k in (3, 5)]  # type: ignore[misc]
 
 
 # ---------------------------------------------------------------------------------------------------- the checks
@@ -365,23 +366,37 @@ def _check_fix(precision: str) -> str:
 def _probe(model: nn.Module, module: nn.Module, name: str, folder: str, manifest: Dict[str, Any], traced: Tensor,
            tolerance: float, options: RuntimeOptions) -> bool:
     """Whether graph ``name`` (written, fp32) equals eager PyTorch at a second, odd size with a batch of two
-    (``traced``: its traced image input, a window or a tile); a batch of two at the traced size must hold in any
-    case (windows and tiles run batched)."""
+    (``traced``: its traced image input, a window or a tile; the first of :func:`_probe_sizes` that eager PyTorch
+    takes). A batch of two at the traced size must hold in any case (windows and tiles run batched)."""
     graph = load_graph(folder, manifest, name, options)
 
-    def holds(batch: Tensor) -> bool:
+    def holds(batch: Tensor) -> Optional[bool]:
+        """None: eager PyTorch does not take this size; else whether the graph equals it."""
         try:
             inputs = (batch,) if name == "tiles" else _graph_inputs(model, name, batch)
-            check = ExportCheck(name, graph(*[t.numpy() for t in inputs]), _eager(module, inputs))
-        except Exception as e:  # eager PyTorch or the runtime refusing the size: the graph is not size-generic
+            eager = _eager(module, inputs)
+        except Exception as e:  # the model itself refuses the size (e.g. MiT below 32 px): not a probe
+            logger.debug("graph %r: eager PyTorch refuses %s: %s", name, list(batch.shape), e)
+            return None
+        try:
+            check = ExportCheck(name, graph(*[t.numpy() for t in inputs]), eager)
+        except Exception as e:  # the runtime refusing a size the model takes: the graph is not size-generic
             logger.debug("graph %r at %s: %s", name, list(batch.shape), e)
             return False
         return check.failure("fp32", tolerance, DEFAULT_MIN_AGREEMENT["fp32"]) is None
 
     pair = torch.cat([traced, traced.flip(-1)])
-    h, w = _probe_size(traced.shape[-2:])
-    if h < traced.shape[-2] and w < traced.shape[-1] and holds(pair[..., :h, :w].contiguous()):
-        return True
+    for h, w in _probe_sizes(traced.shape[-2:]):
+        if (h, w) == tuple(traced.shape[-2:]):
+            continue
+        probe = pair[..., :h, :w] if h <= traced.shape[-2] and w <= traced.shape[-1] else \
+            torch.nn.functional.pad(pair, (0, max(0, w - pair.shape[-1]), 0, max(0, h - pair.shape[-2])),
+                                    mode="reflect")[..., :h, :w]
+        result = holds(probe.contiguous())
+        if result is not None:
+            if result:
+                return True
+            break
     if not holds(pair):
         raise ExportError(f"graph {name!r} does not take a batch of two at its traced size "
                           f"{list(traced.shape[-2:])}; set TEST.SLIDE.BATCHED False to run windows one by one")

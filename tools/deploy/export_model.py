@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     setup_logger(name="hrda_d2")
+    if not args.debug:  # the probe's and the tracer's details are debug output
+        logging.getLogger("hrda_d2").setLevel(logging.INFO)
     torch.set_grad_enabled(False)
     try:
         run(args)

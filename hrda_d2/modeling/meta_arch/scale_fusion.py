@@ -1,6 +1,7 @@
 """Fusion of the context (LR) and detail (HR) predictions with the scale attention (docs/method.md §5.3)."""
 from typing import NamedTuple, Optional, Sequence, Union
 
+import torch
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -26,10 +27,15 @@ class FusedScales(NamedTuple):
 
 def _upsample(x: Tensor, factor: float, size: Optional[Sequence[int]]) -> Tensor:
     """bilinear x ``factor`` (align_corners False), or to ``size`` when the factor cannot reach it; factor 1 (equal
-    scales) returns ``x`` itself, which is what the bilinear x1 of the original computes."""
+    scales) returns ``x`` itself, which is what the bilinear x1 of the original computes.
+
+    While a graph is traced for export (docs/method.md §23.2) a given ``size`` is always used: the choice above is a
+    Python comparison of shapes that a trace would freeze. For an integer factor that reaches ``size`` both calls map
+    the same source coordinates (``in / size == 1 / factor`` exactly), so the exported graph equals eager PyTorch at
+    every size."""
     if factor == 1.0 and (size is None or tuple(x.shape[-2:]) == tuple(size)):
         return x
-    if size is not None and tuple(int(s * factor) for s in x.shape[-2:]) != tuple(size):
+    if size is not None and (torch.jit.is_tracing() or tuple(int(s * factor) for s in x.shape[-2:]) != tuple(size)):
         return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
     return F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
 
