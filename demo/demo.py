@@ -4,6 +4,16 @@
     python demo/demo.py --config-file CFG.yaml --input IMG [IMG|GLOB|FOLDER ...] --output OUT_DIR \
         [--hrda-out {fused,lr,hr,attention}] [--opacity 0.5] [--metadata-name DATASET] [--opts KEY VALUE ...]
     python demo/demo.py --config-file CFG.yaml --video-input VIDEO.mp4 --output OUT_DIR_OR_FILE [...]
+    python demo/demo.py --exported EXPORTED_DIR --input ... | --video-input ... --output ... \
+        [--threads N] [--ort-opt-level {disable,basic,extended,all}] [--providers PROVIDER ...]
+
+--exported runs a model exported by tools/deploy/export_model.py with hrda_d2_deploy.DeployPredictor (onnxruntime
+or TorchScript, no model is built) instead of the eager model, for the same inputs and the same pictures. The
+class names and colours come from the config's metadata as without it: the folder's config.yaml (written by the
+exporter) unless --config-file is given; the weights, test scale and windows are the exported ones. It draws the
+fused prediction only (--hrda-out fused). --threads sets the runtime's threads (also the eager model's torch
+threads), --ort-opt-level the onnxruntime graph optimisation, --providers the onnxruntime execution providers
+(default: CUDA when present, then CPU). A missing or damaged folder is one line naming it and the fix.
 
 --input takes image files, glob patterns (quote them) and folders (every image below them); one picture per
 image is written to --output (a folder; a file name is allowed for a single image), always as PNG, named
@@ -34,6 +44,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import hrda_d2  # noqa: F401  (first: registers the components, quiets fvcore's import warnings)
 import cv2
 import numpy as np
+import torch
 import tqdm
 from detectron2.utils.logger import setup_logger
 
@@ -43,11 +54,17 @@ from hrda_d2.data.datasets.split_files import SplitFileError, register_split_fil
 from hrda_d2.data.image_io import read_rgb_image
 from hrda_d2.modeling.meta_arch.crop_utils import sliding_window_boxes
 from hrda_d2.engine.predictor import HRDA_OUTPUTS
+from hrda_d2_deploy import DeployPredictor, ExportedModelError, RuntimeOptions
+from hrda_d2_deploy.geometry import imrescale_size
+from hrda_d2_deploy.runtime import OPT_LEVELS, read_manifest
 from predictor import VisualizationDemo  # demo/predictor.py (this script's folder is first on sys.path)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 # what OpenCV's own (FFmpeg) writer can encode everywhere, per output extension
 VIDEO_CODECS = {".mp4": "mp4v", ".mkv": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".webm": "VP80"}
+EXPORTED_CONFIG = "config.yaml"  # the config the exporter writes beside model.json
+# --opts under these prefixes change the eager model; an exported model has them fixed (warned)
+_MODEL_KEYS = ("MODEL.", "INPUT.TEST.", "TEST.")
 
 logger = logging.getLogger("demo")
 
@@ -55,7 +72,9 @@ logger = logging.getLogger("demo")
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="path to the config file")
+    parser.add_argument("--config-file", metavar="FILE",
+                        help="path to the config file (required without --exported; with it, default: the "
+                             "exported folder's config.yaml)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", help="image files, glob patterns or folders")
     source.add_argument("--video-input", help="a video file")
@@ -68,17 +87,39 @@ def get_parser() -> argparse.ArgumentParser:
                         help="opacity of the prediction over the image, 0..1 (1 = palette image)")
     parser.add_argument("--metadata-name", default=None,
                         help="dataset whose metadata gives class names and colours (default: DATASETS.TEST[0])")
+    parser.add_argument("--exported", metavar="DIR",
+                        help="run the model exported to DIR by tools/deploy/export_model.py (hrda_d2_deploy) "
+                             "instead of building the eager model")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads of the runtime (onnxruntime / TorchScript; torch for the eager model); "
+                             "default: all cores")
+    parser.add_argument("--ort-opt-level", choices=OPT_LEVELS, default=None,
+                        help="onnxruntime graph optimisation level with --exported (default: all)")
+    parser.add_argument("--providers", nargs="+", default=None, metavar="PROVIDER",
+                        help="onnxruntime execution providers in order of preference with --exported, e.g. "
+                             "CUDAExecutionProvider CPUExecutionProvider (default: CUDA when present, then CPU)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
                         help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model.pth")
     return parser
 
 
+def config_file(args: argparse.Namespace) -> str:
+    """``--config-file``, or with ``--exported`` (and no ``--config-file``) the exported folder's config.yaml."""
+    if args.config_file or not args.exported:
+        return args.config_file
+    path = os.path.join(args.exported, EXPORTED_CONFIG)
+    if not os.path.isfile(path):
+        raise SystemExit(f"demo: {path}: missing (the exporter writes it for the class names and colours); give "
+                         f"the model's --config-file, or export again with tools/deploy/export_model.py")
+    return path
+
+
 def setup_cfg(args: argparse.Namespace):
-    """The config of ``args``, with the splits of its ``DATASETS.SPLIT_FILES`` registered (their class names and
-    colours name and paint the predictions)."""
+    """The config of ``args`` (:func:`config_file`), with the splits of its ``DATASETS.SPLIT_FILES`` registered
+    (their class names and colours name and paint the predictions)."""
     try:
-        cfg = load_config(args.config_file, args.opts)
+        cfg = load_config(config_file(args), args.opts)
         register_split_files(cfg.DATASETS.SPLIT_FILES)
     except (ConfigError, SplitFileError) as e:
         raise SystemExit(f"demo: {e}") from None
@@ -137,6 +178,36 @@ def expected_prediction_bytes(height: int, width: int, num_classes: int) -> int:
     return _PREDICTION_COPIES * num_classes * height * width * 4
 
 
+def check_exported_args(args: argparse.Namespace) -> None:
+    """Refuse the options an exported model cannot honour, and the runtime options without ``--exported``, each
+    with one ``demo: ...`` line; warn about ``--opts`` that change only the eager model."""
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(f"demo: --threads must be a positive number, got {args.threads}")
+    if not args.exported:
+        for flag, value in (("--ort-opt-level", args.ort_opt_level), ("--providers", args.providers)):
+            if value is not None:
+                raise SystemExit(f"demo: {flag} sets the runtime of an exported model; add --exported DIR, or "
+                                 f"leave {flag} out")
+        return
+    if args.hrda_out != "fused":
+        raise SystemExit(f"demo: --hrda-out {args.hrda_out} needs the eager model (the exported graphs compute the "
+                         f"fused prediction only); leave out --exported, or use --hrda-out fused")
+    fixed = [key for key in args.opts[::2] if key.startswith(_MODEL_KEYS)]
+    if fixed:
+        logger.warning("--exported: %s change only the eager model; the exported model's weights, test scale and "
+                       "windows were fixed at export (export again to change them)", ", ".join(fixed))
+
+
+def build_predictor(args: argparse.Namespace) -> DeployPredictor:
+    """The ``DeployPredictor`` of ``--exported`` with the runtime options; a missing or damaged folder (or a
+    runtime option the installed runtime lacks) is one ``demo: ...`` line."""
+    options = RuntimeOptions(threads=args.threads, opt_level=args.ort_opt_level or "all", providers=args.providers)
+    try:
+        return DeployPredictor(args.exported, options)
+    except ExportedModelError as e:  # names the file (or the providers) and the fix
+        raise SystemExit(f"demo: {e}") from None
+
+
 class LargeImageWarning:
     """Logs once per run when an image's prediction will need more than ``LARGE_IMAGE_BYTES``."""
 
@@ -156,14 +227,21 @@ class LargeImageWarning:
 
 
 def window_count(demo: VisualizationDemo, image: np.ndarray) -> Tuple[int, Tuple[int, int]]:
-    """(number of test windows, rescaled (h, w)) the model will run on ``image`` (1 in "whole" mode)."""
+    """(number of test windows, rescaled (h, w)) the model (eager or exported) will run on ``image`` (1 in "whole"
+    mode)."""
     predictor = demo.predictor
-    transform = predictor.mapper.rescale.get_transform(image)
-    height, width = image.shape[:2]  # a NoOpTransform (the image has the test scale) keeps them
-    size = (int(getattr(transform, "new_h", height)), int(getattr(transform, "new_w", width)))
-    if predictor.model.test_mode == "whole":
+    height, width = image.shape[:2]
+    if isinstance(predictor, DeployPredictor):
+        exported = predictor.model
+        size = imrescale_size(height, width, predictor.test_scale) if predictor.test_scale else (height, width)
+        mode, window, stride = exported.mode, exported.window_size, exported.window_stride
+    else:
+        transform = predictor.mapper.rescale.get_transform(image)  # a NoOpTransform keeps the size
+        size = (int(getattr(transform, "new_h", height)), int(getattr(transform, "new_w", width)))
+        mode, window, stride = predictor.model.test_mode, predictor.model.test_crop_size, predictor.model.test_stride
+    if mode == "whole":
         return 1, size
-    return len(sliding_window_boxes(size, predictor.model.test_crop_size, predictor.model.test_stride)), size
+    return len(sliding_window_boxes(size, window, stride)), size
 
 
 @contextlib.contextmanager
@@ -195,7 +273,7 @@ def run_images(demo: VisualizationDemo, inputs: List[Tuple[str, str]], output: s
     """Write one picture per input; returns (number written, failed input paths)."""
     targets = image_outputs(inputs, output)
     written, failed = 0, []
-    large = LargeImageWarning(demo.predictor.cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+    large = LargeImageWarning(demo.num_classes)
     for path, _ in tqdm.tqdm(inputs, desc="demo", unit="image", disable=len(inputs) < 2):
         try:
             image = read_rgb_image(path)
@@ -272,16 +350,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     setup_logger(name="hrda_d2")
     setup_logger(name="demo")
     logger.info("Arguments: %s", args)
+    if not args.config_file and not args.exported:
+        get_parser().error("--config-file is required (or --exported DIR of an exported model)")
+    check_exported_args(args)
+    if args.exported:
+        try:  # the folder first: its config.yaml is the default config
+            read_manifest(args.exported)
+        except ExportedModelError as e:
+            raise SystemExit(f"demo: --exported {e}") from None
     cfg = setup_cfg(args)
+    if args.threads is not None and not args.exported:
+        torch.set_num_threads(args.threads)
+    predictor = build_predictor(args) if args.exported else None
     try:
-        demo = VisualizationDemo(cfg, args.hrda_out, args.metadata_name, args.opacity)
+        demo = VisualizationDemo(cfg, args.hrda_out, args.metadata_name, args.opacity, predictor=predictor,
+                                 num_classes=predictor.model.num_classes if predictor else None)
     except ValueError as e:
         raise SystemExit(f"demo: {e}") from e
 
     if args.video_input:
         try:
             target, frames = run_video(demo, args.video_input, args.output)
-        except (OSError, RuntimeError, cv2.error) as e:
+        except (OSError, RuntimeError, cv2.error, ExportedModelError) as e:
             if args.debug:
                 raise
             print(f"demo: {e}", file=sys.stderr)
