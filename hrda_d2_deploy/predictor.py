@@ -23,9 +23,20 @@ from .geometry import CropBox, imrescale_size, shared_tile_plan, sliding_window_
 from .numerics import merge_tiles, merge_windows, resize_bilinear
 from .runtime import ExportedModelError, RuntimeOptions, load_graph, read_manifest
 
-__all__ = ["DeployPredictor", "ExportedModel"]
+__all__ = ["DeployPredictor", "ExportedModel", "rgb_image"]
 
 _INPUT_FORMATS = ("BGR", "RGB")
+
+
+def rgb_image(image: np.ndarray, input_format: str) -> np.ndarray:
+    """The RGB view of an ``H x W x 3`` uint8 image in ``input_format`` ("BGR" as OpenCV reads, or "RGB"); anything
+    else is refused (ValueError). Shared by this predictor and the eager ``SemSegPredictor``."""
+    if input_format not in _INPUT_FORMATS:
+        raise ValueError(f"input_format={input_format!r} is not one of {_INPUT_FORMATS}")
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"expected an H x W x 3 uint8 image, got {desc}")
+    return image[:, :, ::-1] if input_format == "BGR" else image
 
 
 def _stack(images: np.ndarray, boxes: Sequence[CropBox]) -> np.ndarray:
@@ -154,12 +165,7 @@ class DeployPredictor:
         Returns ``{"sem_seg": K x H x W}`` float32 logits at the image's own size (averaged probabilities with
         TEST.SLIDE.MERGE "probabilities"); the argmax over K is the prediction.
         """
-        if input_format not in _INPUT_FORMATS:
-            raise ValueError(f"input_format={input_format!r} is not one of {_INPUT_FORMATS}")
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-            raise ValueError(f"expected an H x W x 3 uint8 image, got {desc}")
-        rgb = image[:, :, ::-1] if input_format == "BGR" else image
+        rgb = rgb_image(image, input_format)
         height, width = image.shape[:2]
         resized = self.rescale(rgb)
         chw = np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32)[None]

@@ -26,6 +26,8 @@ from detectron2.modeling import build_model
 from torch import Tensor
 from torch.nn import functional as F
 
+from hrda_d2_deploy.predictor import rgb_image
+
 from ..checkpoint import load_model_weights
 from ..data.dataset_mappers.test_mapper import TestMapper
 from ..data.image_io import image_to_chw_tensor
@@ -37,7 +39,6 @@ logger = logging.getLogger(__name__)
 HRDA_OUTPUTS = ("fused", "lr", "hr", "attention")
 # MODEL.HRDA.FIXED_ATTENTION that turns the fused output into the LR-only / HR-only prediction (docs/method.md §5.5)
 _FIXED_ATTENTION_OF = {"lr": 0.0, "hr": 1.0}
-_INPUT_FORMATS = ("BGR", "RGB")
 
 
 def predictor_config(cfg: CfgNode, hrda_out: str = "fused") -> CfgNode:
@@ -100,12 +101,7 @@ class SemSegPredictor:
             ``{"attention": 1 x H x W}`` values in ``[0, 1]`` (``hrda_out`` attention); ``H x W`` is the size
             of ``image``.
         """
-        if input_format not in _INPUT_FORMATS:
-            raise ValueError(f"input_format={input_format!r} is not one of {_INPUT_FORMATS}")
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-            raise ValueError(f"expected an H x W x 3 uint8 image, got {desc}")
-        rgb = image[:, :, ::-1] if input_format == "BGR" else image
+        rgb = rgb_image(image, input_format)
         height, width = image.shape[:2]
         resized = self.mapper.rescale.get_transform(rgb).apply_image(np.ascontiguousarray(rgb))
         tensor = image_to_chw_tensor(resized)
