@@ -93,9 +93,9 @@ def main(argv=None) -> int:
     setup_logger(name="hrda_d2")
     if not args.debug:  # the probe's and the tracer's details are debug output
         logging.getLogger("hrda_d2").setLevel(logging.INFO)
-    torch.set_grad_enabled(False)
     try:
-        run(args)
+        with torch.no_grad():  # not set_grad_enabled(False): main(argv) runs inside other processes too (tests)
+            run(args)
     except INPUT_ERRORS as e:
         if args.debug:
             raise
