@@ -168,8 +168,10 @@ def _graph_inputs(model: nn.Module, name: str, window: Tensor) -> Tuple[Tensor, 
 
 def _probe_sizes(size: Sequence[int]) -> List[Tuple[int, int]]:
     """Second, odd sizes for the generality probe: about 3/4 of the traced size, then about 5/4 (for models that
-    do not take the smaller one)."""
-    return [tuple(max(33, (int(s) * k // 4) | 1) for s in size) for k in (3, 5)]  # type: ignore[misc]
+    do not take the smaller one), each 3 modulo 8 (at least 35) so that halving, quartering and eighthing it round
+    differently down and up. Sizes 1 modulo 8 do not (floor(97 / 2) / 4 = 12 = floor(97 / 4) / 2; 3/4 and 5/4 of a
+    128 window | 1 are 97 and 161, both 1 modulo 8), so a branch on such rounding would go unnoticed."""
+    return [tuple(max(35, (int(s) * k // 4) // 8 * 8 + 3) for s in size) for k in (3, 5)]  # type: ignore[misc]
 
 
 # ---------------------------------------------------------------------------------------------------- the checks
