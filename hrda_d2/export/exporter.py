@@ -287,6 +287,9 @@ def export_model(model: nn.Module, cfg: CfgNode, output: str, fmt: str, *, image
                           f"quantisation); use --format onnx, or --precision fp32 for TorchScript")
     if os.path.exists(output) and not overwrite:
         raise ExportError(f"--output {output} exists; pass --overwrite to replace it, or choose another folder")
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise ExportError(f"--output {output} is a file, not a folder; --overwrite replaces folders only: choose "
+                          f"another path")
     min_agreement = DEFAULT_MIN_AGREEMENT[precision] if min_agreement is None else float(min_agreement)
     model = model.eval()
     if model.device.type != "cpu":
