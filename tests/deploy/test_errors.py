@@ -72,6 +72,16 @@ def test_existing_output_is_refused_without_overwrite(exports, tmp_path, capsys)
     assert os.listdir(output) == ["mine.txt"]
 
 
+def test_an_output_file_is_not_replaced(exports, tmp_path, capsys):
+    output = tmp_path / "model.onnx"
+    output.write_text("keep me")
+    status, err = _run_tool(exports, exports.export_argv("daformer", "onnx", str(output), "--overwrite"), capsys)
+    assert status == 1
+    assert err == (f"export_model: --output {output} is a file, not a folder; --overwrite replaces folders only: "
+                   f"choose another path\n")
+    assert output.read_text() == "keep me" and os.listdir(tmp_path) == ["model.onnx"]
+
+
 def test_existing_output_is_replaced_with_overwrite(exports):
     """The session's exports are written with --overwrite over a folder holding stale.txt (tests/deploy/exports.py)."""
     folder = exports.get("demo_hrda", "onnx").folder
