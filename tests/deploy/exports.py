@@ -86,9 +86,10 @@ def make_image(height: int, width: int, seed: int = 1) -> np.ndarray:
     return cv2.resize(coarse, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def make_batch(height: int, width: int, seed: int = 2) -> np.ndarray:
-    """``1 x 3 x H x W`` float32 RGB 0..255 for ``inference``."""
-    return np.ascontiguousarray(make_image(height, width, seed).transpose(2, 0, 1), dtype=np.float32)[None]
+def make_batch(height: int, width: int, seed: int = 2, n: int = 1) -> np.ndarray:
+    """``n x 3 x H x W`` float32 RGB 0..255 for ``inference`` (``n`` different images)."""
+    images = [make_image(height, width, seed + i).transpose(2, 0, 1) for i in range(n)]
+    return np.ascontiguousarray(np.stack(images), dtype=np.float32)
 
 
 def compare(deployed: np.ndarray, eager: np.ndarray) -> Tuple[float, float]:

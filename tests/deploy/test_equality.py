@@ -54,15 +54,16 @@ def _eager_fn(model):
 
 
 def _check_inference(what, deployed: ExportedModel, eager_fn, sizes):
-    """``deployed.inference`` vs ``eager_fn`` on images of ``sizes``; sizes that a fixed-shape graph does not take
-    must be refused with the fix."""
-    for height, width in sizes:
-        batch = make_batch(height, width)
+    """``deployed.inference`` vs ``eager_fn`` on images of ``sizes`` (``(H, W)`` or ``(H, W, N)`` for a batch of
+    N); sizes that a fixed-shape graph does not take must be refused with the fix."""
+    for height, width, *n in sizes:
+        batch = make_batch(height, width, n=n[0] if n else 1)
         if not _runs_at(deployed, (height, width)):
             with pytest.raises(ExportedModelError, match="--image-size"):
                 deployed.inference(batch)
             continue
-        assert_equal_to_eager(f"{what} inference {height}x{width}", deployed.inference(batch), eager_fn(batch))
+        assert_equal_to_eager(f"{what} inference {len(batch)}x{height}x{width}", deployed.inference(batch),
+                              eager_fn(batch))
 
 
 def _check_export_inference(exported, sizes, what=None):
@@ -94,10 +95,10 @@ def test_exported_inference_equals_eager_inference_on_an_odd_size(exports, famil
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_demo_hrda_inference_on_odd_and_small_images_equals_eager(exports, fmt):
-    """141 x 203: 2 x 3 windows, the last ones shifted back to the border (off the tile grid); 97 x 75: smaller than
-    one 128 x 128 window, so the window and its tiles shrink as in the eager model (and x 2 of the context logits
-    does not reach the HR logits' size: the fusion resizes to it); 100 x 201 (slow): smaller in one axis."""
-    _check_export_inference(exports.get("demo_hrda", fmt), [(141, 203), (97, 75)])
+    """141 x 203 (a batch of two): 2 x 3 windows, the last ones shifted back to the border (off the tile grid);
+    97 x 75: smaller than one 128 x 128 window, so the window and its tiles shrink as in the eager model (and x 2 of
+    the context logits does not reach the HR logits' size: the fusion resizes to it)."""
+    _check_export_inference(exports.get("demo_hrda", fmt), [(141, 203, 2), (97, 75)])
 
 
 @pytest.mark.slow
@@ -112,8 +113,8 @@ VARIANTS = {  # name -> (config overrides, what they change in the manifest)
     "unbatched": (["TEST.SLIDE.BATCHED", "False"], {"window": {"batched": False}}),
     "probabilities": (["TEST.SLIDE.MERGE", "probabilities"], {"window": {"merge": "probabilities"}}),
 }
-# each variant on an odd image of 2 x 3 windows (shifted back to the border; TEST.MODE whole: one odd window)
-VARIANT_SIZES = [(141, 203)]
+# each variant on two odd images of 2 x 3 windows (shifted back to the border; TEST.MODE whole: one odd window)
+VARIANT_SIZES = [(141, 203, 2)]
 
 
 def _eager_model(exported, opts):
