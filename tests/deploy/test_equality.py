@@ -1,4 +1,5 @@
-"""Exported models equal eager PyTorch (issue 27, "Must show"): |logits diff| <= 1e-4 and >= 99.99 % argmax agreement.
+"""Exported models equal eager PyTorch (issue 27, "Must show"): |logits diff| <= 1e-4 x max(1, max |eager logit|) (the
+exporter's rule; tests/deploy/exports.py) and >= 99.99 % argmax agreement.
 
 (a) ``DeployPredictor(folder)(image)`` vs ``SemSegPredictor(cfg)(image)`` (same checkpoint) on a 512x1024 and a
     333x517 uint8 image (both go through the test rescale and the resize of the logits back);
@@ -8,10 +9,11 @@
 and HRDA's runtime variants: TEST.MODE whole (one window's tiles plan), TEST.SLIDE.BATCHED False (window-by-window
 tile cache), images smaller than one window (windows and tiles shrink, as eager), TEST.SLIDE.MERGE probabilities.
 
-Default suite: the demo HRDA model in both formats and the whole-inference DAFormer in ONNX ((b) of the demo HRDA
-on 141x203: 6 windows instead of the 40 of 333x517); the variants run on the demo HRDA export with the variant
-written into a copy of its manifest (the graphs do not depend on these keys). ``slow``: every family x format at
-333x517, and each variant exported for real. The families: tests/deploy/exports.py.
+Default suite: (a) of the demo HRDA model in both formats and of the whole-inference DAFormer in ONNX, (b) of the
+DAFormer at 333x517 and of the demo HRDA ONNX on 141x203 and 97x75 (6 windows and one shrunk window instead of the
+40 windows of 333x517); the variants run on the demo HRDA ONNX export with the variant written into a copy of its
+manifest (the graphs do not depend on these keys). ``slow``: every family x format, (b) at 333x517, and each variant
+exported for real. The families: tests/deploy/exports.py.
 """
 import json
 import os
@@ -93,7 +95,7 @@ def test_exported_inference_equals_eager_inference_on_an_odd_size(exports, famil
     _check_export_inference(exports.get(family, fmt), [ODD])
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", ["onnx", pytest.param("torchscript", marks=pytest.mark.slow)])
 def test_demo_hrda_inference_on_odd_and_small_images_equals_eager(exports, fmt):
     """141 x 203 (a batch of two): 2 x 3 windows, the last ones shifted back to the border (off the tile grid);
     97 x 75: smaller than one 128 x 128 window, so the window and its tiles shrink as in the eager model (and x 2 of
@@ -113,8 +115,8 @@ VARIANTS = {  # name -> (config overrides, what they change in the manifest)
     "unbatched": (["TEST.SLIDE.BATCHED", "False"], {"window": {"batched": False}}),
     "probabilities": (["TEST.SLIDE.MERGE", "probabilities"], {"window": {"merge": "probabilities"}}),
 }
-# each variant on two odd images of 2 x 3 windows (shifted back to the border; TEST.MODE whole: one odd window)
-VARIANT_SIZES = [(141, 203, 2)]
+# each variant on an odd image of 2 x 3 windows (shifted back to the border; TEST.MODE whole: one odd window)
+VARIANT_SIZES = [(141, 203)]
 
 
 def _eager_model(exported, opts):
