@@ -33,9 +33,11 @@ def _upsample(x: Tensor, factor: float, size: Optional[Sequence[int]]) -> Tensor
     Python comparison of shapes that a trace would freeze. For an integer factor that reaches ``size`` both calls map
     the same source coordinates (``in / size == 1 / factor`` exactly), so the exported graph equals eager PyTorch at
     every size."""
+    if size is not None and torch.jit.is_tracing():  # a bilinear resize to the same size is the identity too
+        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
     if factor == 1.0 and (size is None or tuple(x.shape[-2:]) == tuple(size)):
         return x
-    if size is not None and (torch.jit.is_tracing() or tuple(int(s * factor) for s in x.shape[-2:]) != tuple(size)):
+    if size is not None and tuple(int(s * factor) for s in x.shape[-2:]) != tuple(size):
         return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
     return F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
 
