@@ -34,11 +34,11 @@ size of that process; CUDA: ``torch.cuda.max_memory_allocated``). Phases (``tool
   (``hrda_d2_deploy.ExportedModel``) on the same image of --image-size (default 512 1024, the network input: no
   test rescale) and of the demo's 128 x 256, --infer-runs alternating rounds (default 3), medians, every row's
   ratio to eager of the same image and threads, argmax agreement and largest logit difference against it. At
-  128 x 256 also: onnxruntime optimisation levels, the runtime without batch chunks, int8 and fp16 exports, both
-  thread counts (1 and the cores; --threads N: N only) and a one-scale model (tiny DAFormer, whole inference);
-  --deploy-full measures those at --image-size too. Then where the time goes at --image-size (graph calls vs
-  NumPy merging, onnxruntime's and eager's operators). --tiny: every row once at 128 x 256 (quick check).
-  Config overrides apply to the demo HRDA (e.g. MODEL.WEIGHTS of a trained demo model).
+  --image-size also onnxruntime without batch chunks; at 128 x 256 also onnxruntime optimisation levels, int8 and
+  fp16 exports, both thread counts (1 and the cores; --threads N: N only) and a one-scale model (tiny DAFormer,
+  whole inference); --deploy-full measures those at --image-size too. Then where the time goes at --image-size
+  (graph calls vs NumPy merging, onnxruntime's and eager's operators). --tiny: every row once at 128 x 256 (a
+  quick check). Config overrides apply to the demo HRDA (e.g. MODEL.WEIGHTS of a trained demo model).
 
 FLOPs are counted with fvcore's ``FlopCountAnalysis`` (one multiply-add = one FLOP, fvcore's convention;
 ``F.scaled_dot_product_attention`` is counted as its two matrix products). Training FLOPs per iteration are

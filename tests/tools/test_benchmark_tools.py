@@ -122,20 +122,24 @@ def test_deploy_phase_is_planned_alone_with_its_rows(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     cases = deploy_cases(BenchmarkSettings(image_size=[512, 1024]))
     main = [c for c in cases if c.size == (512, 1024)]
-    # the main size: eager / TorchScript / onnxruntime with 1 thread; every option at the demo's size
+    # the main size: eager / TorchScript / onnxruntime with 1 thread, onnxruntime without batch chunks; every other
+    # option at the demo's size
+    unchunked = "batch_pixels 0 (one call per batch)"
     assert [(c.model, c.runtime, c.threads, c.option) for c in main] == [
-        ("hrda", "eager", 1, ""), ("hrda", "torchscript", 1, ""), ("hrda", "onnxruntime", 1, "")]
+        ("hrda", "eager", 1, ""), ("hrda", "torchscript", 1, ""), ("hrda", "onnxruntime", 1, ""),
+        ("hrda", "onnxruntime", 1, unchunked)]
     demo = [(c.model, c.runtime, c.threads, c.option) for c in cases if c.size == DEMO_SIZE]
     assert ("hrda", "eager", 2, "") in demo and ("hrda", "onnxruntime", 2, "") in demo
-    assert {o for m, rt, t, o in demo if rt == "onnxruntime"} >= {
-        "opt_level disable", "opt_level basic", "opt_level extended", "batch_pixels 0 (one call per batch)",
-        "int8 dynamic", "fp16 (CUDA provider's format; CPU provider here)"}
+    assert {o for m, rt, t, o in demo if rt == "onnxruntime"} == {
+        "", "opt_level disable", "opt_level basic", "opt_level extended", "int8 dynamic",
+        "fp16 (CUDA provider's format; CPU provider here)"}
     assert [rt for m, rt, t, o in demo if m == "one_scale"] == ["eager", "torchscript", "onnxruntime"]
     full = deploy_cases(BenchmarkSettings(image_size=[512, 1024], deploy_full=True))
-    assert sorted((c.model, c.runtime, c.threads, c.option) for c in full if c.size == (512, 1024)) == sorted(demo)
+    assert sorted((c.model, c.runtime, c.threads, c.option) for c in full if c.size == (512, 1024)) == sorted(
+        demo + [("hrda", rt, 1, unchunked) for rt in ("torchscript", "onnxruntime")])
     quick = deploy_cases(BenchmarkSettings(image_size=[512, 1024], tiny=True))
     assert {c.size for c in quick} == {DEMO_SIZE} and {c.threads for c in quick} == {1}
-    assert len(quick) == len(demo) - 3  # every row kind once, one thread count
+    assert len(quick) == len(demo) - 3 + 2  # every row kind once, one thread count
     for c in cases:  # every row has its eager reference before it
         ref = cases.index(DeployCase(c.model, c.size, "eager", c.threads))
         assert ref <= cases.index(c)
@@ -186,5 +190,5 @@ def test_deploy_phase_quick_mode_reports_every_row():
     assert set(r["profile"]["onnxruntime_ops"]) == {"tiles", "window"}
     assert r["profile"]["onnxruntime"]["graph calls"] > 0
     table = summarise({"baseline": {"deploy": r}}, {"device": "CPU test"})
-    assert sum(line.startswith("| HRDA demo") for line in table.splitlines()) == 10
+    assert sum(line.startswith("| HRDA demo") for line in table.splitlines()) == 10  # 3 + 2 unchunked + 5 options
     assert sum(line.startswith("| DAFormer tiny") for line in table.splitlines()) == 3

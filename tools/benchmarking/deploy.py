@@ -20,11 +20,13 @@ own :data:`DEMO_SIZE` (128 x 256: 3 windows, 21 tiles).
 Rows (:func:`deploy_cases`; ``T`` = ``settings.threads`` or 1, ``T2`` = the cores, when ``settings.threads`` is 0):
 
 * at both sizes, HRDA: eager / TorchScript / onnxruntime (fp32, optimisation level "all") with ``T`` threads;
-* at the demo size (``settings.deploy_full``: at both sizes): the same three with ``T2`` threads; onnxruntime
-  optimisation levels "disable" / "basic" / "extended"; onnxruntime and TorchScript with ``batch_pixels`` 0 (every
-  batch of windows / tiles in one graph call, the runtime before its chunks); onnxruntime int8 (dynamically
-  quantised weights) and fp16 (meant for the CUDA provider; here on the CPU provider); the one-scale model's
-  eager / TorchScript / onnxruntime;
+* at the main size: onnxruntime with ``batch_pixels`` 0 (every batch of windows / tiles in one graph call, the
+  runtime before its chunks; at the demo's size every batch fits one chunk anyway), with ``settings.deploy_full``
+  TorchScript too;
+* at the demo size (``settings.deploy_full``: at both sizes): the three with ``T2`` threads; onnxruntime
+  optimisation levels "disable" / "basic" / "extended"; onnxruntime int8 (dynamically quantised MatMul weights) and
+  fp16 (meant for the CUDA provider; here on the CPU provider); the one-scale model's eager / TorchScript /
+  onnxruntime;
 * ``settings.tiny`` (quick): every row kind once, at the demo size, with ``T`` threads only.
 
 Timing: one warm-up call of every row (its output gives the agreement), then ``infer_runs`` rounds that call every
@@ -125,17 +127,19 @@ def deploy_cases(settings: BenchmarkSettings) -> List[DeployCase]:
     sizes = [DEMO_SIZE] if settings.tiny else list(dict.fromkeys([main, DEMO_SIZE]))
     option_sizes = sizes if settings.deploy_full or settings.tiny else [DEMO_SIZE]
     extra_threads = [] if settings.tiny else threads[1:]
+    t = threads[0]
     cases: List[DeployCase] = []
     for size in sizes:
         options = size in option_sizes
-        for t in threads[:1] + (extra_threads if options else []):
-            cases += [DeployCase("hrda", size, rt, t) for rt in ("eager", "torchscript", "onnxruntime")]
+        for n in [t] + (extra_threads if options else []):
+            cases += [DeployCase("hrda", size, rt, n) for rt in ("eager", "torchscript", "onnxruntime")]
+        if size == sizes[0]:  # the batches the chunks split (at the demo's size every batch fits one chunk)
+            cases += [DeployCase("hrda", size, rt, t, batch_pixels=0)
+                      for rt in (("torchscript", "onnxruntime") if options else ("onnxruntime",))]
         if not options:
             continue
-        t = threads[0]
         cases += [DeployCase("hrda", size, "onnxruntime", t, opt_level=lvl) for lvl in ("disable", "basic",
                                                                                         "extended")]
-        cases += [DeployCase("hrda", size, rt, t, batch_pixels=0) for rt in ("torchscript", "onnxruntime")]
         cases += [DeployCase("hrda", size, "onnxruntime", t, precision=p) for p in ("int8", "fp16")]
         cases += [DeployCase("one_scale", size, rt, t) for rt in ("eager", "torchscript", "onnxruntime")]
     return cases
