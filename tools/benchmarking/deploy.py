@@ -266,8 +266,8 @@ def _eager_op_profile(fn: Callable[[], Any], top: int = 6) -> Dict[str, Any]:
 def phase_deploy(settings: BenchmarkSettings) -> Dict[str, Any]:
     """Every row of :func:`deploy_cases` (module docstring). Returns ``{"rows": [case dict + "s_per_image",
     "img_s", "runs_s", "best_s" (the fastest round), "first_s", "ratio" (to eager of the same model, size,
-    threads), "argmax_agreement" (%), "max_abs_diff", "max_abs_logit"], "exports": {folder: seconds}, "goal": {...}, "profile": {...} (main size),
-    "weights", "rounds", "main_size", "threads"}``."""
+    threads), "argmax_agreement" (%), "max_abs_diff", "max_abs_logit"], "exports": {folder: seconds}, "goal": {...},
+    "profile": {...} (main size), "weights", "rounds", "main_size", "threads"}``."""
     cases = deploy_cases(settings)
     cfgs = _configs(settings)
     torch.manual_seed(0)
