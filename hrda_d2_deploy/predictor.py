@@ -55,6 +55,7 @@ class ExportedModel:
         self.manifest = read_manifest(folder)
         self.num_classes = int(self.manifest["num_classes"])
         options = options or RuntimeOptions()
+        self.batch_pixels = options.batch_pixels
         self._graphs: Dict[str, Callable[..., np.ndarray]] = {
             name: load_graph(folder, self.manifest, name, options) for name in self.manifest["graphs"]}
         window = self.manifest["window"]
@@ -67,7 +68,8 @@ class ExportedModel:
 
     # ------------------------------------------------------------------------------------------------------
     def _run(self, name: str, *arrays: np.ndarray) -> np.ndarray:
-        """Graph ``name`` on ``arrays``; a fixed-shape graph refuses other sizes with the fix."""
+        """Graph ``name`` on ``arrays`` (in chunks of at most ``batch_pixels`` input pixels along the batch axis,
+        :class:`~.runtime.RuntimeOptions`); a fixed-shape graph refuses other sizes with the fix."""
         spec = self.manifest["graphs"][name]
         size = list(arrays[0].shape[-2:])
         if not spec["dynamic"] and size != list(spec["shape"]):
@@ -75,7 +77,11 @@ class ExportedModel:
                 f"{self.folder}: graph {name!r} was exported for {spec['shape'][0]} x {spec['shape'][1]} inputs only "
                 f"(its network traces with fixed shapes), this image needs {size[0]} x {size[1]}; export again with "
                 f"tools/deploy/export_model.py --image-size H W of the images you will run (after the test rescale)")
-        return self._graphs[name](*arrays)
+        batch = arrays[0].shape[0]
+        chunk = max(1, self.batch_pixels // (size[0] * size[1])) if self.batch_pixels else batch
+        if chunk >= batch:
+            return self._graphs[name](*arrays)
+        return np.concatenate([self._graphs[name](*(a[i:i + chunk] for a in arrays)) for i in range(0, batch, chunk)])
 
     def _window_boxes(self, image_hw: Sequence[int]) -> List[CropBox]:
         if self.mode == "whole":

@@ -8,6 +8,7 @@
         INPUT.SOURCE.CROP_SIZE "[512, 512]" MODEL.HRDA.HR_CROP_SIZE "[256, 256]"
     python tools/benchmark.py --tiny --phases ddp --variants mic,source_only   # gradient all-reduces under DDP
     python tools/benchmark.py --phases vfm_infer --vit s --infer-runs 3         # VFM-UDA vs MIC(HRDA), same ViT
+    python tools/benchmark.py --phases deploy                 # eager vs TorchScript vs onnxruntime, tiny HRDA
 
 Each (variant, phase) runs in a fresh subprocess, so that its peak memory is its own (CPU: the peak resident set
 size of that process; CUDA: ``torch.cuda.max_memory_allocated``). Phases (``tools/benchmarking/phases.py``):
@@ -28,6 +29,16 @@ size of that process; CUDA: ``torch.cuda.max_memory_allocated``). Phases (``tool
   height / 1024), --infer-runs alternating rounds (default 3) through ``model([{"image", "height", "width"}])``:
   median s/image, images/s, fvcore FLOPs, and the ratios VFM-UDA / MIC(HRDA). --config-file, --tiny's config
   switches and --variants do not apply to it; config overrides apply to both recipes.
+* ``deploy`` (not in the default --phases; the baseline only; CPU): the tiny demo HRDA (configs/demo_hrda.yaml)
+  through eager PyTorch (``HRDA.inference``), its TorchScript export and its onnxruntime export
+  (``hrda_d2_deploy.ExportedModel``) on the same image of --image-size (default 512 1024, the network input: no
+  test rescale) and of the demo's 128 x 256, --infer-runs alternating rounds (default 3), medians, every row's
+  ratio to eager of the same image and threads, argmax agreement and largest logit difference against it. At
+  --image-size also onnxruntime without batch chunks; at 128 x 256 also onnxruntime optimisation levels, int8 and
+  fp16 exports, both thread counts (1 and the cores; --threads N: N only) and a one-scale model (tiny DAFormer,
+  whole inference); --deploy-full measures those at --image-size too. Then where the time goes at --image-size
+  (graph calls vs NumPy merging, onnxruntime's and eager's operators). --tiny: every row once at 128 x 256 (a
+  quick check). Config overrides apply to the demo HRDA (e.g. MODEL.WEIGHTS of a trained demo model).
 
 FLOPs are counted with fvcore's ``FlopCountAnalysis`` (one multiply-add = one FLOP, fvcore's convention;
 ``F.scaled_dot_product_attention`` is counted as its two matrix products). Training FLOPs per iteration are
@@ -78,6 +89,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch threads per process (0 = torch's default)")
     p.add_argument("--vit", default="s", choices=sorted(VIT_NAMES), help="DINOv2 ViT size of both models of the "
                                                                         "vfm_infer phase (default s: ViT-S/14)")
+    p.add_argument("--deploy-full", action="store_true", help="deploy phase: every option row at --image-size too "
+                                                                  "(default: at the demo's 128 x 256 only)")
     p.add_argument("--json", default=None, help="write the raw numbers here")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per (variant, phase) process")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
@@ -89,9 +102,9 @@ def parse_args(argv=None):
     kind = "cuda" if args.device.startswith("cuda") else "cpu"
     args.iters = args.iters or (2 if kind == "cpu" else 10)
     phases = [ph for ph in args.phases.split(",") if ph]
-    args.infer_runs = args.infer_runs or (3 if "vfm_infer" in phases and kind == "cpu" else
+    args.infer_runs = args.infer_runs or (3 if ("vfm_infer" in phases or "deploy" in phases) and kind == "cpu" else
                                           1 if kind == "cpu" else 10)
-    args.image_size = args.image_size or ([512, 1024] if args.tiny else [1024, 2048])
+    args.image_size = args.image_size or ([512, 1024] if args.tiny or phases == ["deploy"] else [1024, 2048])
     if "vfm_infer" in phases:
         try:
             scaled_geometry(args.image_size)
@@ -111,13 +124,16 @@ def main(argv=None) -> int:
     settings = BenchmarkSettings(
         config_file=str(Path(args.config_file).resolve()) if args.config_file else None, tiny=args.tiny,
         opts=list(args.opts), device=args.device, iters=args.iters, warmup=args.warmup, infer_runs=args.infer_runs,
-        image_size=list(args.image_size), flops=args.flops, threads=args.threads, vit=args.vit)
+        image_size=list(args.image_size), flops=args.flops, threads=args.threads, vit=args.vit,
+        deploy_full=args.deploy_full)
     results, failures = run_plan(settings, args.plan, args.timeout)
     info = device_info(args.device)
     table = summarise(results, info)
     config = str(args.config_file or PAPER_CONFIG.relative_to(REPO)) + (" --tiny" if args.tiny else "")
     if all(phases == ["vfm_infer"] for phases in args.plan.values()):
         config = f"the vfm_infer phase's two recipes (below), --vit {args.vit}"
+    if all(phases == ["deploy"] for phases in args.plan.values()):
+        config = "the deploy phase's models (below)"
     print(f"\nConfig: {config} {' '.join(args.opts)}".rstrip())
     print("Variants: " + "; ".join(f"{v} = {VARIANTS[v]['desc']} ({'+'.join(ph)})" for v, ph in args.plan.items()))
     print(table)

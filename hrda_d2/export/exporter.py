@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_TOLERANCE = 1e-4  # float32 exports: |exported - eager| <= tolerance x max(1, max |eager|) on every logit
 DEFAULT_MIN_AGREEMENT = {"fp32": 99.99, "fp16": 99.0, "int8": 95.0}  # argmax agreement in %, per precision
 ONNX_OPSET = 17
+INT8_OP_TYPES = ["MatMul"]  # what --precision int8 quantises (_convert_precision)
 _PROBE_BATCH = 2
 
 
@@ -225,7 +226,10 @@ def _write_graph(module: nn.Module, inputs: Tuple[Tensor, ...], name: str, path:
 
 def _convert_precision(path: str, precision: str) -> None:
     """Rewrite an fp32 ONNX graph in place as fp16 (float inputs and outputs kept float32) or with dynamically
-    quantised int8 weights (onnxruntime's ``quantize_dynamic``)."""
+    quantised int8 weights (onnxruntime's ``quantize_dynamic``) of the matrix products (:data:`INT8_OP_TYPES`: the
+    linear layers of the transformers); convolutions stay float32: onnxruntime's CPU ``ConvInteger`` made the tiny
+    demo HRDA 4x slower than fp32 and agreed less with eager (README "Deployment speed"). A model without matrix
+    products (DeepLabV2) keeps float32 weights (logged)."""
     import onnx
 
     if precision == "fp16":
@@ -235,10 +239,13 @@ def _convert_precision(path: str, precision: str) -> None:
     elif precision == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
+        if not any(node.op_type in INT8_OP_TYPES for node in onnx.load(path).graph.node):
+            logger.warning("%s: no %s node to quantise (a convolutional model): its int8 export keeps float32 "
+                           "weights", path, "/".join(INT8_OP_TYPES))
         quantized = path + ".int8"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quantize_dynamic(path, quantized, weight_type=QuantType.QInt8)
+            quantize_dynamic(path, quantized, weight_type=QuantType.QInt8, op_types_to_quantize=INT8_OP_TYPES)
         os.replace(quantized, path)
 
 

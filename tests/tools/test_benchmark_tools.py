@@ -1,7 +1,9 @@
 """tools/benchmark.py and tools/gpu_check.py (thin command lines over tools/benchmarking) without running a
 benchmark: the variant plan, the ratio table (speed-ups and memory ratios against the baseline of the same run),
 the FLOP handle of the attention, the GPU check failing clearly (exit 2, no hang) without a CUDA device, and the
-vfm_infer phase (VFM-UDA vs MIC(HRDA) inference) at a tiny size: its plan, geometry and table."""
+vfm_infer phase (VFM-UDA vs MIC(HRDA) inference) at a tiny size: its plan, geometry and table; the deploy phase
+(eager vs TorchScript vs onnxruntime): its rows and table (its quick run: slow)."""
+import os
 import subprocess
 import sys
 
@@ -9,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmarking.deploy import DEMO_SIZE, DeployCase, deploy_cases
 from benchmarking.flops import count_flops
 from benchmarking.phases import run_phase
 from benchmarking.report import summarise
@@ -110,3 +113,83 @@ def test_vfm_infer_phase_reports_both_recipes_and_their_ratio():
     assert rows[2].split("|")[6].strip() == f"{r['ratio_img_s']:.2f}×"
     assert "windows 64 / stride 32 (MIC(HRDA): HR tiles 32 / stride 16), median of 1 alternating rounds" in table
     assert "fvcore did not count (VFM-UDA, op: calls): " in table
+
+
+def test_deploy_phase_is_planned_alone_with_its_rows(monkeypatch):
+    args = bench.parse_args(["--device", "cpu", "--phases", "deploy", "--variants", "tile_reuse,bf16"])
+    assert args.plan == {"baseline": ["deploy"]}  # fixed models and runtimes, no variants
+    assert (args.infer_runs, args.image_size, args.deploy_full) == (3, [512, 1024], False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    cases = deploy_cases(BenchmarkSettings(image_size=[512, 1024]))
+    main = [c for c in cases if c.size == (512, 1024)]
+    # the main size: eager / TorchScript / onnxruntime with 1 thread, onnxruntime without batch chunks; every other
+    # option at the demo's size
+    unchunked = "batch_pixels 0 (one call per batch)"
+    assert [(c.model, c.runtime, c.threads, c.option) for c in main] == [
+        ("hrda", "eager", 1, ""), ("hrda", "torchscript", 1, ""), ("hrda", "onnxruntime", 1, ""),
+        ("hrda", "onnxruntime", 1, unchunked)]
+    demo = [(c.model, c.runtime, c.threads, c.option) for c in cases if c.size == DEMO_SIZE]
+    assert ("hrda", "eager", 2, "") in demo and ("hrda", "onnxruntime", 2, "") in demo
+    assert {o for m, rt, t, o in demo if rt == "onnxruntime"} == {
+        "", "opt_level disable", "opt_level basic", "opt_level extended", "int8 dynamic",
+        "fp16 (CUDA provider's format; CPU provider here)"}
+    assert [rt for m, rt, t, o in demo if m == "one_scale"] == ["eager", "torchscript", "onnxruntime"]
+    full = deploy_cases(BenchmarkSettings(image_size=[512, 1024], deploy_full=True))
+    assert sorted((c.model, c.runtime, c.threads, c.option) for c in full if c.size == (512, 1024)) == sorted(
+        demo + [("hrda", rt, 1, unchunked) for rt in ("torchscript", "onnxruntime")])
+    quick = deploy_cases(BenchmarkSettings(image_size=[512, 1024], tiny=True))
+    assert {c.size for c in quick} == {DEMO_SIZE} and {c.threads for c in quick} == {1}
+    assert len(quick) == len(demo) - 3 + 2  # every row kind once, one thread count
+    for c in cases:  # every row has its eager reference before it
+        ref = cases.index(DeployCase(c.model, c.size, "eager", c.threads))
+        assert ref <= cases.index(c)
+
+
+def _deploy_result():
+    rows = []
+    for runtime, option, s, agree in (("eager", "", 2.0, 100.0), ("torchscript", "", 1.6, 100.0),
+                                      ("onnxruntime", "", 1.0, 100.0), ("onnxruntime", "int8 dynamic", 0.8, 99.5)):
+        rows.append({"model": "hrda", "size": [512, 1024], "runtime": runtime, "threads": 1, "option": option,
+                     "s_per_image": s, "img_s": 1 / s, "ratio": 2.0 / s, "best_s": s - 0.1, "argmax_agreement": agree,
+                     "max_abs_diff": 0.0 if runtime == "eager" else 0.03})
+    breakdown = {"total": 1.0, "graph calls": 0.9, "tile stacking": 0.01, "tile merging": 0.02,
+                 "window merging": 0.05, "rest": 0.02}
+    return {"rows": rows, "rounds": 3, "main_size": [512, 1024], "threads": [1], "weights": "random (seed 0)",
+            "exports": {"hrda_onnx_fp32": 4.0},
+            "goal": {"ratio": 1.5, "measured": 2.0, "met": True, "size": [512, 1024], "threads": 1},
+            "profile": {"size": [512, 1024], "threads": 1, "onnxruntime": breakdown, "torchscript": breakdown,
+                        "onnxruntime_ops": {"tiles": {"s": 0.7, "ops": {"Conv": 0.35, "MatMul": 0.14}}},
+                        "eager_ops": {"s": 2.0, "ops": {"aten::mkldnn_convolution": 1.2}}}}
+
+
+def test_deploy_table_shows_ratios_to_eager_and_where_the_time_goes():
+    table = summarise({"baseline": {"deploy": _deploy_result()}}, {"device": "CPU test"})
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| HRDA")]
+    assert [(r[2].strip(), r[3].strip(), r[7].strip(), r[8].strip(), r[9].strip()) for r in rows] == [
+        ("eager", "–", "1.00×", "1.9", "100.0000"), ("torchscript", "–", "1.25×", "1.5", "100.0000"),
+        ("onnxruntime", "–", "2.00×", "0.9", "100.0000"),
+        ("onnxruntime", "int8 dynamic", "2.50×", "0.7", "99.5000")]
+    assert "Goal onnxruntime >= 1.5× eager (HRDA demo slide inference, 512x1024, 1 thread(s)): 2.00×, met" in table
+    assert "onnxruntime: 1 s = graph calls 90.0 %, tile stacking 1.0 %, tile merging 2.0 %, window merging 5.0 %" \
+        in table
+    assert "graph 'tiles': 0.7 s kernel time (Conv 50 %, MatMul 20 %)" in table
+    assert "eager operators (self CPU time): 2 s (aten::mkldnn_convolution 60 %)" in table
+
+
+@pytest.mark.slow
+def test_deploy_phase_quick_mode_reports_every_row():
+    """The phase itself in its quick mode (--tiny: the demo's 128 x 256, one round, ~1 min for the six exports):
+    the rows and the agreement of fp32 exports, not timings."""
+    settings = BenchmarkSettings(device="cpu", tiny=True, infer_runs=1, image_size=[128, 256], threads=1)
+    r = run_phase(settings, "baseline", "deploy")
+    assert [(row["model"], row["runtime"], row["option"]) for row in r["rows"]] == [
+        (c.model, c.runtime, c.option) for c in deploy_cases(settings)]
+    for row in r["rows"]:
+        assert row["s_per_image"] == row["best_s"] > 0 and len(row["runs_s"]) == 1
+        if row["precision"] == "fp32":  # exported float32 graphs equal eager PyTorch
+            assert row["argmax_agreement"] == 100.0 and row["max_abs_diff"] <= 1e-4 * max(1, row["max_abs_logit"])
+    assert set(r["profile"]["onnxruntime_ops"]) == {"tiles", "window"}
+    assert r["profile"]["onnxruntime"]["graph calls"] > 0
+    table = summarise({"baseline": {"deploy": r}}, {"device": "CPU test"})
+    assert sum(line.startswith("| HRDA demo") for line in table.splitlines()) == 10  # 3 + 2 unchunked + 5 options
+    assert sum(line.startswith("| DAFormer tiny") for line in table.splitlines()) == 3

@@ -13,7 +13,8 @@ job per module:
 * :mod:`.flops`: FLOP counts with fvcore;
 * :mod:`.ddp`: counting backward passes, gradient sync rounds and bucket all-reduces under DDP;
 * :mod:`.phases`: what one (variant, phase) process measures: ``train``, ``infer``, ``fwdbwd``, ``ddp``,
-  ``vfm_infer`` (:mod:`.vfm_inference`: VFM-UDA vs MIC(HRDA) inference with the same ViT);
+  ``vfm_infer`` (:mod:`.vfm_inference`: VFM-UDA vs MIC(HRDA) inference with the same ViT), ``deploy``
+  (:mod:`.deploy`: eager PyTorch vs the exported model through TorchScript and onnxruntime);
 * :mod:`.runner` / :mod:`.worker`: every (variant, phase) in a fresh subprocess, so that its peak memory is its own;
 * :mod:`.report`: the device description and the ratio table.
 """

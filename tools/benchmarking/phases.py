@@ -15,6 +15,8 @@
 * ``ddp``: 2 ranks, backward passes / gradient sync rounds / bucket all-reduces per iteration (:mod:`.ddp`).
 * ``vfm_infer``: VFM-UDA against MIC(HRDA) slide inference with the same DINOv2 ViT, alternating rounds in one
   process, images/s and FLOPs and their ratio (:mod:`.vfm_inference`).
+* ``deploy``: eager PyTorch against the exported model (TorchScript, onnxruntime and its options) on the same
+  image, alternating rounds in one process, images/s and their ratios to eager (:mod:`.deploy`).
 
 Training FLOPs per iteration are ``3 x (source + mixed student forward) + teacher pseudo-label forward +
 ImageNet-model forward`` (backward = 2 x forward; activation-checkpointing recomputation is not counted, as usual
@@ -37,6 +39,7 @@ from .settings import BenchmarkSettings
 from .synthetic import synthetic_batch, synthetic_trainer
 from .timing import StageTimer, synchronize
 from .variants import VARIANTS, build_cfg
+from .deploy import phase_deploy
 from .vfm_inference import phase_vfm_infer
 
 __all__ = ["PHASES", "run_phase"]
@@ -166,11 +169,15 @@ def _phase_vfm_infer(cfg, settings: BenchmarkSettings, variant: str) -> Dict[str
     return phase_vfm_infer(settings)  # builds the configs of its two recipes
 
 
+def _phase_deploy(cfg, settings: BenchmarkSettings, variant: str) -> Dict[str, Any]:
+    return phase_deploy(settings)  # builds the demo HRDA's and the one-scale model's configs
+
+
 PHASES: Dict[str, Callable[..., Dict[str, Any]]] = {
     "train": phase_train, "infer": phase_infer, "fwdbwd": phase_fwdbwd, "ddp": _phase_ddp,
-    "vfm_infer": _phase_vfm_infer}
+    "vfm_infer": _phase_vfm_infer, "deploy": _phase_deploy}
 # phases that build their own configs (not the variant's of --config-file)
-_OWN_CONFIGS = ("ddp", "vfm_infer")
+_OWN_CONFIGS = ("ddp", "vfm_infer", "deploy")
 
 
 def run_phase(settings: BenchmarkSettings, variant: str, phase: str) -> Dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from .deploy import MODEL_LABELS
 from .timing import STAGE_LABELS
 
 __all__ = ["PEAK_TFLOPS", "device_info", "summarise"]
@@ -135,6 +136,46 @@ def _vfm_table(results: Results) -> List[str]:
     return lines
 
 
+def _ops(profile: Dict[str, Any]) -> str:
+    return ", ".join(f"{op} {100 * t / profile['s']:.0f} %" for op, t in profile["ops"].items())
+
+
+def _deploy_table(results: Results) -> List[str]:
+    """The ``deploy`` phase: every runtime / option row with its ratio to eager, the goal, where the time goes."""
+    r = results.get("baseline", {}).get("deploy")
+    if not r:
+        return []
+    lines = ["", f"Deployment: eager PyTorch vs the exported model (hrda_d2_deploy), weights {r['weights']}, median of "
+             f"{r['rounds']} alternating rounds; × eager = eager s / row s with the same model, image and threads "
+             f"(> 1 = faster); agreement and Δ against that eager output; best = the fastest round (a gauge of "
+             f"interference from other processes, which the median may still include):", "",
+             "| model | image | runtime | option | threads | s / image | images/s | × eager | best s | "
+             "argmax agreement % | max \\|Δ logit\\| |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        lines.append(f"| {MODEL_LABELS.get(row['model'], row['model'])} | {row['size'][0]}x{row['size'][1]} | "
+                     f"{row['runtime']} | {row['option'] or '–'} | {row['threads']} | {_fmt(row['s_per_image'])} | "
+                     f"{_fmt(row['img_s'])} | {row['ratio']:.2f}× | {_fmt(row.get('best_s'))} | "
+                     f"{row['argmax_agreement']:.4f} | "
+                     f"{row['max_abs_diff']:.2g} |")
+    g = r["goal"]
+    lines += ["", f"Goal onnxruntime >= {g['ratio']:g}× eager (HRDA demo slide inference, "
+              f"{g['size'][0]}x{g['size'][1]}, {g['threads']} thread(s)): {g['measured']:.2f}×, "
+              f"{'met' if g['met'] else 'NOT met'}"]
+    p = r.get("profile")
+    if p:
+        lines.append(f"Where the time goes (HRDA demo, {p['size'][0]}x{p['size'][1]}, {p['threads']} thread(s), one "
+                     f"extra call each):")
+        for runtime in ("onnxruntime", "torchscript"):
+            b = p[runtime]
+            parts = ", ".join(f"{k} {100 * v / b['total']:.1f} %" for k, v in b.items() if k != "total")
+            lines.append(f"  {runtime}: {b['total']:.3g} s = {parts}")
+        for graph, ops in p["onnxruntime_ops"].items():
+            lines.append(f"  onnxruntime operators, graph {graph!r}: {ops['s']:.3g} s kernel time ({_ops(ops)})")
+        lines.append(f"  eager operators (self CPU time): {p['eager_ops']['s']:.3g} s ({_ops(p['eager_ops'])})")
+    lines.append("Exports (s, not timed in the rows): " + ", ".join(f"{k} {v:.1f}" for k, v in r["exports"].items()))
+    return lines
+
+
 def _gradient_lines(results: Results) -> List[str]:
     grads = results.get("baseline", {}).get("fwdbwd", {}).get("grad_norms")
     lines = []
@@ -173,5 +214,6 @@ def summarise(results: Results, info: Dict[str, Any]) -> str:
     lines += _gradient_lines(results)
     lines += _ddp_table(results)
     lines += _vfm_table(results)
+    lines += _deploy_table(results)
     lines += _flops_lines(results, info)
     return "\n".join(lines)

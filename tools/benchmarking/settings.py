@@ -15,6 +15,8 @@ class BenchmarkSettings:
     iterations. infer_runs: measured inference runs (after one warm-up). image_size: test image ``[H, W]``.
     flops: count FLOPs (fvcore). threads: torch threads per process (0 = torch's default; the ``ddp`` phase's
     CPU ranks then share the cores). vit: the DINOv2 ViT size of the ``vfm_infer`` phase (``s``, ``b``, ``l``).
+    deploy_full: the ``deploy`` phase measures every option row at the main image size too (default: only at the
+    demo's 128 x 256).
     """
 
     config_file: Optional[str] = None
@@ -28,6 +30,7 @@ class BenchmarkSettings:
     flops: bool = True
     threads: int = 0
     vit: str = "s"
+    deploy_full: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

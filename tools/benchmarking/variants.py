@@ -31,8 +31,9 @@ _BF16 = ["SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.DTYPE", "bfloat16"]
 _CKPT = ["MODEL.MIT.CHECKPOINT_ACTIVATIONS", "True"]
 _REUSE = ["TEST.SLIDE.REUSE_HR_TILES", "True"]
 
-# vfm_infer compares two fixed recipes (VFM-UDA, MIC(HRDA)), not variants: only the baseline runs it
-PHASE_NAMES = ("train", "infer", "fwdbwd", "ddp", "vfm_infer")
+# vfm_infer compares two fixed recipes (VFM-UDA, MIC(HRDA)) and deploy the runtimes of fixed models, not variants:
+# only the baseline runs them
+PHASE_NAMES = ("train", "infer", "fwdbwd", "ddp", "vfm_infer", "deploy")
 
 # name -> (config overrides on top of the baseline's, phases it changes, description)
 VARIANTS: Dict[str, Dict[str, Any]] = {
