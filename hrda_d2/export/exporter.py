@@ -104,10 +104,16 @@ class WindowGraph(nn.Module):
 _INPUTS = {"whole": ["image"], "tiles": ["image"], "window": ["image", "hr_logits"]}
 
 
+def exports_tiles(model: nn.Module) -> bool:
+    """Whether ``model`` exports as ``tiles`` + ``window``: two scales with HR slide inference and no HR blur (the
+    tiles of a window are then crops of the image); else as ``whole``."""
+    return model.is_multi_scale and model.hr_slide_inference and not model.blur_hr_crop
+
+
 def graph_modules(model: nn.Module) -> Dict[str, nn.Module]:
     """The graphs ``model`` (an ``HRDA`` in eval mode) exports as: ``tiles`` and ``window`` for two scales with HR
     slide inference and no HR blur (the tiles of a window are then crops of the image), else ``whole``."""
-    if model.is_multi_scale and model.hr_slide_inference and not model.blur_hr_crop:
+    if exports_tiles(model):
         graphs = {"tiles": TilesGraph(model), "window": WindowGraph(model)}
     else:
         graphs = {"whole": WholeGraph(model)}
@@ -251,7 +257,7 @@ def _convert_precision(path: str, precision: str) -> None:
 
 def _manifest(model: nn.Module, cfg: CfgNode, fmt: str, precision: str) -> Dict[str, Any]:
     tiles = None
-    if model.is_multi_scale and model.hr_slide_inference and not model.blur_hr_crop:
+    if exports_tiles(model):
         tiles = {"size": list(model.hr_crop_size), "stride": list(model.hr_tile_stride),
                  "output_stride": int(model.output_stride)}
     return {
