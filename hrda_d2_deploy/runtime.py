@@ -27,6 +27,7 @@ as constants) runs only at its traced ``shape``; another size is refused with th
 
 Only the standard library and NumPy are imported here; ``onnxruntime`` or ``torch`` when a graph is loaded.
 """
+import importlib
 import json
 import os
 import warnings
@@ -133,8 +134,16 @@ def _first_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
+def _import_runtime(name: str, path: str, install: str):
+    """The graphs' runtime module, or the error naming the file that needs it and what to install."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise ExportedModelError(f"{path} needs {name}, which is not installed here: pip install {install}") from None
+
+
 def _onnx_session(path: str, options: RuntimeOptions):
-    import onnxruntime as ort  # the runtime, only when an ONNX graph is loaded
+    ort = _import_runtime("onnxruntime", path, "onnxruntime (or onnxruntime-gpu for the CUDA provider)")
 
     so = ort.SessionOptions()
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _ORT_LEVEL[options.opt_level])
@@ -158,7 +167,7 @@ def _onnx_session(path: str, options: RuntimeOptions):
 
 
 def _torchscript_module(path: str, options: RuntimeOptions):
-    import torch  # the runtime, only when a TorchScript graph is loaded
+    torch = _import_runtime("torch", path, "torch")
 
     if options.threads is not None:
         torch.set_num_threads(options.threads)
@@ -188,8 +197,7 @@ def load_graph(folder: str, manifest: Dict[str, Any], name: str,
 
         return run_onnx
 
-    import torch
-
+    torch = _import_runtime("torch", path, "torch")
     module = _torchscript_module(path, options)
 
     def run_torchscript(*arrays: np.ndarray) -> np.ndarray:

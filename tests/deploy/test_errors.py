@@ -213,3 +213,19 @@ def test_a_vit_graph_is_fixed_shape_and_refuses_another_size(exports):
     assert {name: g["dynamic"] for name, g in exported.manifest["graphs"].items()} == {"whole": False}
     message = _fixed_shape_error(ExportedModel(exported.folder), 97, 75)
     assert "graph 'whole' was exported for 128 x 128 inputs only" in message and "--image-size H W" in message
+
+
+def test_a_missing_runtime_is_named_with_what_to_install(monkeypatch, tmp_path):
+    from hrda_d2_deploy import runtime
+
+    real = runtime.importlib.import_module
+
+    def refuse(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(runtime.importlib, "import_module", refuse)
+    with pytest.raises(runtime.ExportedModelError, match=r"model\.onnx needs onnxruntime, which is not installed here: "
+                                                         r"pip install onnxruntime"):
+        runtime._onnx_session(str(tmp_path / "model.onnx"), runtime.RuntimeOptions())
