@@ -23,7 +23,7 @@ from .geometry import CropBox, imrescale_size, shared_tile_plan, sliding_window_
 from .numerics import merge_tiles, merge_windows, resize_bilinear
 from .runtime import ExportedModelError, RuntimeOptions, load_graph, read_manifest
 
-__all__ = ["DeployPredictor", "ExportedModel", "rgb_image"]
+__all__ = ["DeployPredictor", "ExportedModel", "network_input", "rgb_image"]
 
 _INPUT_FORMATS = ("BGR", "RGB")
 
@@ -37,6 +37,20 @@ def rgb_image(image: np.ndarray, input_format: str) -> np.ndarray:
         desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
         raise ValueError(f"expected an H x W x 3 uint8 image, got {desc}")
     return image[:, :, ::-1] if input_format == "BGR" else image
+
+
+def network_input(rgb: np.ndarray, test_scale: Sequence[int]) -> np.ndarray:
+    """``H x W x 3`` uint8 RGB -> ``1 x 3 x h x w`` float32 0..255 after the test pipeline's keep-ratio rescale to
+    ``test_scale`` (``TestMapper``: :func:`~.geometry.imrescale_size`, OpenCV ``INTER_LINEAR``; none for an empty
+    scale). OpenCV is imported only when the size changes."""
+    if test_scale:
+        height, width = rgb.shape[:2]
+        new_h, new_w = imrescale_size(height, width, test_scale)
+        if (new_h, new_w) != (height, width):
+            import cv2
+
+            rgb = cv2.resize(np.ascontiguousarray(rgb), (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)[None]
 
 
 def _stack(images: np.ndarray, boxes: Sequence[CropBox]) -> np.ndarray:
@@ -153,18 +167,6 @@ class DeployPredictor:
         self.model = ExportedModel(folder, options)
         self.test_scale = list(self.model.manifest["test_scale"])
 
-    def rescale(self, rgb: np.ndarray) -> np.ndarray:
-        """The test pipeline's keep-ratio rescale (``TestMapper``: OpenCV ``INTER_LINEAR``), or the image itself."""
-        if not self.test_scale:
-            return rgb
-        height, width = rgb.shape[:2]
-        new_h, new_w = imrescale_size(height, width, self.test_scale)
-        if (new_h, new_w) == (height, width):
-            return rgb
-        import cv2  # only when the size changes
-
-        return cv2.resize(np.ascontiguousarray(rgb), (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-
     def __call__(self, image: np.ndarray, input_format: str = "BGR") -> Dict[str, np.ndarray]:
         """Predict one ``H x W x 3`` uint8 image in ``input_format`` ("BGR" as OpenCV reads, or "RGB").
 
@@ -173,7 +175,5 @@ class DeployPredictor:
         """
         rgb = rgb_image(image, input_format)
         height, width = image.shape[:2]
-        resized = self.rescale(rgb)
-        chw = np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32)[None]
-        logits = self.model.inference(chw)
+        logits = self.model.inference(network_input(rgb, self.test_scale))
         return {"sem_seg": resize_bilinear(logits, (height, width))[0]}

@@ -38,8 +38,8 @@ import torch
 from detectron2.config import CfgNode
 from torch import Tensor, nn
 
-from hrda_d2_deploy.geometry import CropBox, imrescale_size, sliding_window_boxes
-from hrda_d2_deploy.predictor import ExportedModel
+from hrda_d2_deploy.geometry import CropBox, sliding_window_boxes
+from hrda_d2_deploy.predictor import ExportedModel, network_input
 from hrda_d2_deploy.runtime import (FORMATS, GRAPH_SUFFIX, MANIFEST, MANIFEST_VERSION, PRECISIONS, RuntimeOptions,
                                     load_graph)
 
@@ -134,12 +134,7 @@ def sample_image(cfg: CfgNode, path: Optional[str] = None, image_size: Optional[
         bgr = cv2.imread(path, cv2.IMREAD_COLOR)
         if bgr is None:
             raise ExportError(f"--sample-image {path}: not a readable image file; give a .png / .jpg of your camera")
-        rgb = bgr[:, :, ::-1]
-        if scale:
-            new_h, new_w = imrescale_size(rgb.shape[0], rgb.shape[1], scale)
-            if (new_h, new_w) != rgb.shape[:2]:
-                rgb = cv2.resize(np.ascontiguousarray(rgb), (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        return np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)[None]
+        return network_input(bgr[:, :, ::-1], scale)
     if image_size is None:
         image_size = (min(scale), max(scale)) if scale else tuple(cfg.TEST.SLIDE.CROP_SIZE)
     height, width = (int(s) for s in image_size)
